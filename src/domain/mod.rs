@@ -1,0 +1,10 @@
+//! Domain types shared by every layer: commit ids, repository keys, Git refs.
+//!
+//! Each type is built only through a `parse` that returns a typed error ("parse, don't
+//! validate"): once a value of one of these types exists, nobody re-checks the string.
+
+mod repo;
+mod sha;
+
+pub use repo::{RepoKey, RepoKeyError};
+pub use sha::{CommitSha, ShaError};

@@ -1,0 +1,113 @@
+//! Errors become HTTP here and nowhere else: one enum of everything a request can fail with,
+//! one function mapping it to a status, a stable machine-readable `code` and a message.
+//! 5xx bodies carry no internals; the cause goes to the log.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::git::{AuthError, ParseError};
+use crate::store::StoreError;
+
+pub type Body = Full<Bytes>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("unknown provider {0:?}; expected one of github, gitlab, azuredevops, bitbucket, bitbucket-server, gitea, forgejo")]
+    UnknownProvider(String),
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("unsupported content type {got:?}; expected {expected}")]
+    UnsupportedMediaType { got: String, expected: &'static str },
+    #[error("body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("{0}")]
+    InvalidSha(String),
+    #[error("a bearer token is required")]
+    ReadTokenMissing,
+    #[error("the bearer token is not valid")]
+    ReadTokenInvalid,
+    #[error("nothing is known about commit {0}")]
+    CommitNotFound(String),
+    #[error("storage is unavailable")]
+    StoreUnavailable(#[source] StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::StoreUnavailable(e)
+    }
+}
+
+impl ApiError {
+    /// Status and stable code. Codes are part of the API: never rename one.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
+            CommitNotFound(_) => (StatusCode::NOT_FOUND, "commit_not_found"),
+            MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            Auth(AuthError::NotConfigured(_)) => (StatusCode::UNAUTHORIZED, "source_not_configured"),
+            Auth(AuthError::Missing(_)) => (StatusCode::UNAUTHORIZED, "signature_missing"),
+            Auth(AuthError::Mismatch(_)) => (StatusCode::UNAUTHORIZED, "signature_invalid"),
+            Parse(ParseError::Json(_)) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Parse(ParseError::Form) => (StatusCode::BAD_REQUEST, "malformed_form"),
+            Parse(ParseError::MissingHeader(_)) => (StatusCode::BAD_REQUEST, "missing_header"),
+            Parse(ParseError::Invalid { .. }) => (StatusCode::BAD_REQUEST, "invalid_payload"),
+            InvalidSha(_) => (StatusCode::BAD_REQUEST, "invalid_sha"),
+            ReadTokenMissing => (StatusCode::UNAUTHORIZED, "token_missing"),
+            ReadTokenInvalid => (StatusCode::UNAUTHORIZED, "token_invalid"),
+            // Undecodable stored data will not heal by retrying: that is our bug, a 500.
+            StoreUnavailable(StoreError::Corrupt(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(code, error = %self, cause = ?std::error::Error::source(&self), "request failed");
+        } else {
+            tracing::debug!(code, status = status.as_u16(), error = %self, "request refused");
+        }
+        let mut resp = json_response(status, &json!({"error": {"code": code, "message": self.to_string()}}));
+        let h = resp.headers_mut();
+        match &self {
+            ApiError::MethodNotAllowed { allow } => {
+                h.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::StoreUnavailable(e) if !matches!(e, StoreError::Corrupt(_)) => {
+                // Git hosts and Flux retry; tell them when.
+                h.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::ReadTokenMissing | ApiError::ReadTokenInvalid => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

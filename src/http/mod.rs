@@ -1,0 +1,160 @@
+//! The HTTP edge: a hyper 1.x HTTP/1.1 server, a hand-written router, and the request
+//! plumbing every endpoint shares (method checks, content types, body limits).
+//!
+//! hyper directly rather than a framework: fluxtrail has a handful of routes, needs the raw
+//! body bytes for signatures, and must answer every failure with the contract's status and
+//! JSON shape; a framework's own rejections (its 404/405/413 bodies) would have to be
+//! overridden one by one. Invariant: only this module knows status codes.
+
+pub mod error;
+mod hooks;
+mod read;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::ledger::Ledger;
+pub use error::{ApiError, Body};
+
+/// Everything a request handler may use.
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Settings,
+    pub ledger: Ledger,
+}
+
+/// How long a client may take to send its request headers before the connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Accepts connections until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = service_fn(move |req| handle(state.clone(), req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
+async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    // Never log the query string (Functions keys travel in `?code=`) or headers.
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = route(&state, req).await.unwrap_or_else(ApiError::into_response);
+    tracing::info!(%method, %path, status = resp.status().as_u16(), "request");
+    Ok(resp)
+}
+
+async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segments.as_slice() {
+        // The Functions host's readiness probe.
+        [] => {
+            allow(&req, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            Ok(empty(StatusCode::OK))
+        }
+        ["api", "hooks", "git", provider] => {
+            allow(&req, &[Method::POST], "POST")?;
+            hooks::git(state, provider, req).await
+        }
+        ["api", "hooks", "git"] => Err(ApiError::UnknownProvider(String::new())),
+        ["api", "commits", sha] => {
+            allow(&req, &[Method::GET], "GET")?;
+            read::commit(state, sha, req.headers()).await
+        }
+        ["api", "health"] => {
+            allow(&req, &[Method::GET], "GET")?;
+            read::health(state, req.headers()).await
+        }
+        _ => Err(ApiError::NotFound(path)),
+    }
+}
+
+fn allow(req: &Request<Incoming>, methods: &[Method], allow: &'static str) -> Result<(), ApiError> {
+    if methods.contains(req.method()) {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed { allow })
+    }
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The media type of a request, lowercased, without parameters.
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Reads the whole body, refusing more than `limit` bytes: early from `Content-Length`,
+/// and while streaming for chunked bodies that announce nothing.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
+        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    }
+}

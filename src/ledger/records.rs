@@ -1,0 +1,293 @@
+//! The ledger's stored records and the pure rules that merge them.
+//!
+//! Every write of the ledger is a merge of what is stored with what arrived, and every merge
+//! here is idempotent and order-independent: applying the same delivery twice, or two
+//! deliveries in either order, leaves the same record. That is what makes redeliveries and
+//! crash recovery harmless.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::git::{Commit, Merge, Person, Provider, PullRequest, Push, Review};
+
+/// A delivery in the journal. Written first (`pending`), marked `done` once every projection
+/// below has been written; a `pending` one is finished by a redelivery or at start-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryRecord {
+    pub provider: Provider,
+    pub delivery_id: String,
+    pub state: DeliveryState,
+    pub received_at: DateTime<Utc>,
+    /// The normalised event (`GitEvent` as JSON text).
+    pub event: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Done,
+}
+
+/// What a push told us about one commit. Row `commit` of the commit's partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitRecord {
+    pub sha: String,
+    pub repository: String,
+    pub repository_url: String,
+    pub provider: Provider,
+    /// Every ref the commit was pushed to, sorted.
+    pub refs: Vec<String>,
+    pub message: Option<String>,
+    pub author: Option<Person>,
+    pub timestamp: Option<String>,
+    pub url: Option<String>,
+    /// When the first push that carried this commit was received, and by whom.
+    pub pushed_at: DateTime<Utc>,
+    pub pushed_by: Option<String>,
+}
+
+impl CommitRecord {
+    pub fn from_push(provider: Provider, push: &Push, commit: &Commit, received_at: DateTime<Utc>) -> Self {
+        CommitRecord {
+            sha: commit.sha.to_string(),
+            repository: push.repository.key.to_string(),
+            repository_url: push.repository.url.clone(),
+            provider,
+            refs: vec![push.git_ref.clone()],
+            message: commit.message.clone(),
+            author: commit.author.clone(),
+            timestamp: commit.timestamp.clone(),
+            url: commit.url.clone(),
+            pushed_at: received_at,
+            pushed_by: push.pusher.clone(),
+        }
+    }
+
+    /// Merges a later (or earlier) sighting of the same commit. Refs accumulate; the first
+    /// push (by time received) names the pusher; details missing from one payload (Bitbucket
+    /// Data Center sends none) are filled from another.
+    pub fn merge(self, other: CommitRecord) -> CommitRecord {
+        let key = |r: &CommitRecord| (r.pushed_at, r.pushed_by.clone(), r.repository.clone());
+        let (mut first, second) = if key(&other) < key(&self) {
+            (other, self)
+        } else {
+            (self, other)
+        };
+        for r in second.refs {
+            if !first.refs.contains(&r) {
+                first.refs.push(r);
+            }
+        }
+        first.refs.sort();
+        first.message = first.message.or(second.message);
+        first.author = first.author.or(second.author);
+        first.timestamp = first.timestamp.or(second.timestamp);
+        first.url = first.url.or(second.url);
+        first.pushed_by = first.pushed_by.or(second.pushed_by);
+        first
+    }
+}
+
+/// One ref update, kept for branch history: which commit came after which.
+/// Partition `{repository}|{ref}`, row `{before}..{after}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushRecord {
+    pub provider: Provider,
+    pub repository: String,
+    pub git_ref: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub head: Option<String>,
+    pub forced: bool,
+    pub created: bool,
+    pub deleted: bool,
+    pub pusher: Option<String>,
+    /// The payload's commits, oldest first (possibly capped by the host).
+    pub commits: Vec<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+impl PushRecord {
+    pub fn new(provider: Provider, push: &Push, received_at: DateTime<Utc>) -> Self {
+        PushRecord {
+            provider,
+            repository: push.repository.key.to_string(),
+            git_ref: push.git_ref.clone(),
+            before: push.before.as_ref().map(ToString::to_string),
+            after: push.after.as_ref().map(ToString::to_string),
+            head: push.head.as_ref().map(ToString::to_string),
+            forced: push.forced,
+            created: push.created(),
+            deleted: push.deleted(),
+            pusher: push.pusher.clone(),
+            commits: push.commits.iter().map(|c| c.sha.to_string()).collect(),
+            received_at,
+        }
+    }
+
+    pub fn partition(repository: &str, git_ref: &str) -> String {
+        format!("{repository}|{git_ref}")
+    }
+
+    pub fn row(&self) -> String {
+        let zero = "0";
+        format!(
+            "{}..{}",
+            self.before.as_deref().unwrap_or(zero),
+            self.after.as_deref().unwrap_or(zero)
+        )
+    }
+}
+
+/// The merge of a pull request. Partition `{repository}#{number}`, row `merge`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergeRecord {
+    pub provider: Provider,
+    pub repository: String,
+    pub number: u64,
+    pub url: Option<String>,
+    pub sha: String,
+    pub merged_by: Option<String>,
+    pub merged_at: Option<String>,
+    pub target_ref: Option<String>,
+    pub head: Option<String>,
+}
+
+impl MergeRecord {
+    pub fn new(provider: Provider, pr: &PullRequest, m: &Merge) -> Self {
+        MergeRecord {
+            provider,
+            repository: pr.repository.key.to_string(),
+            number: pr.number,
+            url: pr.url.clone(),
+            sha: m.sha.to_string(),
+            merged_by: m.merged_by.clone(),
+            merged_at: m.merged_at.clone(),
+            target_ref: m.target_ref.clone(),
+            head: m.head.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+/// A reviewer's latest verdict on a pull request. Partition `{repository}#{number}`,
+/// row `review|{user}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewRecord {
+    pub user: String,
+    pub approved: bool,
+    pub commit: Option<String>,
+    pub at: Option<String>,
+}
+
+impl ReviewRecord {
+    pub fn new(r: &Review) -> Self {
+        ReviewRecord {
+            user: r.user.clone(),
+            approved: r.approved,
+            commit: r.commit.as_ref().map(ToString::to_string),
+            at: r.at.clone(),
+        }
+    }
+
+    /// Keeps the newer verdict. Without timestamps on both, the incoming one wins: hosts
+    /// deliver a reviewer's actions in order far more often than not.
+    pub fn newer(stored: Option<ReviewRecord>, incoming: ReviewRecord) -> ReviewRecord {
+        match stored {
+            Some(s) => match (&s.at, &incoming.at) {
+                (Some(a), Some(b)) if a > b => s,
+                _ => incoming,
+            },
+            None => incoming,
+        }
+    }
+}
+
+/// The approval record of a merged commit, derived from its pull request's partition.
+/// Row `approval` of the merge commit's partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    pub provider: Provider,
+    pub repository: String,
+    pub number: u64,
+    pub url: Option<String>,
+    pub merged_by: Option<String>,
+    pub merged_at: Option<String>,
+    pub target_ref: Option<String>,
+    pub head_sha: Option<String>,
+    /// Reviewers whose latest verdict is an approval, sorted.
+    pub approvers: Vec<String>,
+    /// Every reviewer's latest verdict, sorted by user.
+    pub reviews: Vec<ReviewRecord>,
+}
+
+impl ApprovalRecord {
+    /// The approval of a merge, from the pull request's merge and reviews.
+    pub fn derive(merge: &MergeRecord, reviews: &[ReviewRecord]) -> Self {
+        let mut reviews = reviews.to_vec();
+        reviews.sort_by(|a, b| a.user.cmp(&b.user));
+        ApprovalRecord {
+            provider: merge.provider,
+            repository: merge.repository.clone(),
+            number: merge.number,
+            url: merge.url.clone(),
+            merged_by: merge.merged_by.clone(),
+            merged_at: merge.merged_at.clone(),
+            target_ref: merge.target_ref.clone(),
+            head_sha: merge.head.clone(),
+            approvers: reviews.iter().filter(|r| r.approved).map(|r| r.user.clone()).collect(),
+            reviews,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(refs: &[&str], at: i64, by: &str, message: Option<&str>) -> CommitRecord {
+        CommitRecord {
+            sha: "a".repeat(40),
+            repository: "github.com/o/r".into(),
+            repository_url: "https://github.com/o/r.git".into(),
+            provider: Provider::GitHub,
+            refs: refs.iter().map(|s| s.to_string()).collect(),
+            message: message.map(String::from),
+            author: None,
+            timestamp: None,
+            url: None,
+            pushed_at: DateTime::from_timestamp(at, 0).unwrap(),
+            pushed_by: Some(by.into()),
+        }
+    }
+
+    #[test]
+    fn commit_merge_is_order_independent_and_idempotent() {
+        let a = rec(&["refs/heads/feature"], 100, "alice", None);
+        let b = rec(&["refs/heads/main"], 200, "bob", Some("fix"));
+        let ab = a.clone().merge(b.clone());
+        let ba = b.clone().merge(a.clone());
+        assert_eq!(ab, ba);
+        assert_eq!(ab.refs, ["refs/heads/feature", "refs/heads/main"]);
+        assert_eq!(ab.pushed_by.as_deref(), Some("alice"));
+        assert_eq!(ab.pushed_at.timestamp(), 100);
+        assert_eq!(ab.message.as_deref(), Some("fix"));
+        assert_eq!(ab.clone().merge(b), ab);
+        assert_eq!(ab.clone().merge(ab.clone()), ab);
+    }
+
+    #[test]
+    fn newer_review_wins() {
+        let old = ReviewRecord { user: "u".into(), approved: true, commit: None, at: Some("2024-01-01T00:00:00Z".into()) };
+        let new = ReviewRecord { approved: false, at: Some("2024-01-02T00:00:00Z".into()), ..old.clone() };
+        assert_eq!(ReviewRecord::newer(Some(new.clone()), old.clone()), new);
+        assert_eq!(ReviewRecord::newer(Some(old.clone()), new.clone()), new);
+        assert_eq!(ReviewRecord::newer(None, old.clone()), old);
+    }
+}

@@ -1,0 +1,14 @@
+//! fluxtrail: proof of what a GitOps pipeline did.
+//!
+//! Git hosts and Flux post to the HTTP edge (`http`); host modules (`git`) verify and parse
+//! deliveries into domain events; the ledger (`ledger`) records them in a `store`. See
+//! ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod domain;
+pub mod git;
+pub mod store;
+pub mod ledger;
+pub mod http;
+pub mod startup;
+pub mod telemetry;

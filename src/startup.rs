@@ -1,0 +1,105 @@
+//! Start-up you can test: `Application::build(settings)` binds the port and opens the store,
+//! `port()` says where it listens (port 0 in tests), `run_until_stopped(shutdown)` serves
+//! until the future resolves. `main` passes [`shutdown_signal`]; tests pass a channel.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::ledger::Ledger;
+use crate::store::sqlite::SqliteStore;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        if settings.insecure_allow_unsigned {
+            tracing::warn!(
+                "FLUXTRAIL_INSECURE_ALLOW_UNSIGNED=true: deliveries from sources without a configured \
+                 secret are accepted UNSIGNED. Development only: anyone who can reach this port can write to the ledger."
+            );
+        }
+        if settings.api_token.is_none() {
+            tracing::warn!("FLUXTRAIL_API_TOKEN is not set: the read API answers without authentication");
+        }
+        let store = SqliteStore::open(&settings.data_dir)?;
+        tracing::info!(dir = %settings.data_dir.display(), "embedded store opened");
+        let ledger = Ledger::new(Arc::new(store));
+        let recovered = ledger.recover().await?;
+        if recovered > 0 {
+            tracing::warn!(recovered, "finished deliveries interrupted by an earlier stop");
+        }
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        tracing::info!(%addr, "listening");
+        Ok(Application {
+            listener,
+            addr,
+            state: Arc::new(AppState { settings, ledger }),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        http::serve(self.listener, self.state, shutdown).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what the Functions host and Kubernetes send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,141 @@
+//! The `Store`: where the ledger lives, behind a trait whose operations map one-to-one onto
+//! Azure Table Storage, so the Azure backend is a second implementation, not a rewrite.
+//!
+//! | operation          | Table Storage                                   |
+//! |--------------------|-------------------------------------------------|
+//! | `get`              | GET entity by PartitionKey + RowKey             |
+//! | `insert`           | POST entity (409 `EntityAlreadyExists`)         |
+//! | `update`           | PUT with `If-Match: <etag>` (412 when stale)    |
+//! | `upsert`           | PUT without `If-Match` (insert or replace)      |
+//! | `batch`            | entity group transaction, one partition         |
+//! | `query_partition`  | `PartitionKey eq '…'` query with continuation   |
+//! | `query_where`      | table query `prop eq '…'` (sweeps only)         |
+//!
+//! Keys here are logical strings: any character may appear. A backend with key restrictions
+//! (Table Storage forbids `/ \ # ?`) encodes them itself.
+
+pub mod sqlite;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The tables of the ledger. See ARCHITECTURE.md for their keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// The journal of accepted deliveries: idempotency and crash recovery.
+    Deliveries,
+    /// One partition per commit sha: the commit, its approval, (later) its targets.
+    Commits,
+    /// One partition per (repository, ref): every push to that ref, for branch history.
+    Pushes,
+    /// One partition per (repository, pull request): its merge and reviews.
+    Pulls,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [Table::Deliveries, Table::Commits, Table::Pushes, Table::Pulls];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Deliveries => "deliveries",
+            Table::Commits => "commits",
+            Table::Pushes => "pushes",
+            Table::Pulls => "pulls",
+        }
+    }
+}
+
+/// An opaque version tag for optimistic concurrency (Table Storage's ETag).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Etag(pub String);
+
+/// One row: partition key, row key, flat properties.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub pk: String,
+    pub rk: String,
+    pub props: Map<String, Value>,
+    /// Set on entities read from the store.
+    pub etag: Option<Etag>,
+}
+
+impl Entity {
+    /// Builds an entity from any serialisable record (it must serialise to a JSON object).
+    pub fn from_record<T: Serialize>(pk: impl Into<String>, rk: impl Into<String>, record: &T) -> Self {
+        let props = match serde_json::to_value(record) {
+            Ok(Value::Object(m)) => m,
+            Ok(other) => panic!("records serialise to JSON objects, got {other}"),
+            Err(e) => panic!("records always serialise: {e}"),
+        };
+        Entity {
+            pk: pk.into(),
+            rk: rk.into(),
+            props,
+            etag: None,
+        }
+    }
+
+    /// Reads the properties back as a record.
+    pub fn record<T: DeserializeOwned>(&self) -> Result<T, StoreError> {
+        serde_json::from_value(Value::Object(self.props.clone())).map_err(|e| {
+            StoreError::Corrupt(format!("{}/{}: {e}", self.pk, self.rk))
+        })
+    }
+}
+
+/// One operation of an atomic batch.
+#[derive(Debug, Clone)]
+pub enum BatchOp {
+    Insert(Entity),
+    Upsert(Entity),
+    /// Replace only if the stored etag still matches.
+    Update(Entity, Etag),
+    Delete { rk: String, etag: Option<Etag> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `insert` of a key that exists (Table Storage 409).
+    #[error("entity already exists")]
+    Conflict,
+    /// `update` with a stale etag (412), or of a missing entity.
+    #[error("entity changed since it was read")]
+    PreconditionFailed,
+    /// The store cannot be reached or written right now; retrying later may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data does not decode: a bug or tampering, never retried.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The persistence operations the ledger needs, and nothing Table Storage couldn't do.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    async fn get(&self, table: Table, pk: &str, rk: &str) -> Result<Option<Entity>, StoreError>;
+    /// Insert if absent; `Conflict` if the key exists.
+    async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError>;
+    /// Replace if the stored etag equals `etag`; `PreconditionFailed` otherwise.
+    async fn update(&self, table: Table, entity: Entity, etag: &Etag) -> Result<Etag, StoreError>;
+    /// Insert or replace.
+    async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError>;
+    /// All operations on one partition, atomically: all apply or none does.
+    async fn batch(&self, table: Table, pk: &str, ops: Vec<BatchOp>) -> Result<Vec<Etag>, StoreError>;
+    /// Every entity of a partition, ordered by row key, optionally only those whose row key
+    /// starts with `rk_prefix`.
+    async fn query_partition(
+        &self,
+        table: Table,
+        pk: &str,
+        rk_prefix: Option<&str>,
+    ) -> Result<Vec<Entity>, StoreError>;
+    /// Every entity of a table whose string property `prop` equals `value` (a scan: for
+    /// sweeps and recovery, never on a request path).
+    async fn query_where(&self, table: Table, prop: &str, value: &str) -> Result<Vec<Entity>, StoreError>;
+    /// Cheap liveness check for `/api/health`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
