@@ -95,6 +95,8 @@ pub enum ConfigError {
     Duration(String),
     #[error("{name}={value:?} must be true or false")]
     Bool { name: &'static str, value: String },
+    #[error("{name}={value:?} must be a size in bytes (a positive whole number)")]
+    Size { name: &'static str, value: String },
     #[error("FLUXTRAIL_LOG_FORMAT={0:?} must be text or json")]
     LogFormat(String),
 }
@@ -115,7 +117,8 @@ impl Settings {
 
         // The Functions host names the port; then we must bind loopback (reference: custom
         // handlers). Its legacy alias is honoured too.
-        let port_var = get("FUNCTIONS_CUSTOMHANDLER_PORT").or_else(|| get("FUNCTIONS_HTTPWORKER_PORT"));
+        let port_var =
+            get("FUNCTIONS_CUSTOMHANDLER_PORT").or_else(|| get("FUNCTIONS_HTTPWORKER_PORT"));
         let listen = match port_var {
             Some(p) => {
                 let port: u16 = p.trim().parse().map_err(|_| ConfigError::Port(p.clone()))?;
@@ -129,7 +132,8 @@ impl Settings {
                 })?
             }
         };
-        let data_dir = PathBuf::from(get("FLUXTRAIL_DATA_DIR").unwrap_or_else(|| "./.fluxtrail".into()));
+        let data_dir =
+            PathBuf::from(get("FLUXTRAIL_DATA_DIR").unwrap_or_else(|| "./.fluxtrail".into()));
         let messages_file = get("FLUXTRAIL_MESSAGES_FILE")
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("messages.jsonl"));
@@ -156,6 +160,13 @@ impl Settings {
             Some(v) if v == "json" => LogFormat::Json,
             Some(v) => return Err(ConfigError::LogFormat(v)),
         };
+        let size = |name: &'static str, default: usize| match get(name) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(ConfigError::Size { name, value: v }),
+            },
+        };
         Ok(Settings {
             listen,
             data_dir,
@@ -174,8 +185,8 @@ impl Settings {
             stall_after,
             default_cluster: get("FLUXTRAIL_DEFAULT_CLUSTER").unwrap_or_else(|| "default".into()),
             log_format,
-            git_body_limit: 25 * 1024 * 1024,
-            flux_body_limit: 4 * 1024 * 1024,
+            git_body_limit: size("FLUXTRAIL_GIT_BODY_LIMIT", 25 * 1024 * 1024)?,
+            flux_body_limit: size("FLUXTRAIL_FLUX_BODY_LIMIT", 4 * 1024 * 1024)?,
         })
     }
 }
@@ -186,8 +197,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_vars(|k| map.get(k).cloned())
     }
 
@@ -196,7 +209,10 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:7071");
         assert_eq!(s.data_dir, PathBuf::from("./.fluxtrail"));
-        assert_eq!(s.messages_file, PathBuf::from("./.fluxtrail/messages.jsonl"));
+        assert_eq!(
+            s.messages_file,
+            PathBuf::from("./.fluxtrail/messages.jsonl")
+        );
         assert_eq!(s.stall_after, Duration::from_secs(900));
         assert_eq!(s.default_cluster, "default");
         assert!(!s.insecure_allow_unsigned);
@@ -205,7 +221,11 @@ mod tests {
 
     #[test]
     fn functions_port_wins_and_binds_loopback() {
-        let s = settings(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "4321"), ("FLUXTRAIL_LISTEN", "0.0.0.0:80")]).unwrap();
+        let s = settings(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "4321"),
+            ("FLUXTRAIL_LISTEN", "0.0.0.0:80"),
+        ])
+        .unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:4321");
         let s = settings(&[("FUNCTIONS_HTTPWORKER_PORT", "4322")]).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:4322");
@@ -214,7 +234,11 @@ mod tests {
 
     #[test]
     fn secrets_pair_with_previous_and_never_print() {
-        let s = settings(&[("FLUXTRAIL_GITHUB_SECRET", "new"), ("FLUXTRAIL_GITHUB_SECRET_PREVIOUS", "old")]).unwrap();
+        let s = settings(&[
+            ("FLUXTRAIL_GITHUB_SECRET", "new"),
+            ("FLUXTRAIL_GITHUB_SECRET_PREVIOUS", "old"),
+        ])
+        .unwrap();
         let all: Vec<&str> = s.secrets.github.iter().map(Secret::expose).collect();
         assert_eq!(all, ["new", "old"]);
         let dump = format!("{s:?}");
@@ -223,11 +247,33 @@ mod tests {
 
     #[test]
     fn durations_and_switches_parse_or_fail_clearly() {
-        assert_eq!(settings(&[("FLUXTRAIL_STALL_AFTER", "90s")]).unwrap().stall_after, Duration::from_secs(90));
-        assert_eq!(settings(&[("FLUXTRAIL_STALL_AFTER", "1h")]).unwrap().stall_after, Duration::from_secs(3600));
+        assert_eq!(
+            settings(&[("FLUXTRAIL_STALL_AFTER", "90s")])
+                .unwrap()
+                .stall_after,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            settings(&[("FLUXTRAIL_STALL_AFTER", "1h")])
+                .unwrap()
+                .stall_after,
+            Duration::from_secs(3600)
+        );
         assert!(settings(&[("FLUXTRAIL_STALL_AFTER", "soon")]).is_err());
-        assert!(settings(&[("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED", "true")]).unwrap().insecure_allow_unsigned);
+        assert!(
+            settings(&[("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED", "true")])
+                .unwrap()
+                .insecure_allow_unsigned
+        );
         assert!(settings(&[("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED", "maybe")]).is_err());
         assert!(settings(&[("FLUXTRAIL_LOG_FORMAT", "xml")]).is_err());
+        assert_eq!(settings(&[]).unwrap().git_body_limit, 25 * 1024 * 1024);
+        assert_eq!(
+            settings(&[("FLUXTRAIL_GIT_BODY_LIMIT", "1024")])
+                .unwrap()
+                .git_body_limit,
+            1024
+        );
+        assert!(settings(&[("FLUXTRAIL_GIT_BODY_LIMIT", "0")]).is_err());
     }
 }

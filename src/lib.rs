@@ -7,8 +7,8 @@
 pub mod config;
 pub mod domain;
 pub mod git;
-pub mod store;
-pub mod ledger;
 pub mod http;
+pub mod ledger;
 pub mod startup;
+pub mod store;
 pub mod telemetry;

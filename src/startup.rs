@@ -41,21 +41,27 @@ impl Application {
             );
         }
         if settings.api_token.is_none() {
-            tracing::warn!("FLUXTRAIL_API_TOKEN is not set: the read API answers without authentication");
+            tracing::warn!(
+                "FLUXTRAIL_API_TOKEN is not set: the read API answers without authentication"
+            );
         }
         let store = SqliteStore::open(&settings.data_dir)?;
         tracing::info!(dir = %settings.data_dir.display(), "embedded store opened");
         let ledger = Ledger::new(Arc::new(store));
         let recovered = ledger.recover().await?;
         if recovered > 0 {
-            tracing::warn!(recovered, "finished deliveries interrupted by an earlier stop");
+            tracing::warn!(
+                recovered,
+                "finished deliveries interrupted by an earlier stop"
+            );
         }
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| StartupError::Bind {
             addr: settings.listen,
             source,

@@ -232,13 +232,22 @@ mod tests {
     #[test]
     fn rejects_what_names_no_repository() {
         assert_eq!(RepoKey::from_url("  "), Err(RepoKeyError::Empty));
-        assert_eq!(RepoKey::from_url("https://github.com/"), Err(RepoKeyError::NoPath));
-        assert_eq!(RepoKey::from_url("https:///org/repo"), Err(RepoKeyError::NoHost));
+        assert_eq!(
+            RepoKey::from_url("https://github.com/"),
+            Err(RepoKeyError::NoPath)
+        );
+        assert_eq!(
+            RepoKey::from_url("https:///org/repo"),
+            Err(RepoKeyError::NoHost)
+        );
     }
 
     #[test]
     fn canonical_keys_are_fixed_points() {
-        for url in ["https://dev.azure.com/org/Proj/_git/Repo", "git@gitlab.com:a/b/c.git"] {
+        for url in [
+            "https://dev.azure.com/org/Proj/_git/Repo",
+            "git@gitlab.com:a/b/c.git",
+        ] {
             let k = key(url);
             assert_eq!(key(&k), k);
         }

@@ -9,14 +9,14 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::{
-    branch_ref, ensure_head, opt_sha, repo_key, sha, signature::token_matches, timestamp, AuthError,
-    Commit, Delivery, GitEvent, Merge, ParseError, Parsed, Person, PullRequest, Push, Repository,
-    Review,
+    branch_ref, ensure_head, opt_sha, repo_key, sha, signature::token_matches, timestamp,
+    AuthError, Commit, Credential, Delivery, GitEvent, Merge, ParseError, Parsed, Person,
+    PullRequest, Push, Repository, Review,
 };
 use crate::config::SecretPair;
 
 pub fn verify(pair: &SecretPair, d: &Delivery<'_>) -> Result<(), AuthError> {
-    const WHAT: &str = "Authorization basic credentials";
+    const WHAT: Credential = Credential::BasicAuth;
     let value = d.header("authorization").ok_or(AuthError::Missing(WHAT))?;
     let (scheme, encoded) = value.split_once(' ').ok_or(AuthError::Mismatch(WHAT))?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -53,7 +53,9 @@ pub fn parse(d: &Delivery<'_>) -> Result<Parsed, ParseError> {
     } else {
         match env.event_type.as_str() {
             "git.push" => push_event(from_resource(env.resource)?)?,
-            "git.pullrequest.merged" | "git.pullrequest.updated" => pr_event(from_resource(env.resource)?)?,
+            "git.pullrequest.merged" | "git.pullrequest.updated" => {
+                pr_event(from_resource(env.resource)?)?
+            }
             other => GitEvent::ignored(format!("event type {other:?} is not handled")),
         }
     };
@@ -131,7 +133,9 @@ struct Identity {
 
 impl Identity {
     fn handle(&self) -> Option<String> {
-        self.unique_name.clone().or_else(|| self.display_name.clone())
+        self.unique_name
+            .clone()
+            .or_else(|| self.display_name.clone())
     }
 }
 
@@ -162,7 +166,9 @@ fn push_event(r: PushResource) -> Result<GitEvent, ParseError> {
     // they are that ref's; with several, each ref is credited only with its own new head
     // (which commit belongs to which ref is not in the payload).
     let moving = r.ref_updates.iter().filter(|u| {
-        u.new_object_id.as_deref().is_some_and(|n| !n.bytes().all(|b| b == b'0'))
+        u.new_object_id
+            .as_deref()
+            .is_some_and(|n| !n.bytes().all(|b| b == b'0'))
     });
     let single = moving.count() == 1;
     let pushes = r
@@ -173,7 +179,11 @@ fn push_event(r: PushResource) -> Result<GitEvent, ParseError> {
             let mut own: Vec<Commit> = if single && after.is_some() {
                 commits.clone()
             } else {
-                commits.iter().filter(|c| Some(&c.sha) == after.as_ref()).cloned().collect()
+                commits
+                    .iter()
+                    .filter(|c| Some(&c.sha) == after.as_ref())
+                    .cloned()
+                    .collect()
             };
             ensure_head(&mut own, &after);
             Ok(Push {
@@ -229,12 +239,17 @@ fn pr_event(r: PrResource) -> Result<GitEvent, ParseError> {
             r.status.as_deref().unwrap_or("")
         )));
     }
-    let merge_commit = r
-        .last_merge_commit
-        .as_ref()
-        .ok_or_else(|| ParseError::invalid("resource.lastMergeCommit", "missing on a completed pull request"))?;
+    let merge_commit = r.last_merge_commit.as_ref().ok_or_else(|| {
+        ParseError::invalid(
+            "resource.lastMergeCommit",
+            "missing on a completed pull request",
+        )
+    })?;
     let head = match &r.last_merge_source_commit {
-        Some(c) => Some(sha("resource.lastMergeSourceCommit.commitId", &c.commit_id)?),
+        Some(c) => Some(sha(
+            "resource.lastMergeSourceCommit.commitId",
+            &c.commit_id,
+        )?),
         None => None,
     };
     let reviews = r
@@ -251,10 +266,19 @@ fn pr_event(r: PrResource) -> Result<GitEvent, ParseError> {
             })
         })
         .collect();
-    Ok(GitEvent::PullRequest(PullRequest {
+    // The web page of the pull request, not the REST URL the payload carries.
+    let url = match &r.repository.remote_url {
+        Some(remote) => Some(format!(
+            "{}/pullrequest/{}",
+            remote.trim_end_matches('/'),
+            r.pull_request_id
+        )),
+        None => r.url.clone(),
+    };
+    Ok(GitEvent::pull_request(PullRequest {
         repository: r.repository.to_repository()?,
         number: r.pull_request_id,
-        url: r.url.clone(),
+        url,
         merge: Some(Merge {
             sha: sha("resource.lastMergeCommit.commitId", &merge_commit.commit_id)?,
             merged_by: r.closed_by.as_ref().and_then(Identity::handle),

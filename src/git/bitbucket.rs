@@ -54,7 +54,12 @@ impl Repo {
         let url = match (&self.links, &self.full_name) {
             (Some(Links { html: Some(h) }), _) => h.href.clone(),
             (_, Some(name)) => format!("https://bitbucket.org/{name}"),
-            _ => return Err(ParseError::invalid("repository", "no links.html.href or full_name")),
+            _ => {
+                return Err(ParseError::invalid(
+                    "repository",
+                    "no links.html.href or full_name",
+                ))
+            }
         };
         Ok(Repository {
             key: repo_key("repository.links.html.href", &url)?,
@@ -139,7 +144,11 @@ impl BbCommit {
             message: self.message.clone(),
             author,
             timestamp: timestamp(self.date.as_deref()),
-            url: self.links.as_ref().and_then(|l| l.html.as_ref()).map(|h| h.href.clone()),
+            url: self
+                .links
+                .as_ref()
+                .and_then(|l| l.html.as_ref())
+                .map(|h| h.href.clone()),
         })
     }
 }
@@ -147,47 +156,52 @@ impl BbCommit {
 fn push_event(p: PushPayload) -> Result<GitEvent, ParseError> {
     let repository = p.repository.to_repository()?;
     let pusher = p.actor.as_ref().and_then(Account::handle);
-    let pushes = p
-        .push
-        .changes
-        .iter()
-        .map(|c| {
-            let state = c
-                .new
-                .as_ref()
-                .or(c.old.as_ref())
-                .ok_or_else(|| ParseError::invalid("push.changes[]", "neither old nor new"))?;
-            let git_ref = if state.kind == "tag" || state.kind == "annotated_tag" {
-                tag_ref(&state.name)
-            } else {
-                branch_ref(&state.name)
-            };
-            let after = opt_sha("push.changes[].new.target.hash", c.new.as_ref().map(|n| n.target.hash.as_str()))?;
-            // Bitbucket lists commits newest first; we keep oldest first like the others.
-            let mut commits = c
-                .commits
-                .iter()
-                .rev()
-                .map(BbCommit::to_commit)
-                .collect::<Result<Vec<_>, _>>()?;
-            if let Some(n) = &c.new {
-                if after.is_some() && !commits.iter().any(|x| Some(&x.sha) == after.as_ref()) {
-                    commits.push(n.target.to_commit()?);
+    let pushes =
+        p.push
+            .changes
+            .iter()
+            .map(|c| {
+                let state =
+                    c.new.as_ref().or(c.old.as_ref()).ok_or_else(|| {
+                        ParseError::invalid("push.changes[]", "neither old nor new")
+                    })?;
+                let git_ref = if state.kind == "tag" || state.kind == "annotated_tag" {
+                    tag_ref(&state.name)
+                } else {
+                    branch_ref(&state.name)
+                };
+                let after = opt_sha(
+                    "push.changes[].new.target.hash",
+                    c.new.as_ref().map(|n| n.target.hash.as_str()),
+                )?;
+                // Bitbucket lists commits newest first; we keep oldest first like the others.
+                let mut commits = c
+                    .commits
+                    .iter()
+                    .rev()
+                    .map(BbCommit::to_commit)
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let Some(n) = &c.new {
+                    if after.is_some() && !commits.iter().any(|x| Some(&x.sha) == after.as_ref()) {
+                        commits.push(n.target.to_commit()?);
+                    }
                 }
-            }
-            ensure_head(&mut commits, &after);
-            Ok(Push {
-                repository: repository.clone(),
-                git_ref,
-                before: opt_sha("push.changes[].old.target.hash", c.old.as_ref().map(|o| o.target.hash.as_str()))?,
-                head: after.clone(),
-                after,
-                forced: c.forced,
-                pusher: pusher.clone(),
-                commits,
+                ensure_head(&mut commits, &after);
+                Ok(Push {
+                    repository: repository.clone(),
+                    git_ref,
+                    before: opt_sha(
+                        "push.changes[].old.target.hash",
+                        c.old.as_ref().map(|o| o.target.hash.as_str()),
+                    )?,
+                    head: after.clone(),
+                    after,
+                    forced: c.forced,
+                    pusher: pusher.clone(),
+                    commits,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, ParseError>>()?;
+            .collect::<Result<Vec<_>, ParseError>>()?;
     Ok(GitEvent::Push { pushes })
 }
 
@@ -265,12 +279,16 @@ fn base(p: &PrPayload) -> Result<PullRequest, ParseError> {
 
 fn fulfilled_event(p: PrPayload) -> Result<GitEvent, ParseError> {
     let pr = &p.pullrequest;
-    let Some(merge_sha) = full_sha("pullrequest.merge_commit.hash", pr.merge_commit.as_ref()) else {
+    let Some(merge_sha) = full_sha("pullrequest.merge_commit.hash", pr.merge_commit.as_ref())
+    else {
         return Ok(GitEvent::ignored(
             "merge commit hash is missing or abbreviated; the approval cannot be linked to a commit",
         ));
     };
-    let head = full_sha("pullrequest.source.commit.hash", pr.source.as_ref().and_then(|s| s.commit.as_ref()));
+    let head = full_sha(
+        "pullrequest.source.commit.hash",
+        pr.source.as_ref().and_then(|s| s.commit.as_ref()),
+    );
     let reviews = pr
         .participants
         .iter()
@@ -301,7 +319,7 @@ fn fulfilled_event(p: PrPayload) -> Result<GitEvent, ParseError> {
         head,
     });
     out.reviews = reviews;
-    Ok(GitEvent::PullRequest(out))
+    Ok(GitEvent::pull_request(out))
 }
 
 fn approval_event(p: PrPayload, approved: bool) -> Result<GitEvent, ParseError> {
@@ -318,9 +336,12 @@ fn approval_event(p: PrPayload, approved: bool) -> Result<GitEvent, ParseError> 
         approved,
         commit: full_sha(
             "pullrequest.source.commit.hash",
-            p.pullrequest.source.as_ref().and_then(|s| s.commit.as_ref()),
+            p.pullrequest
+                .source
+                .as_ref()
+                .and_then(|s| s.commit.as_ref()),
         ),
         at: timestamp(p.approval.as_ref().and_then(|a| a.date.as_deref())),
     });
-    Ok(GitEvent::PullRequest(out))
+    Ok(GitEvent::pull_request(out))
 }

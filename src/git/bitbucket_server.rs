@@ -8,9 +8,9 @@
 use serde::Deserialize;
 
 use super::{
-    branch_ref, ensure_head, opt_sha, repo_key, sha, tag_ref, verify_hub_signature,
-    AuthError, Commit, Delivery, GitEvent, Merge, ParseError, Parsed, Person, PullRequest, Push,
-    Repository, Review,
+    branch_ref, ensure_head, opt_sha, repo_key, sha, tag_ref, verify_hub_signature, AuthError,
+    Commit, Delivery, GitEvent, Merge, ParseError, Parsed, Person, PullRequest, Push, Repository,
+    Review,
 };
 use crate::config::SecretPair;
 
@@ -25,7 +25,9 @@ pub fn parse(d: &Delivery<'_>) -> Result<Parsed, ParseError> {
         "repo:refs_changed" => push_event(d.parse_json()?)?,
         "pr:merged" => merged_event(d.parse_json()?)?,
         "pr:reviewer:approved" => review_event(d.parse_json()?, true)?,
-        "pr:reviewer:unapproved" | "pr:reviewer:needs_work" => review_event(d.parse_json()?, false)?,
+        "pr:reviewer:unapproved" | "pr:reviewer:needs_work" => {
+            review_event(d.parse_json()?, false)?
+        }
         other => GitEvent::ignored(format!("event key {other:?} is not handled")),
     };
     Ok(Parsed {
@@ -93,10 +95,9 @@ impl Repo {
             None => {
                 // Without clone links the project key and slug still name the repository;
                 // the host is unknown, so the key carries a fixed placeholder host.
-                let project = self
-                    .project
-                    .as_ref()
-                    .ok_or_else(|| ParseError::invalid("repository", "no links.clone and no project.key"))?;
+                let project = self.project.as_ref().ok_or_else(|| {
+                    ParseError::invalid("repository", "no links.clone and no project.key")
+                })?;
                 format!("bitbucket-server/{}/{}", project.key, self.slug)
             }
         };
@@ -186,12 +187,20 @@ fn push_event(p: PushPayload) -> Result<GitEvent, ParseError> {
                 .or_else(|| c.ref_id.clone())
                 .ok_or_else(|| ParseError::invalid("changes[].refId", "missing"))?;
             let is_tag = c.git_ref.as_ref().and_then(|r| r.kind.as_deref()) == Some("TAG");
-            let git_ref = if is_tag { tag_ref(&id) } else { branch_ref(&id) };
+            let git_ref = if is_tag {
+                tag_ref(&id)
+            } else {
+                branch_ref(&id)
+            };
             let after = opt_sha("changes[].toHash", c.to_hash.as_deref())?;
             let mut commits: Vec<Commit> = if single && after.is_some() {
                 listed.iter().rev().cloned().collect()
             } else {
-                listed.iter().filter(|x| Some(&x.sha) == after.as_ref()).cloned().collect()
+                listed
+                    .iter()
+                    .filter(|x| Some(&x.sha) == after.as_ref())
+                    .cloned()
+                    .collect()
             };
             commits.dedup_by(|a, b| a.sha == b.sha);
             ensure_head(&mut commits, &after);
@@ -264,7 +273,11 @@ fn base(p: &PrPayload) -> Result<PullRequest, ParseError> {
     Ok(PullRequest {
         repository: pr.to_ref.repository.to_repository()?,
         number: pr.id,
-        url: pr.links.as_ref().and_then(|l| l.self_.first()).map(|h| h.href.clone()),
+        url: pr
+            .links
+            .as_ref()
+            .and_then(|l| l.self_.first())
+            .map(|h| h.href.clone()),
         merge: None,
         reviews: vec![],
     })
@@ -276,10 +289,14 @@ fn merged_event(p: PrPayload) -> Result<GitEvent, ParseError> {
         .properties
         .as_ref()
         .and_then(|x| x.merge_commit.as_ref())
-        .ok_or_else(|| ParseError::invalid("pullRequest.properties.mergeCommit", "missing on pr:merged"))?;
+        .ok_or_else(|| {
+            ParseError::invalid("pullRequest.properties.mergeCommit", "missing on pr:merged")
+        })?;
     let head = opt_sha(
         "pullRequest.fromRef.latestCommit",
-        pr.from_ref.as_ref().and_then(|r| r.latest_commit.as_deref()),
+        pr.from_ref
+            .as_ref()
+            .and_then(|r| r.latest_commit.as_deref()),
     )?;
     let mut out = base(&p)?;
     out.merge = Some(Merge {
@@ -302,7 +319,7 @@ fn merged_event(p: PrPayload) -> Result<GitEvent, ParseError> {
             })
         })
         .collect();
-    Ok(GitEvent::PullRequest(out))
+    Ok(GitEvent::pull_request(out))
 }
 
 fn review_event(p: PrPayload, approved: bool) -> Result<GitEvent, ParseError> {
@@ -323,5 +340,5 @@ fn review_event(p: PrPayload, approved: bool) -> Result<GitEvent, ParseError> {
         commit,
         at: None,
     });
-    Ok(GitEvent::PullRequest(out))
+    Ok(GitEvent::pull_request(out))
 }

@@ -36,14 +36,16 @@ pub fn parse(d: &Delivery<'_>) -> Result<Parsed, ParseError> {
         "pull_request" => {
             let p: PullRequestPayload = d.parse_json()?;
             match p.merged()? {
-                Some(pr) => GitEvent::PullRequest(pr),
-                None => GitEvent::ignored(format!("pull_request action {:?} is not a merge", p.action)),
+                Some(pr) => GitEvent::pull_request(pr),
+                None => {
+                    GitEvent::ignored(format!("pull_request action {:?} is not a merge", p.action))
+                }
             }
         }
         "pull_request_approved" | "pull_request_review_approved" => {
             let p: PullRequestPayload = d.parse_json()?;
             let sender = p.sender.as_ref().and_then(User::handle);
-            GitEvent::PullRequest(p.with_review(sender, true)?)
+            GitEvent::pull_request(p.with_review(sender, true)?)
         }
         other => GitEvent::ignored(format!("event type {other:?} is not handled")),
     };

@@ -13,7 +13,13 @@ use super::{
 use crate::config::SecretPair;
 
 pub fn verify(pair: &SecretPair, d: &Delivery<'_>) -> Result<(), AuthError> {
-    verify_hub_signature(pair, d, &["x-hub-signature-256"], &[], Some("x-hub-signature"))
+    verify_hub_signature(
+        pair,
+        d,
+        &["x-hub-signature-256"],
+        &[],
+        Some("x-hub-signature"),
+    )
 }
 
 pub fn parse(d: &Delivery<'_>) -> Result<Parsed, ParseError> {
@@ -66,7 +72,9 @@ impl Repo {
             .as_deref()
             .or(self.html_url.as_deref())
             .or(self.ssh_url.as_deref())
-            .ok_or_else(|| ParseError::invalid("repository", "no clone_url, html_url or ssh_url"))?;
+            .ok_or_else(|| {
+                ParseError::invalid("repository", "no clone_url, html_url or ssh_url")
+            })?;
         Ok(Repository {
             key: repo_key("repository.clone_url", url)?,
             url: url.to_string(),
@@ -225,10 +233,12 @@ impl PullRequestPayload {
         if self.action != "closed" || !pr.merged {
             return Ok(None);
         }
-        let merge_sha = pr
-            .merge_commit_sha
-            .as_deref()
-            .ok_or_else(|| ParseError::invalid("pull_request.merge_commit_sha", "missing on a merged pull request"))?;
+        let merge_sha = pr.merge_commit_sha.as_deref().ok_or_else(|| {
+            ParseError::invalid(
+                "pull_request.merge_commit_sha",
+                "missing on a merged pull request",
+            )
+        })?;
         Ok(Some(PullRequest {
             repository: self.repository.to_repository()?,
             number: self.number()?,
@@ -237,24 +247,37 @@ impl PullRequestPayload {
                 sha: sha("pull_request.merge_commit_sha", merge_sha)?,
                 merged_by: pr.merged_by.as_ref().and_then(User::handle),
                 merged_at: timestamp(pr.merged_at.as_deref()),
-                target_ref: pr.base.as_ref().and_then(|b| b.git_ref.as_deref()).map(branch_ref),
-                head: opt_sha("pull_request.head.sha", pr.head.as_ref().and_then(|h| h.sha.as_deref()))?,
+                target_ref: pr
+                    .base
+                    .as_ref()
+                    .and_then(|b| b.git_ref.as_deref())
+                    .map(branch_ref),
+                head: opt_sha(
+                    "pull_request.head.sha",
+                    pr.head.as_ref().and_then(|h| h.sha.as_deref()),
+                )?,
             }),
             reviews: vec![],
         }))
     }
 
     /// A pull request carrying one review by `user`.
-    pub fn with_review(&self, user: Option<String>, approved: bool) -> Result<PullRequest, ParseError> {
+    pub fn with_review(
+        &self,
+        user: Option<String>,
+        approved: bool,
+    ) -> Result<PullRequest, ParseError> {
         let review = self.review.as_ref();
         let user = review
             .and_then(|r| r.user.as_ref())
             .and_then(User::handle)
             .or(user)
             .ok_or_else(|| ParseError::invalid("review.user", "missing"))?;
-        let commit = review
-            .and_then(|r| r.commit_id.as_deref())
-            .or(self.pull_request.head.as_ref().and_then(|h| h.sha.as_deref()));
+        let commit = review.and_then(|r| r.commit_id.as_deref()).or(self
+            .pull_request
+            .head
+            .as_ref()
+            .and_then(|h| h.sha.as_deref()));
         Ok(PullRequest {
             repository: self.repository.to_repository()?,
             number: self.number()?,
@@ -272,7 +295,7 @@ impl PullRequestPayload {
 
 fn pull_request_event(p: PullRequestPayload) -> Result<GitEvent, ParseError> {
     Ok(match p.merged()? {
-        Some(pr) => GitEvent::PullRequest(pr),
+        Some(pr) => GitEvent::pull_request(pr),
         None if p.action == "closed" => GitEvent::ignored("pull request closed without merging"),
         None => GitEvent::ignored(format!("pull_request action {:?} is not handled", p.action)),
     })
@@ -286,9 +309,9 @@ fn review_event(p: PullRequestPayload) -> Result<GitEvent, ParseError> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     Ok(match (p.action.as_str(), state.as_str()) {
-        ("submitted", "approved") => GitEvent::PullRequest(p.with_review(None, true)?),
+        ("submitted", "approved") => GitEvent::pull_request(p.with_review(None, true)?),
         // A dismissed approval no longer counts.
-        ("dismissed", _) => GitEvent::PullRequest(p.with_review(None, false)?),
+        ("dismissed", _) => GitEvent::pull_request(p.with_review(None, false)?),
         (action, state) => GitEvent::ignored(format!(
             "pull_request_review {action:?} with state {state:?} is not an approval"
         )),

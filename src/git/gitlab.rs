@@ -6,17 +6,17 @@
 use serde::Deserialize;
 
 use super::{
-    branch_ref, ensure_head, opt_sha, repo_key, sha, signature::token_matches, timestamp, AuthError,
-    Commit, Delivery, GitEvent, Merge, ParseError, Parsed, Person, PullRequest, Push, Repository,
-    Review,
+    branch_ref, ensure_head, opt_sha, repo_key, sha, signature::token_matches, timestamp,
+    AuthError, Commit, Credential, Delivery, GitEvent, Merge, ParseError, Parsed, Person,
+    PullRequest, Push, Repository, Review,
 };
 use crate::config::SecretPair;
 
 pub fn verify(pair: &SecretPair, d: &Delivery<'_>) -> Result<(), AuthError> {
     match d.header("x-gitlab-token").filter(|v| !v.is_empty()) {
-        None => Err(AuthError::Missing("X-Gitlab-Token")),
+        None => Err(AuthError::Missing(Credential::Token)),
         Some(t) if token_matches(pair, t) => Ok(()),
-        Some(_) => Err(AuthError::Mismatch("X-Gitlab-Token")),
+        Some(_) => Err(AuthError::Mismatch(Credential::Token)),
     }
 }
 
@@ -78,7 +78,9 @@ impl Project {
             .as_deref()
             .or(self.web_url.as_deref())
             .or(self.git_ssh_url.as_deref())
-            .ok_or_else(|| ParseError::invalid("project", "no git_http_url, web_url or git_ssh_url"))?;
+            .ok_or_else(|| {
+                ParseError::invalid("project", "no git_http_url, web_url or git_ssh_url")
+            })?;
         Ok(Repository {
             key: repo_key("project.git_http_url", url)?,
             url: url.to_string(),
@@ -207,9 +209,9 @@ fn merge_request_event(p: MergeRequestPayload) -> Result<GitEvent, ParseError> {
                 .filter(|s| !s.is_empty());
             let sha = match merged {
                 Some(s) => sha("object_attributes.merge_commit_sha", s)?,
-                None => head
-                    .clone()
-                    .ok_or_else(|| ParseError::invalid("object_attributes.merge_commit_sha", "missing"))?,
+                None => head.clone().ok_or_else(|| {
+                    ParseError::invalid("object_attributes.merge_commit_sha", "missing")
+                })?,
             };
             pr.merge = Some(Merge {
                 sha,
@@ -220,7 +222,8 @@ fn merge_request_event(p: MergeRequestPayload) -> Result<GitEvent, ParseError> {
             });
         }
         Some(action @ ("approved" | "approval" | "unapproved" | "unapproval")) => {
-            let user = actor.ok_or_else(|| ParseError::invalid("user", "missing on an approval"))?;
+            let user =
+                actor.ok_or_else(|| ParseError::invalid("user", "missing on an approval"))?;
             pr.reviews.push(Review {
                 user,
                 approved: action == "approved" || action == "approval",
@@ -234,5 +237,5 @@ fn merge_request_event(p: MergeRequestPayload) -> Result<GitEvent, ParseError> {
             )))
         }
     }
-    Ok(GitEvent::PullRequest(pr))
+    Ok(GitEvent::pull_request(pr))
 }

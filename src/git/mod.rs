@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{SecretPair, Secrets};
 use crate::domain::{CommitSha, RepoKey};
-pub use signature::AuthError;
+pub use signature::{AuthError, Credential};
 
 /// The `{provider}` path segment of `POST /api/hooks/git/{provider}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -97,7 +97,10 @@ pub struct Delivery<'a> {
 
 impl<'a> Delivery<'a> {
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
     }
 
     /// A header that must be present and non-empty.
@@ -160,12 +163,16 @@ pub enum GitEvent {
     /// One or more refs moved (Azure DevOps and Bitbucket can move several in one push).
     Push { pushes: Vec<Push> },
     /// A pull/merge request was merged, or reviewed.
-    PullRequest(PullRequest),
+    PullRequest(Box<PullRequest>),
     /// Authentic but nothing to record: pings, test deliveries, event types we don't handle.
     Ignored { reason: String },
 }
 
 impl GitEvent {
+    pub fn pull_request(pr: PullRequest) -> Self {
+        GitEvent::PullRequest(Box::new(pr))
+    }
+
     pub fn ignored(reason: impl Into<String>) -> Self {
         GitEvent::Ignored {
             reason: reason.into(),
@@ -321,7 +328,10 @@ pub(crate) fn sha(field: &'static str, value: &str) -> Result<CommitSha, ParseEr
 }
 
 /// An object id where all zeros means "none".
-pub(crate) fn opt_sha(field: &'static str, value: Option<&str>) -> Result<Option<CommitSha>, ParseError> {
+pub(crate) fn opt_sha(
+    field: &'static str,
+    value: Option<&str>,
+) -> Result<Option<CommitSha>, ParseError> {
     match value {
         None | Some("") => Ok(None),
         Some(v) => CommitSha::parse_optional(v).map_err(|e| ParseError::invalid(field, e)),
@@ -406,37 +416,43 @@ pub(crate) fn verify_hub_signature(
     use signature::{decode_hex, parse_prefixed, verify_any, Algorithm};
     for name in bare_hex_headers {
         if let Some(v) = d.header(name).filter(|v| !v.is_empty()) {
-            let digest = decode_hex(v).ok_or(AuthError::Mismatch("signature"))?;
+            let digest = decode_hex(v).ok_or(AuthError::Mismatch(Credential::Signature))?;
             return check(verify_any(pair, Algorithm::Sha256, d.body, &digest));
         }
     }
     for name in sha256_headers {
         if let Some(v) = d.header(name).filter(|v| !v.is_empty()) {
             return match parse_prefixed(v) {
-                Some((algo @ Algorithm::Sha256, digest)) => check(verify_any(pair, algo, d.body, &digest)),
+                Some((algo @ Algorithm::Sha256, digest)) => {
+                    check(verify_any(pair, algo, d.body, &digest))
+                }
                 Some((algo @ Algorithm::Sha1, digest)) if sha1_header == Some(*name) => {
                     check(verify_any(pair, algo, d.body, &digest))
                 }
-                _ => Err(AuthError::Mismatch("signature")),
+                _ => Err(AuthError::Mismatch(Credential::Signature)),
             };
         }
     }
     if let Some(name) = sha1_header {
         if let Some(v) = d.header(name).filter(|v| !v.is_empty()) {
             return match parse_prefixed(v) {
-                Some((algo @ Algorithm::Sha1, digest)) => check(verify_any(pair, algo, d.body, &digest)),
-                Some((algo @ Algorithm::Sha256, digest)) => check(verify_any(pair, algo, d.body, &digest)),
-                _ => Err(AuthError::Mismatch("signature")),
+                Some((algo @ Algorithm::Sha1, digest)) => {
+                    check(verify_any(pair, algo, d.body, &digest))
+                }
+                Some((algo @ Algorithm::Sha256, digest)) => {
+                    check(verify_any(pair, algo, d.body, &digest))
+                }
+                _ => Err(AuthError::Mismatch(Credential::Signature)),
             };
         }
     }
-    Err(AuthError::Missing("signature"))
+    Err(AuthError::Missing(Credential::Signature))
 }
 
 fn check(ok: bool) -> Result<(), AuthError> {
     if ok {
         Ok(())
     } else {
-        Err(AuthError::Mismatch("signature"))
+        Err(AuthError::Mismatch(Credential::Signature))
     }
 }

@@ -16,9 +16,30 @@ pub enum AuthError {
     #[error("no secret is configured for this source; set {0} (or FLUXTRAIL_INSECURE_ALLOW_UNSIGNED=true for development)")]
     NotConfigured(&'static str),
     #[error("the request carries no {0}")]
-    Missing(&'static str),
+    Missing(Credential),
     #[error("the {0} does not match any configured secret")]
-    Mismatch(&'static str),
+    Mismatch(Credential),
+}
+
+/// What a source authenticates with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// An HMAC of the body in a header.
+    Signature,
+    /// A shared token in a header (GitLab's `X-Gitlab-Token`, a bearer token).
+    Token,
+    /// HTTP Basic credentials (Azure DevOps service hooks).
+    BasicAuth,
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::Signature => "signature",
+            Credential::Token => "token",
+            Credential::BasicAuth => "basic auth credentials",
+        })
+    }
 }
 
 /// The hash of an HMAC signature, as named by a header prefix (`sha256=…`).
@@ -60,7 +81,8 @@ pub fn decode_hex(value: &str) -> Option<Vec<u8>> {
 }
 
 fn hmac_matches<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8], expected: &[u8]) -> bool {
-    let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
+    let mut mac =
+        <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(body);
     mac.verify_slice(expected).is_ok()
 }
@@ -78,9 +100,9 @@ pub fn hmac_verify(algo: Algorithm, key: &[u8], body: &[u8], expected: &[u8]) ->
 /// Checks an HMAC against every configured secret (current, then previous).
 pub fn verify_any(secrets: &SecretPair, algo: Algorithm, body: &[u8], expected: &[u8]) -> bool {
     // No short-circuit: both secrets are always tried, so timing does not tell which matched.
-    secrets
-        .iter()
-        .fold(false, |ok, s| hmac_verify(algo, s.expose().as_bytes(), body, expected) | ok)
+    secrets.iter().fold(false, |ok, s| {
+        hmac_verify(algo, s.expose().as_bytes(), body, expected) | ok
+    })
 }
 
 /// Constant-time equality of a presented token with any configured secret.
@@ -95,7 +117,8 @@ pub fn token_matches(secrets: &SecretPair, presented: &str) -> bool {
 /// Hex HMAC-SHA256 of `body`: what a sender puts in its signature header. Used by tests,
 /// the example script and benchmarks to sign deliveries the way hosts do.
 pub fn sign_sha256_hex(key: &[u8], body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(key).expect("any key length");
+    let mut mac =
+        <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(key).expect("any key length");
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
 }
@@ -132,7 +155,12 @@ mod tests {
     #[test]
     fn trailing_newline_is_a_different_body() {
         let digest = decode_hex(SHA256).unwrap();
-        assert!(!verify_any(&pair(SECRET), Algorithm::Sha256, b"Hello, World!\n", &digest));
+        assert!(!verify_any(
+            &pair(SECRET),
+            Algorithm::Sha256,
+            b"Hello, World!\n",
+            &digest
+        ));
         assert!(sign_sha256_hex(SECRET.as_bytes(), b"Hello, World!\n").starts_with("8fde2e97"));
     }
 
@@ -141,7 +169,12 @@ mod tests {
         let digest = decode_hex(SHA256).unwrap();
         let rotating = SecretPair::new(Some("brand new"), Some(SECRET));
         assert!(verify_any(&rotating, Algorithm::Sha256, BODY, &digest));
-        assert!(!verify_any(&SecretPair::default(), Algorithm::Sha256, BODY, &digest));
+        assert!(!verify_any(
+            &SecretPair::default(),
+            Algorithm::Sha256,
+            BODY,
+            &digest
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTIC
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use crate::git::{AuthError, ParseError};
+use crate::git::{AuthError, Credential, ParseError};
 use crate::store::StoreError;
 
 pub type Body = Full<Bytes>;
@@ -58,12 +58,32 @@ impl ApiError {
             UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
             CommitNotFound(_) => (StatusCode::NOT_FOUND, "commit_not_found"),
             MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            UnsupportedMediaType { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
-            Auth(AuthError::NotConfigured(_)) => (StatusCode::UNAUTHORIZED, "source_not_configured"),
-            Auth(AuthError::Missing(_)) => (StatusCode::UNAUTHORIZED, "signature_missing"),
-            Auth(AuthError::Mismatch(_)) => (StatusCode::UNAUTHORIZED, "signature_invalid"),
+            Auth(AuthError::NotConfigured(_)) => {
+                (StatusCode::UNAUTHORIZED, "source_not_configured")
+            }
+            Auth(AuthError::Missing(Credential::Signature)) => {
+                (StatusCode::UNAUTHORIZED, "signature_missing")
+            }
+            Auth(AuthError::Mismatch(Credential::Signature)) => {
+                (StatusCode::UNAUTHORIZED, "signature_invalid")
+            }
+            Auth(AuthError::Missing(Credential::Token)) => {
+                (StatusCode::UNAUTHORIZED, "token_missing")
+            }
+            Auth(AuthError::Mismatch(Credential::Token)) => {
+                (StatusCode::UNAUTHORIZED, "token_invalid")
+            }
+            Auth(AuthError::Missing(Credential::BasicAuth)) => {
+                (StatusCode::UNAUTHORIZED, "basic_auth_missing")
+            }
+            Auth(AuthError::Mismatch(Credential::BasicAuth)) => {
+                (StatusCode::UNAUTHORIZED, "basic_auth_invalid")
+            }
             Parse(ParseError::Json(_)) => (StatusCode::BAD_REQUEST, "malformed_json"),
             Parse(ParseError::Form) => (StatusCode::BAD_REQUEST, "malformed_form"),
             Parse(ParseError::MissingHeader(_)) => (StatusCode::BAD_REQUEST, "missing_header"),
@@ -72,7 +92,9 @@ impl ApiError {
             ReadTokenMissing => (StatusCode::UNAUTHORIZED, "token_missing"),
             ReadTokenInvalid => (StatusCode::UNAUTHORIZED, "token_invalid"),
             // Undecodable stored data will not heal by retrying: that is our bug, a 500.
-            StoreUnavailable(StoreError::Corrupt(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            StoreUnavailable(StoreError::Corrupt(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+            }
             StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         }
     }
@@ -84,7 +106,10 @@ impl ApiError {
         } else {
             tracing::debug!(code, status = status.as_u16(), error = %self, "request refused");
         }
-        let mut resp = json_response(status, &json!({"error": {"code": code, "message": self.to_string()}}));
+        let mut resp = json_response(
+            status,
+            &json!({"error": {"code": code, "message": self.to_string()}}),
+        );
         let h = resp.headers_mut();
         match &self {
             ApiError::MethodNotAllowed { allow } => {

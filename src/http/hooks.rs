@@ -13,8 +13,13 @@ use crate::ledger::Recorded;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
-pub(super) async fn git(state: &AppState, provider: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let provider = Provider::from_segment(provider).ok_or_else(|| ApiError::UnknownProvider(provider.to_string()))?;
+pub(super) async fn git(
+    state: &AppState,
+    provider: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let provider = Provider::from_segment(provider)
+        .ok_or_else(|| ApiError::UnknownProvider(provider.to_string()))?;
     let media = media_type(req.headers());
     let form = match media.as_str() {
         "application/json" => false,
@@ -46,7 +51,10 @@ pub(super) async fn git(state: &AppState, provider: &str, req: Request<Incoming>
     let parsed = git::parse(provider, &delivery)?;
     if let GitEvent::Ignored { reason } = &parsed.event {
         tracing::info!(provider = provider.as_str(), %reason, "delivery ignored");
-        return Ok(json_response(StatusCode::OK, &json!({"status": "ignored", "reason": reason})));
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "ignored", "reason": reason}),
+        ));
     }
     let recorded = state
         .ledger

@@ -42,7 +42,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -81,11 +85,16 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     }
 }
 
-async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     // Never log the query string (Functions keys travel in `?code=`) or headers.
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = route(&state, req).await.unwrap_or_else(ApiError::into_response);
+    let resp = route(&state, req)
+        .await
+        .unwrap_or_else(ApiError::into_response);
     tracing::info!(%method, %path, status = resp.status().as_u16(), "request");
     Ok(resp)
 }
@@ -142,7 +151,10 @@ fn media_type(headers: &HeaderMap) -> String {
 
 /// Reads the whole body, refusing more than `limit` bytes: early from `Content-Length`,
 /// and while streaming for chunked bodies that announce nothing.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -154,7 +166,9 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(hyper::http:
     let (parts, body) = req.into_parts();
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
         Err(e) => Err(ApiError::BodyRead(e.to_string())),
     }
 }

@@ -33,7 +33,11 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-pub(super) async fn commit(state: &AppState, sha: &str, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
+pub(super) async fn commit(
+    state: &AppState,
+    sha: &str,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
     authorize(state, headers)?;
     let sha = CommitSha::parse(sha).map_err(|e| ApiError::InvalidSha(e.to_string()))?;
     match state.ledger.evidence(&sha).await? {
@@ -45,7 +49,10 @@ pub(super) async fn commit(state: &AppState, sha: &str, headers: &HeaderMap) -> 
     }
 }
 
-pub(super) async fn health(state: &AppState, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
+pub(super) async fn health(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
     authorize(state, headers)?;
     let store = state.ledger.store().ping().await;
     let ok = store.is_ok();
@@ -62,6 +69,10 @@ pub(super) async fn health(state: &AppState, headers: &HeaderMap) -> Result<Resp
             "file": state.settings.messages_file.display().to_string(),
         },
     });
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     Ok(json_response(status, &body))
 }

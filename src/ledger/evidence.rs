@@ -72,7 +72,9 @@ pub fn assemble(sha: &CommitSha, rows: &[Entity]) -> Result<Option<Evidence>, St
                     author: c.author,
                     timestamp: c.timestamp,
                     url: c.url,
-                    pushed_at: c.pushed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    pushed_at: c
+                        .pushed_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     pushed_by: c.pushed_by,
                 });
             }

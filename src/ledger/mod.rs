@@ -73,14 +73,20 @@ impl Ledger {
         };
         let (journal, etag) = match self
             .store
-            .insert(Table::Deliveries, Entity::from_record(&pk, delivery_id, &journal))
+            .insert(
+                Table::Deliveries,
+                Entity::from_record(&pk, delivery_id, &journal),
+            )
             .await
         {
             Ok(etag) => (journal, etag),
             Err(StoreError::Conflict) => {
-                let Some(stored) = self.store.get(Table::Deliveries, &pk, delivery_id).await? else {
+                let Some(stored) = self.store.get(Table::Deliveries, &pk, delivery_id).await?
+                else {
                     // Deleted between our insert and read (retention): treat as new next time.
-                    return Err(StoreError::Unavailable("delivery journal changed concurrently".into()));
+                    return Err(StoreError::Unavailable(
+                        "delivery journal changed concurrently".into(),
+                    ));
                 };
                 let rec: DeliveryRecord = stored.record()?;
                 if rec.state == DeliveryState::Done {
@@ -101,7 +107,11 @@ impl Ledger {
         };
         match self
             .store
-            .update(Table::Deliveries, Entity::from_record(&pk, delivery_id, &done), &etag)
+            .update(
+                Table::Deliveries,
+                Entity::from_record(&pk, delivery_id, &done),
+                &etag,
+            )
             .await
         {
             // A concurrent attempt of the same delivery marked it first: same outcome.
@@ -112,7 +122,10 @@ impl Ledger {
 
     /// Finishes every delivery a crash left `pending`. Returns how many were finished.
     pub async fn recover(&self) -> Result<usize, StoreError> {
-        let pending = self.store.query_where(Table::Deliveries, "state", "pending").await?;
+        let pending = self
+            .store
+            .query_where(Table::Deliveries, "state", "pending")
+            .await?;
         let mut finished = 0;
         for entity in pending {
             let rec: DeliveryRecord = entity.record()?;
@@ -159,12 +172,20 @@ impl Ledger {
         }
     }
 
-    async fn project_push(&self, provider: Provider, push: &Push, received_at: DateTime<Utc>) -> Result<usize, StoreError> {
+    async fn project_push(
+        &self,
+        provider: Provider,
+        push: &Push,
+        received_at: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         let record = PushRecord::new(provider, push, received_at);
         let pk = PushRecord::partition(&record.repository, &record.git_ref);
         match self
             .store
-            .insert(Table::Pushes, Entity::from_record(&pk, record.row(), &record))
+            .insert(
+                Table::Pushes,
+                Entity::from_record(&pk, record.row(), &record),
+            )
             .await
         {
             Ok(_) | Err(StoreError::Conflict) => {}
@@ -172,12 +193,17 @@ impl Ledger {
         }
         for commit in &push.commits {
             let incoming = CommitRecord::from_push(provider, push, commit, received_at);
-            self.modify(Table::Commits, commit.sha.as_str(), "commit", |stored: Option<CommitRecord>| {
-                Some(match stored {
-                    Some(s) => s.merge(incoming.clone()),
-                    None => incoming.clone(),
-                })
-            })
+            self.modify(
+                Table::Commits,
+                commit.sha.as_str(),
+                "commit",
+                |stored: Option<CommitRecord>| {
+                    Some(match stored {
+                        Some(s) => s.merge(incoming.clone()),
+                        None => incoming.clone(),
+                    })
+                },
+            )
             .await?;
         }
         Ok(push.commits.len())
@@ -186,12 +212,18 @@ impl Ledger {
     /// Stores the merge and reviews in the pull request's partition, then (re)derives the
     /// approval of the merge commit from that partition. Whichever of review and merge
     /// arrives last sees the other, so the approval is complete in every arrival order.
-    async fn project_pull_request(&self, provider: Provider, pr: &PullRequest) -> Result<(), StoreError> {
+    async fn project_pull_request(
+        &self,
+        provider: Provider,
+        pr: &PullRequest,
+    ) -> Result<(), StoreError> {
         let pk = format!("{}#{}", pr.repository.key, pr.number);
         if let Some(m) = &pr.merge {
             let rec = MergeRecord::new(provider, pr, m);
-            self.modify(Table::Pulls, &pk, "merge", |_: Option<MergeRecord>| Some(rec.clone()))
-                .await?;
+            self.modify(Table::Pulls, &pk, "merge", |_: Option<MergeRecord>| {
+                Some(rec.clone())
+            })
+            .await?;
         }
         for r in &pr.reviews {
             let incoming = ReviewRecord::new(r);
@@ -206,7 +238,10 @@ impl Ledger {
 
     async fn refresh_approval(&self, pull_pk: &str) -> Result<(), StoreError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let rows = self.store.query_partition(Table::Pulls, pull_pk, None).await?;
+            let rows = self
+                .store
+                .query_partition(Table::Pulls, pull_pk, None)
+                .await?;
             let Some(merge_row) = rows.iter().find(|e| e.rk == "merge") else {
                 return Ok(()); // Not merged (yet): the merge event will derive the approval.
             };
@@ -219,14 +254,22 @@ impl Ledger {
             let approval = ApprovalRecord::derive(&merge, &reviews);
             // Conditional write against the approval as it was before we read the pull
             // request: a concurrent writer that saw more reviews cannot be overwritten.
-            let stored = self.store.get(Table::Commits, &merge.sha, "approval").await?;
+            let stored = self
+                .store
+                .get(Table::Commits, &merge.sha, "approval")
+                .await?;
             let entity = Entity::from_record(&merge.sha, "approval", &approval);
             let result = match &stored {
-                Some(s) if s.record::<ApprovalRecord>().ok().as_ref() == Some(&approval) => return Ok(()),
+                Some(s) if s.record::<ApprovalRecord>().ok().as_ref() == Some(&approval) => {
+                    return Ok(())
+                }
                 Some(s) => {
                     // Re-read the partition after taking the etag so the derivation is at
                     // least as fresh as the approval we replace.
-                    let fresh = self.store.query_partition(Table::Pulls, pull_pk, None).await?;
+                    let fresh = self
+                        .store
+                        .query_partition(Table::Pulls, pull_pk, None)
+                        .await?;
                     if fresh != rows {
                         continue;
                     }
@@ -242,13 +285,21 @@ impl Ledger {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Unavailable("approval kept changing under concurrent writers".into()))
+        Err(StoreError::Unavailable(
+            "approval kept changing under concurrent writers".into(),
+        ))
     }
 
     /// Read-modify-write of one record with optimistic concurrency. `f` gets the stored
     /// record (if any) and returns the new one (`None`: leave it). Unchanged records are not
     /// rewritten, so re-applying a delivery writes nothing.
-    async fn modify<T, F>(&self, table: Table, pk: &str, rk: &str, mut f: F) -> Result<(), StoreError>
+    async fn modify<T, F>(
+        &self,
+        table: Table,
+        pk: &str,
+        rk: &str,
+        mut f: F,
+    ) -> Result<(), StoreError>
     where
         T: Serialize + DeserializeOwned + PartialEq + Clone,
         F: FnMut(Option<T>) -> Option<T>,
@@ -282,8 +333,14 @@ impl Ledger {
     }
 
     /// The evidence for one commit, `None` when nothing at all is known of it.
-    pub async fn evidence(&self, sha: &crate::domain::CommitSha) -> Result<Option<Evidence>, StoreError> {
-        let rows = self.store.query_partition(Table::Commits, sha.as_str(), None).await?;
+    pub async fn evidence(
+        &self,
+        sha: &crate::domain::CommitSha,
+    ) -> Result<Option<Evidence>, StoreError> {
+        let rows = self
+            .store
+            .query_partition(Table::Commits, sha.as_str(), None)
+            .await?;
         evidence::assemble(sha, &rows)
     }
 }

@@ -50,7 +50,12 @@ pub struct CommitRecord {
 }
 
 impl CommitRecord {
-    pub fn from_push(provider: Provider, push: &Push, commit: &Commit, received_at: DateTime<Utc>) -> Self {
+    pub fn from_push(
+        provider: Provider,
+        push: &Push,
+        commit: &Commit,
+        received_at: DateTime<Utc>,
+    ) -> Self {
         CommitRecord {
             sha: commit.sha.to_string(),
             repository: push.repository.key.to_string(),
@@ -241,7 +246,11 @@ impl ApprovalRecord {
             merged_at: merge.merged_at.clone(),
             target_ref: merge.target_ref.clone(),
             head_sha: merge.head.clone(),
-            approvers: reviews.iter().filter(|r| r.approved).map(|r| r.user.clone()).collect(),
+            approvers: reviews
+                .iter()
+                .filter(|r| r.approved)
+                .map(|r| r.user.clone())
+                .collect(),
             reviews,
         }
     }
@@ -284,8 +293,17 @@ mod tests {
 
     #[test]
     fn newer_review_wins() {
-        let old = ReviewRecord { user: "u".into(), approved: true, commit: None, at: Some("2024-01-01T00:00:00Z".into()) };
-        let new = ReviewRecord { approved: false, at: Some("2024-01-02T00:00:00Z".into()), ..old.clone() };
+        let old = ReviewRecord {
+            user: "u".into(),
+            approved: true,
+            commit: None,
+            at: Some("2024-01-01T00:00:00Z".into()),
+        };
+        let new = ReviewRecord {
+            approved: false,
+            at: Some("2024-01-02T00:00:00Z".into()),
+            ..old.clone()
+        };
         assert_eq!(ReviewRecord::newer(Some(new.clone()), old.clone()), new);
         assert_eq!(ReviewRecord::newer(Some(old.clone()), new.clone()), new);
         assert_eq!(ReviewRecord::newer(None, old.clone()), old);

@@ -37,7 +37,12 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Deliveries, Table::Commits, Table::Pushes, Table::Pulls];
+    pub const ALL: [Table; 4] = [
+        Table::Deliveries,
+        Table::Commits,
+        Table::Pushes,
+        Table::Pulls,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -65,7 +70,11 @@ pub struct Entity {
 
 impl Entity {
     /// Builds an entity from any serialisable record (it must serialise to a JSON object).
-    pub fn from_record<T: Serialize>(pk: impl Into<String>, rk: impl Into<String>, record: &T) -> Self {
+    pub fn from_record<T: Serialize>(
+        pk: impl Into<String>,
+        rk: impl Into<String>,
+        record: &T,
+    ) -> Self {
         let props = match serde_json::to_value(record) {
             Ok(Value::Object(m)) => m,
             Ok(other) => panic!("records serialise to JSON objects, got {other}"),
@@ -81,9 +90,8 @@ impl Entity {
 
     /// Reads the properties back as a record.
     pub fn record<T: DeserializeOwned>(&self) -> Result<T, StoreError> {
-        serde_json::from_value(Value::Object(self.props.clone())).map_err(|e| {
-            StoreError::Corrupt(format!("{}/{}: {e}", self.pk, self.rk))
-        })
+        serde_json::from_value(Value::Object(self.props.clone()))
+            .map_err(|e| StoreError::Corrupt(format!("{}/{}: {e}", self.pk, self.rk)))
     }
 }
 
@@ -94,7 +102,10 @@ pub enum BatchOp {
     Upsert(Entity),
     /// Replace only if the stored etag still matches.
     Update(Entity, Etag),
-    Delete { rk: String, etag: Option<Etag> },
+    Delete {
+        rk: String,
+        etag: Option<Etag>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +135,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Insert or replace.
     async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError>;
     /// All operations on one partition, atomically: all apply or none does.
-    async fn batch(&self, table: Table, pk: &str, ops: Vec<BatchOp>) -> Result<Vec<Etag>, StoreError>;
+    async fn batch(
+        &self,
+        table: Table,
+        pk: &str,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<Etag>, StoreError>;
     /// Every entity of a partition, ordered by row key, optionally only those whose row key
     /// starts with `rk_prefix`.
     async fn query_partition(
@@ -135,7 +151,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> Result<Vec<Entity>, StoreError>;
     /// Every entity of a table whose string property `prop` equals `value` (a scan: for
     /// sweeps and recovery, never on a request path).
-    async fn query_where(&self, table: Table, prop: &str, value: &str) -> Result<Vec<Entity>, StoreError>;
+    async fn query_where(
+        &self,
+        table: Table,
+        prop: &str,
+        value: &str,
+    ) -> Result<Vec<Entity>, StoreError>;
     /// Cheap liveness check for `/api/health`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

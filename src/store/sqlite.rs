@@ -36,8 +36,9 @@ struct Inner {
 impl SqliteStore {
     /// Opens (creating if needed) `ledger.db` in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
         let conn = Connection::open(dir.join("ledger.db")).map_err(map_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -54,7 +55,9 @@ impl SqliteStore {
         )
         .map_err(map_err)?;
         let max: i64 = conn
-            .query_row("SELECT COALESCE(MAX(version), 0) FROM entities", [], |r| r.get(0))
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM entities", [], |r| {
+                r.get(0)
+            })
             .map_err(map_err)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -109,11 +112,18 @@ fn decode(pk: String, rk: String, version: i64, props: &str) -> Result<Entity, S
             props,
             etag: Some(etag(version as u64)),
         }),
-        _ => Err(StoreError::Corrupt(format!("{pk}/{rk}: properties are not a JSON object"))),
+        _ => Err(StoreError::Corrupt(format!(
+            "{pk}/{rk}: properties are not a JSON object"
+        ))),
     }
 }
 
-fn current_version(tx: &Transaction<'_>, table: Table, pk: &str, rk: &str) -> Result<Option<u64>, StoreError> {
+fn current_version(
+    tx: &Transaction<'_>,
+    table: Table,
+    pk: &str,
+    rk: &str,
+) -> Result<Option<u64>, StoreError> {
     tx.query_row(
         "SELECT version FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
         params![table.name(), pk, rk],
@@ -125,7 +135,13 @@ fn current_version(tx: &Transaction<'_>, table: Table, pk: &str, rk: &str) -> Re
 }
 
 /// Applies one operation inside an open transaction.
-fn apply(tx: &Transaction<'_>, version: &AtomicU64, table: Table, pk: &str, op: BatchOp) -> Result<Etag, StoreError> {
+fn apply(
+    tx: &Transaction<'_>,
+    version: &AtomicU64,
+    table: Table,
+    pk: &str,
+    op: BatchOp,
+) -> Result<Etag, StoreError> {
     match op {
         BatchOp::Insert(e) => {
             if current_version(tx, table, pk, &e.rk)?.is_some() {
@@ -165,7 +181,9 @@ fn apply(tx: &Transaction<'_>, version: &AtomicU64, table: Table, pk: &str, op: 
         BatchOp::Delete { rk, etag: expected } => {
             match (current_version(tx, table, pk, &rk)?, expected) {
                 (None, _) => return Err(StoreError::PreconditionFailed),
-                (Some(cur), Some(exp)) if etag(cur) != exp => return Err(StoreError::PreconditionFailed),
+                (Some(cur), Some(exp)) if etag(cur) != exp => {
+                    return Err(StoreError::PreconditionFailed)
+                }
                 _ => {}
             }
             tx.execute(
@@ -178,7 +196,13 @@ fn apply(tx: &Transaction<'_>, version: &AtomicU64, table: Table, pk: &str, op: 
     }
 }
 
-fn single(conn: &mut Connection, version: &AtomicU64, table: Table, pk: String, op: BatchOp) -> Result<Etag, StoreError> {
+fn single(
+    conn: &mut Connection,
+    version: &AtomicU64,
+    table: Table,
+    pk: String,
+    op: BatchOp,
+) -> Result<Etag, StoreError> {
     let tx = conn.transaction().map_err(map_err)?;
     let tag = apply(&tx, version, table, &pk, op)?;
     tx.commit().map_err(map_err)?;
@@ -204,19 +228,35 @@ impl Store for SqliteStore {
     }
 
     async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        self.run(move |c, v| single(c, v, table, entity.pk.clone(), BatchOp::Insert(entity))).await
+        self.run(move |c, v| single(c, v, table, entity.pk.clone(), BatchOp::Insert(entity)))
+            .await
     }
 
     async fn update(&self, table: Table, entity: Entity, etag: &Etag) -> Result<Etag, StoreError> {
         let etag = etag.clone();
-        self.run(move |c, v| single(c, v, table, entity.pk.clone(), BatchOp::Update(entity, etag))).await
+        self.run(move |c, v| {
+            single(
+                c,
+                v,
+                table,
+                entity.pk.clone(),
+                BatchOp::Update(entity, etag),
+            )
+        })
+        .await
     }
 
     async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        self.run(move |c, v| single(c, v, table, entity.pk.clone(), BatchOp::Upsert(entity))).await
+        self.run(move |c, v| single(c, v, table, entity.pk.clone(), BatchOp::Upsert(entity)))
+            .await
     }
 
-    async fn batch(&self, table: Table, pk: &str, ops: Vec<BatchOp>) -> Result<Vec<Etag>, StoreError> {
+    async fn batch(
+        &self,
+        table: Table,
+        pk: &str,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<Etag>, StoreError> {
         let pk = pk.to_string();
         self.run(move |conn, version| {
             for op in &ops {
@@ -225,7 +265,9 @@ impl Store for SqliteStore {
                     BatchOp::Delete { .. } => None,
                 };
                 if epk.is_some_and(|p| *p != pk) {
-                    return Err(StoreError::Corrupt("a batch spans one partition only".into()));
+                    return Err(StoreError::Corrupt(
+                        "a batch spans one partition only".into(),
+                    ));
                 }
             }
             let tx = conn.transaction().map_err(map_err)?;
@@ -257,7 +299,11 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             let rows = stmt
                 .query_map(params![table.name(), pk, prefix], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
                 })
                 .map_err(map_err)?;
             rows.map(|row| {
@@ -269,7 +315,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn query_where(&self, table: Table, prop: &str, value: &str) -> Result<Vec<Entity>, StoreError> {
+    async fn query_where(
+        &self,
+        table: Table,
+        prop: &str,
+        value: &str,
+    ) -> Result<Vec<Entity>, StoreError> {
         let path = format!("$.\"{}\"", prop.replace('"', ""));
         let value = value.to_string();
         self.run(move |conn, _| {
@@ -299,9 +350,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|conn, _| {
-            conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err)
-        })
-        .await
+        self.run(|conn, _| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
+            .await
     }
 }

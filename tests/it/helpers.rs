@@ -1,0 +1,187 @@
+//! `spawn_app`: the real server on port 0 over a temporary data directory, with helpers to
+//! send deliveries signed the way each host signs them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use fluxtrail::config::Settings;
+use fluxtrail::git::signature::sign_sha256_hex;
+use fluxtrail::startup::Application;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const GITHUB_SECRET: &str = "gh-secret-\u{1F511}";
+pub const GITLAB_TOKEN: &str = "gl-token-123";
+pub const BITBUCKET_SECRET: &str = "bb-secret";
+pub const GITEA_SECRET: &str = "gitea-secret";
+pub const AZURE_BASIC: &str = "fluxtrail:az-password";
+pub const API_TOKEN: &str = "read-token";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    vars: HashMap<String, String>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Every secret configured, read API protected.
+pub fn default_vars() -> HashMap<String, String> {
+    [
+        ("FLUXTRAIL_LISTEN", "127.0.0.1:0"),
+        ("FLUXTRAIL_GITHUB_SECRET", GITHUB_SECRET),
+        ("FLUXTRAIL_GITLAB_TOKEN", GITLAB_TOKEN),
+        ("FLUXTRAIL_BITBUCKET_SECRET", BITBUCKET_SECRET),
+        ("FLUXTRAIL_GITEA_SECRET", GITEA_SECRET),
+        ("FLUXTRAIL_AZUREDEVOPS_BASIC", AZURE_BASIC),
+        ("FLUXTRAIL_API_TOKEN", API_TOKEN),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(default_vars()).await
+}
+
+pub async fn spawn_with(vars: HashMap<String, String>) -> TestApp {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = start(vars, tmp.path()).await;
+    app._tmp = Some(tmp);
+    app
+}
+
+async fn start(mut vars: HashMap<String, String>, dir: &Path) -> TestApp {
+    vars.insert("FLUXTRAIL_DATA_DIR".into(), dir.display().to_string());
+    let settings = Settings::from_vars(|k| vars.get(k).cloned()).unwrap();
+    let app = Application::build(settings).await.expect("server starts");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        data_dir: dir.to_path_buf(),
+        vars,
+        stop: Some(tx),
+        task: Some(task),
+        _tmp: None,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut fresh = start(self.vars.clone(), &self.data_dir).await;
+        self.addr = fresh.addr;
+        self.stop = fresh.stop.take();
+        self.task = fresh.task.take();
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    /// POSTs a delivery to a Git hook, signed as the host would sign it.
+    pub async fn post_git(
+        &self,
+        provider: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.url(&format!("/api/hooks/git/{provider}")))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (k, v) in sign(provider, body) {
+            req = req.header(k, v);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// POSTs a fixture file with the headers its host sends for that event.
+    pub async fn post_fixture(
+        &self,
+        provider: &str,
+        file: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        self.post_git(provider, headers, &fixture(file)).await
+    }
+
+    pub async fn evidence(&self, sha: &str) -> (reqwest::StatusCode, Value) {
+        let resp = self
+            .client
+            .get(self.url(&format!("/api/commits/{sha}")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn fixture(file: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/git")
+        .join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The authentication headers each host sends for `body`.
+pub fn sign(provider: &str, body: &[u8]) -> Vec<(String, String)> {
+    let hmac = |secret: &str| sign_sha256_hex(secret.as_bytes(), body);
+    let h = |k: &str, v: String| vec![(k.to_string(), v)];
+    match provider {
+        "github" => h(
+            "X-Hub-Signature-256",
+            format!("sha256={}", hmac(GITHUB_SECRET)),
+        ),
+        "gitlab" => h("X-Gitlab-Token", GITLAB_TOKEN.to_string()),
+        "azuredevops" => h(
+            "Authorization",
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(AZURE_BASIC)
+            ),
+        ),
+        "bitbucket" | "bitbucket-server" => h(
+            "X-Hub-Signature",
+            format!("sha256={}", hmac(BITBUCKET_SECRET)),
+        ),
+        "gitea" => h("X-Gitea-Signature", hmac(GITEA_SECRET)),
+        "forgejo" => h("X-Forgejo-Signature", hmac(GITEA_SECRET)),
+        _ => vec![],
+    }
+}

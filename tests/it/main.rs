@@ -1,0 +1,8 @@
+//! One integration-test binary (it links once): parsers over fixtures, and the real server
+//! spawned on port 0 and driven over HTTP.
+
+mod approvals;
+mod helpers;
+mod hooks;
+mod parsers;
+mod read_api;
