@@ -136,3 +136,42 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_are_503_with_retry_after_and_no_internals() {
+        let resp = ApiError::from(StoreError::Unavailable(
+            "disk I/O error at /secret/path".into(),
+        ))
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[RETRY_AFTER], "5");
+        let body = format!("{:?}", resp.body());
+        assert!(!body.contains("/secret/path"), "{body}");
+        assert!(body.contains("store_unavailable"), "{body}");
+        let corrupt = ApiError::from(StoreError::Corrupt("x".into())).into_response();
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(corrupt.headers().get(RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn auth_failures_have_distinct_codes() {
+        let codes: Vec<_> = [
+            AuthError::NotConfigured("FLUXTRAIL_GITHUB_SECRET"),
+            AuthError::Missing(Credential::Signature),
+            AuthError::Mismatch(Credential::Signature),
+            AuthError::Missing(Credential::Token),
+            AuthError::Mismatch(Credential::BasicAuth),
+        ]
+        .into_iter()
+        .map(|e| ApiError::from(e).status_and_code())
+        .collect();
+        assert!(codes.iter().all(|(s, _)| *s == StatusCode::UNAUTHORIZED));
+        let mut names: Vec<_> = codes.iter().map(|(_, c)| *c).collect();
+        names.dedup();
+        assert_eq!(names.len(), 5);
+    }
+}

@@ -13,6 +13,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
@@ -28,9 +29,34 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     conn: Mutex<Connection>,
-    /// Source of etags: strictly increasing across the database's life, so an etag is never
-    /// reused even after a delete and re-insert.
-    version: AtomicU64,
+    etags: EtagSource,
+}
+
+/// Etags are `<epoch>-<counter>`: the epoch is new each time the store is opened, so an etag
+/// read by an earlier process can never match a row written since, even after a delete and
+/// re-insert of the same key, and no extra write per operation keeps a counter.
+#[derive(Debug)]
+struct EtagSource {
+    epoch: String,
+    counter: AtomicU64,
+}
+
+impl EtagSource {
+    fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        EtagSource {
+            epoch: format!("{nanos:x}.{:x}", std::process::id()),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> Etag {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        Etag(format!("{}-{n}", self.epoch))
+    }
 }
 
 impl SqliteStore {
@@ -48,21 +74,16 @@ impl SqliteStore {
                  tbl TEXT NOT NULL,
                  pk TEXT NOT NULL,
                  rk TEXT NOT NULL,
-                 version INTEGER NOT NULL,
+                 etag TEXT NOT NULL,
                  props TEXT NOT NULL,
                  PRIMARY KEY (tbl, pk, rk)
              ) WITHOUT ROWID;",
         )
         .map_err(map_err)?;
-        let max: i64 = conn
-            .query_row("SELECT COALESCE(MAX(version), 0) FROM entities", [], |r| {
-                r.get(0)
-            })
-            .map_err(map_err)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
-                version: AtomicU64::new(max as u64),
+                etags: EtagSource::new(),
             }),
         })
     }
@@ -70,7 +91,7 @@ impl SqliteStore {
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, &AtomicU64) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection, &EtagSource) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -78,7 +99,7 @@ impl SqliteStore {
                 .conn
                 .lock()
                 .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
-            f(&mut conn, &inner.version)
+            f(&mut conn, &inner.etags)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
@@ -88,29 +109,22 @@ impl SqliteStore {
 fn map_err(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(ErrorCode::ConstraintViolation) => StoreError::Conflict,
+        // Disk full, read-only, I/O errors, busy: the caller answers 503 and is retried.
         _ => StoreError::Unavailable(e.to_string()),
     }
-}
-
-fn next_version(v: &AtomicU64) -> u64 {
-    v.fetch_add(1, Ordering::SeqCst) + 1
-}
-
-fn etag(version: u64) -> Etag {
-    Etag(version.to_string())
 }
 
 fn encode(props: &Map<String, Value>) -> String {
     Value::Object(props.clone()).to_string()
 }
 
-fn decode(pk: String, rk: String, version: i64, props: &str) -> Result<Entity, StoreError> {
+fn decode(pk: String, rk: String, etag: String, props: &str) -> Result<Entity, StoreError> {
     match serde_json::from_str(props) {
         Ok(Value::Object(props)) => Ok(Entity {
             pk,
             rk,
             props,
-            etag: Some(etag(version as u64)),
+            etag: Some(Etag(etag)),
         }),
         _ => Err(StoreError::Corrupt(format!(
             "{pk}/{rk}: properties are not a JSON object"
@@ -118,72 +132,69 @@ fn decode(pk: String, rk: String, version: i64, props: &str) -> Result<Entity, S
     }
 }
 
-fn current_version(
+fn current_etag(
     tx: &Transaction<'_>,
     table: Table,
     pk: &str,
     rk: &str,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<Option<Etag>, StoreError> {
     tx.query_row(
-        "SELECT version FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
+        "SELECT etag FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
         params![table.name(), pk, rk],
-        |r| r.get::<_, i64>(0),
+        |r| r.get::<_, String>(0),
     )
     .optional()
-    .map(|v| v.map(|v| v as u64))
+    .map(|v| v.map(Etag))
     .map_err(map_err)
 }
 
 /// Applies one operation inside an open transaction.
 fn apply(
     tx: &Transaction<'_>,
-    version: &AtomicU64,
+    etags: &EtagSource,
     table: Table,
     pk: &str,
     op: BatchOp,
 ) -> Result<Etag, StoreError> {
     match op {
         BatchOp::Insert(e) => {
-            if current_version(tx, table, pk, &e.rk)?.is_some() {
+            if current_etag(tx, table, pk, &e.rk)?.is_some() {
                 return Err(StoreError::Conflict);
             }
-            let v = next_version(version);
+            let tag = etags.next();
             tx.execute(
-                "INSERT INTO entities (tbl, pk, rk, version, props) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![table.name(), pk, e.rk, v as i64, encode(&e.props)],
+                "INSERT INTO entities (tbl, pk, rk, etag, props) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![table.name(), pk, e.rk, tag.0, encode(&e.props)],
             )
             .map_err(map_err)?;
-            Ok(etag(v))
+            Ok(tag)
         }
         BatchOp::Upsert(e) => {
-            let v = next_version(version);
+            let tag = etags.next();
             tx.execute(
-                "INSERT INTO entities (tbl, pk, rk, version, props) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tbl, pk, rk) DO UPDATE SET version = excluded.version, props = excluded.props",
-                params![table.name(), pk, e.rk, v as i64, encode(&e.props)],
+                "INSERT INTO entities (tbl, pk, rk, etag, props) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tbl, pk, rk) DO UPDATE SET etag = excluded.etag, props = excluded.props",
+                params![table.name(), pk, e.rk, tag.0, encode(&e.props)],
             )
             .map_err(map_err)?;
-            Ok(etag(v))
+            Ok(tag)
         }
         BatchOp::Update(e, expected) => {
-            match current_version(tx, table, pk, &e.rk)? {
-                Some(cur) if etag(cur) == expected => {}
-                _ => return Err(StoreError::PreconditionFailed),
+            if current_etag(tx, table, pk, &e.rk)? != Some(expected) {
+                return Err(StoreError::PreconditionFailed);
             }
-            let v = next_version(version);
+            let tag = etags.next();
             tx.execute(
-                "UPDATE entities SET version = ?4, props = ?5 WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
-                params![table.name(), pk, e.rk, v as i64, encode(&e.props)],
+                "UPDATE entities SET etag = ?4, props = ?5 WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
+                params![table.name(), pk, e.rk, tag.0, encode(&e.props)],
             )
             .map_err(map_err)?;
-            Ok(etag(v))
+            Ok(tag)
         }
         BatchOp::Delete { rk, etag: expected } => {
-            match (current_version(tx, table, pk, &rk)?, expected) {
+            match (current_etag(tx, table, pk, &rk)?, expected) {
                 (None, _) => return Err(StoreError::PreconditionFailed),
-                (Some(cur), Some(exp)) if etag(cur) != exp => {
-                    return Err(StoreError::PreconditionFailed)
-                }
+                (Some(cur), Some(exp)) if cur != exp => return Err(StoreError::PreconditionFailed),
                 _ => {}
             }
             tx.execute(
@@ -198,15 +209,22 @@ fn apply(
 
 fn single(
     conn: &mut Connection,
-    version: &AtomicU64,
+    etags: &EtagSource,
     table: Table,
     pk: String,
     op: BatchOp,
 ) -> Result<Etag, StoreError> {
     let tx = conn.transaction().map_err(map_err)?;
-    let tag = apply(&tx, version, table, &pk, op)?;
+    let tag = apply(&tx, etags, table, &pk, op)?;
     tx.commit().map_err(map_err)?;
     Ok(tag)
+}
+
+fn op_pk(op: &BatchOp) -> Option<&str> {
+    match op {
+        BatchOp::Insert(e) | BatchOp::Upsert(e) | BatchOp::Update(e, _) => Some(&e.pk),
+        BatchOp::Delete { .. } => None,
+    }
 }
 
 #[async_trait]
@@ -216,28 +234,28 @@ impl Store for SqliteStore {
         self.run(move |conn, _| {
             let row = conn
                 .query_row(
-                    "SELECT version, props FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
+                    "SELECT etag, props FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
                     params![table.name(), pk, rk],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                 )
                 .optional()
                 .map_err(map_err)?;
-            row.map(|(v, p)| decode(pk, rk, v, &p)).transpose()
+            row.map(|(etag, p)| decode(pk, rk, etag, &p)).transpose()
         })
         .await
     }
 
     async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        self.run(move |c, v| single(c, v, table, entity.pk.clone(), BatchOp::Insert(entity)))
+        self.run(move |c, t| single(c, t, table, entity.pk.clone(), BatchOp::Insert(entity)))
             .await
     }
 
     async fn update(&self, table: Table, entity: Entity, etag: &Etag) -> Result<Etag, StoreError> {
         let etag = etag.clone();
-        self.run(move |c, v| {
+        self.run(move |c, t| {
             single(
                 c,
-                v,
+                t,
                 table,
                 entity.pk.clone(),
                 BatchOp::Update(entity, etag),
@@ -247,7 +265,7 @@ impl Store for SqliteStore {
     }
 
     async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        self.run(move |c, v| single(c, v, table, entity.pk.clone(), BatchOp::Upsert(entity)))
+        self.run(move |c, t| single(c, t, table, entity.pk.clone(), BatchOp::Upsert(entity)))
             .await
     }
 
@@ -258,23 +276,17 @@ impl Store for SqliteStore {
         ops: Vec<BatchOp>,
     ) -> Result<Vec<Etag>, StoreError> {
         let pk = pk.to_string();
-        self.run(move |conn, version| {
-            for op in &ops {
-                let epk = match op {
-                    BatchOp::Insert(e) | BatchOp::Upsert(e) | BatchOp::Update(e, _) => Some(&e.pk),
-                    BatchOp::Delete { .. } => None,
-                };
-                if epk.is_some_and(|p| *p != pk) {
-                    return Err(StoreError::Corrupt(
-                        "a batch spans one partition only".into(),
-                    ));
-                }
+        self.run(move |conn, etags| {
+            if ops.iter().filter_map(op_pk).any(|p| p != pk) {
+                return Err(StoreError::Corrupt(
+                    "a batch spans one partition only".into(),
+                ));
             }
             let tx = conn.transaction().map_err(map_err)?;
             let mut tags = Vec::with_capacity(ops.len());
             for op in ops {
                 // An error drops `tx`, which rolls the whole batch back.
-                tags.push(apply(&tx, version, table, &pk, op)?);
+                tags.push(apply(&tx, etags, table, &pk, op)?);
             }
             tx.commit().map_err(map_err)?;
             Ok(tags)
@@ -293,7 +305,7 @@ impl Store for SqliteStore {
         self.run(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT rk, version, props FROM entities
+                    "SELECT rk, etag, props FROM entities
                      WHERE tbl = ?1 AND pk = ?2 AND substr(rk, 1, length(?3)) = ?3 ORDER BY rk",
                 )
                 .map_err(map_err)?;
@@ -301,14 +313,14 @@ impl Store for SqliteStore {
                 .query_map(params![table.name(), pk, prefix], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                     ))
                 })
                 .map_err(map_err)?;
             rows.map(|row| {
-                let (rk, v, p) = row.map_err(map_err)?;
-                decode(pk.clone(), rk, v, &p)
+                let (rk, etag, p) = row.map_err(map_err)?;
+                decode(pk.clone(), rk, etag, &p)
             })
             .collect()
         })
@@ -326,7 +338,7 @@ impl Store for SqliteStore {
         self.run(move |conn, _| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT pk, rk, version, props FROM entities
+                    "SELECT pk, rk, etag, props FROM entities
                      WHERE tbl = ?1 AND json_extract(props, ?2) = ?3 ORDER BY pk, rk",
                 )
                 .map_err(map_err)?;
@@ -335,14 +347,14 @@ impl Store for SqliteStore {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(2)?,
                         r.get::<_, String>(3)?,
                     ))
                 })
                 .map_err(map_err)?;
             rows.map(|row| {
-                let (pk, rk, v, p) = row.map_err(map_err)?;
-                decode(pk, rk, v, &p)
+                let (pk, rk, etag, p) = row.map_err(map_err)?;
+                decode(pk, rk, etag, &p)
             })
             .collect()
         })

@@ -4,5 +4,7 @@
 mod approvals;
 mod helpers;
 mod hooks;
+mod ledger;
 mod parsers;
 mod read_api;
+mod store;

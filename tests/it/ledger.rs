@@ -1,0 +1,321 @@
+//! The ledger under faults and concurrency: a delivery interrupted at any write is never
+//! acknowledged, and its retry (or start-up recovery) ends in exactly the state of an
+//! uninterrupted run; concurrent writers lose nothing.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use fluxtrail::domain::CommitSha;
+use fluxtrail::git::{self, Delivery, GitEvent, Provider};
+use fluxtrail::ledger::{Ledger, Recorded};
+use fluxtrail::store::sqlite::SqliteStore;
+use fluxtrail::store::{BatchOp, Entity, Etag, Store, StoreError, Table};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::HeaderMap;
+
+use crate::helpers::fixture;
+
+/// A store that fails its `fail_at`-th write (counting from 1), then works again.
+#[derive(Debug)]
+struct Faulty {
+    inner: SqliteStore,
+    writes: AtomicUsize,
+    fail_at: AtomicUsize,
+}
+
+impl Faulty {
+    fn check(&self) -> Result<(), StoreError> {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.fail_at.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("injected fault".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Faulty {
+    async fn get(&self, t: Table, pk: &str, rk: &str) -> Result<Option<Entity>, StoreError> {
+        self.inner.get(t, pk, rk).await
+    }
+    async fn insert(&self, t: Table, e: Entity) -> Result<Etag, StoreError> {
+        self.check()?;
+        self.inner.insert(t, e).await
+    }
+    async fn update(&self, t: Table, e: Entity, etag: &Etag) -> Result<Etag, StoreError> {
+        self.check()?;
+        self.inner.update(t, e, etag).await
+    }
+    async fn upsert(&self, t: Table, e: Entity) -> Result<Etag, StoreError> {
+        self.check()?;
+        self.inner.upsert(t, e).await
+    }
+    async fn batch(&self, t: Table, pk: &str, ops: Vec<BatchOp>) -> Result<Vec<Etag>, StoreError> {
+        self.check()?;
+        self.inner.batch(t, pk, ops).await
+    }
+    async fn query_partition(
+        &self,
+        t: Table,
+        pk: &str,
+        p: Option<&str>,
+    ) -> Result<Vec<Entity>, StoreError> {
+        self.inner.query_partition(t, pk, p).await
+    }
+    async fn query_where(&self, t: Table, prop: &str, v: &str) -> Result<Vec<Entity>, StoreError> {
+        self.inner.query_where(t, prop, v).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+fn parse(provider: Provider, file: &str, headers: &[(&str, &str)]) -> (String, GitEvent) {
+    let body = fixture(file);
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let parsed = git::parse(
+        provider,
+        &Delivery {
+            headers: &map,
+            body: &body,
+            form: false,
+        },
+    )
+    .unwrap();
+    (parsed.delivery_id, parsed.event)
+}
+
+fn deliveries() -> Vec<(String, GitEvent)> {
+    vec![
+        parse(
+            Provider::GitHub,
+            "github/pull-request-review-approved.json",
+            &[("X-GitHub-Event", "pull_request_review")],
+        ),
+        parse(
+            Provider::GitHub,
+            "github/push-merge-commit.json",
+            &[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "p")],
+        ),
+        parse(
+            Provider::GitHub,
+            "github/pull-request-merged.json",
+            &[("X-GitHub-Event", "pull_request")],
+        ),
+    ]
+}
+
+const SHAS: [&str; 2] = [
+    "1eabc9a41ca088515cab83f1cce49eb43e84b67f",
+    "5f2d8a4c1b3e7f9a0d6c2b8e4f1a3c5d7e9b0a2c",
+];
+
+fn at() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-08-07T10:15:00Z")
+        .unwrap()
+        .to_utc()
+}
+
+async fn snapshot(ledger: &Ledger) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for sha in SHAS {
+        let ev = ledger
+            .evidence(&CommitSha::parse(sha).unwrap())
+            .await
+            .unwrap();
+        out.push(serde_json::to_value(ev).unwrap());
+    }
+    out
+}
+
+async fn reference() -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    for (id, ev) in deliveries() {
+        ledger
+            .record_git(Provider::GitHub, &id, &ev, at())
+            .await
+            .unwrap();
+    }
+    snapshot(&ledger).await
+}
+
+#[tokio::test]
+async fn an_interrupted_delivery_is_never_acknowledged_and_its_retry_completes_it() {
+    let want = reference().await;
+    // Count the writes of a clean run, then fail each one in turn.
+    let mut fail_at = 1;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(Faulty {
+            inner: SqliteStore::open(dir.path()).unwrap(),
+            writes: AtomicUsize::new(0),
+            fail_at: AtomicUsize::new(fail_at),
+        });
+        let ledger = Ledger::new(faulty.clone());
+        let mut failed = false;
+        for (id, ev) in deliveries() {
+            match ledger.record_git(Provider::GitHub, &id, &ev, at()).await {
+                Ok(Recorded::Accepted { .. }) => {}
+                Ok(Recorded::Duplicate) => panic!("first delivery reported duplicate"),
+                Err(StoreError::Unavailable(_)) => {
+                    failed = true;
+                    // The sender retries: the retry must complete the delivery.
+                    let retry = ledger
+                        .record_git(Provider::GitHub, &id, &ev, at())
+                        .await
+                        .unwrap();
+                    assert!(
+                        matches!(retry, Recorded::Accepted { .. }),
+                        "retry after fault {fail_at}: {retry:?}"
+                    );
+                    // And a further retry is a duplicate.
+                    assert_eq!(
+                        ledger
+                            .record_git(Provider::GitHub, &id, &ev, at())
+                            .await
+                            .unwrap(),
+                        Recorded::Duplicate
+                    );
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        if !failed {
+            break; // fail_at is past the last write of a clean run
+        }
+        assert_eq!(
+            snapshot(&ledger).await,
+            want,
+            "state after a fault at write {fail_at}"
+        );
+        fail_at += 1;
+    }
+    assert!(
+        fail_at > 10,
+        "the run has many writes, each was interrupted once ({fail_at})"
+    );
+}
+
+#[tokio::test]
+async fn startup_recovery_finishes_interrupted_deliveries() {
+    let want = reference().await;
+    let mut fail_at = 2; // write 1 is the journal insert itself: nothing to recover then
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(Faulty {
+            inner: SqliteStore::open(dir.path()).unwrap(),
+            writes: AtomicUsize::new(0),
+            fail_at: AtomicUsize::new(fail_at),
+        });
+        let ledger = Ledger::new(faulty.clone());
+        let mut failures = 0;
+        for (id, ev) in deliveries() {
+            if ledger
+                .record_git(Provider::GitHub, &id, &ev, at())
+                .await
+                .is_err()
+            {
+                failures += 1;
+            }
+        }
+        if failures == 0 {
+            break;
+        }
+        // The process "restarts": a new ledger on the same database finds the pending entry.
+        let ledger = Ledger::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+        let recovered = ledger.recover().await.unwrap();
+        // A fault on a journal insert leaves nothing pending (the sender was told 503).
+        assert!(recovered <= 1, "{recovered}");
+        if recovered == 1 {
+            assert_eq!(
+                snapshot(&ledger).await,
+                want,
+                "after recovery from a fault at write {fail_at}"
+            );
+        }
+        assert_eq!(ledger.recover().await.unwrap(), 0, "recovery is done once");
+        fail_at += 1;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_identical_deliveries_record_once() {
+    let want = reference().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    for (id, ev) in deliveries() {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (ledger, id, ev) = (ledger.clone(), id.clone(), ev.clone());
+            tasks.push(tokio::spawn(async move {
+                ledger.record_git(Provider::GitHub, &id, &ev, at()).await
+            }));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            if let Recorded::Accepted { .. } = t.await.unwrap().unwrap() {
+                accepted += 1;
+            }
+        }
+        assert!(accepted >= 1);
+    }
+    assert_eq!(snapshot(&ledger).await, want);
+}
+
+#[tokio::test]
+async fn concurrent_reviews_and_merge_lose_no_approver() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    let (_, review) = parse(
+        Provider::GitHub,
+        "github/pull-request-review-approved.json",
+        &[("X-GitHub-Event", "pull_request_review")],
+    );
+    let (_, merge) = parse(
+        Provider::GitHub,
+        "github/pull-request-merged.json",
+        &[("X-GitHub-Event", "pull_request")],
+    );
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let mut ev = review.clone();
+        if let GitEvent::PullRequest(pr) = &mut ev {
+            pr.reviews[0].user = format!("reviewer-{i:02}");
+        }
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            ledger
+                .record_git(Provider::GitHub, &format!("r{i}"), &ev, at())
+                .await
+        }));
+    }
+    let l = ledger.clone();
+    tasks.push(tokio::spawn(async move {
+        l.record_git(Provider::GitHub, "m", &merge, at()).await
+    }));
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let ev = ledger
+        .evidence(&CommitSha::parse(SHAS[0]).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let approvers = ev.approval.unwrap().approvers;
+    assert_eq!(
+        approvers,
+        (0..12)
+            .map(|i| format!("reviewer-{i:02}"))
+            .collect::<Vec<_>>()
+    );
+}

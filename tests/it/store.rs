@@ -1,0 +1,175 @@
+//! The store conformance suite: the semantics every `Store` backend must share (the Azure
+//! Table Storage backend will run the same functions).
+
+use std::sync::Arc;
+
+use fluxtrail::store::sqlite::SqliteStore;
+use fluxtrail::store::{BatchOp, Entity, Store, StoreError, Table};
+use serde_json::json;
+
+fn entity(pk: &str, rk: &str, v: i64) -> Entity {
+    Entity::from_record(pk, rk, &json!({"v": v, "name": format!("{pk}/{rk}")}))
+}
+
+pub async fn conformance(store: Arc<dyn Store>) {
+    let t = Table::Commits;
+    // Keys with characters Table Storage forbids must round-trip through any backend.
+    let pk = "github.com/o/r|refs/heads/feat#1?x\\y'z";
+
+    // insert-if-absent
+    let e1 = store.insert(t, entity(pk, "a", 1)).await.unwrap();
+    assert!(matches!(
+        store.insert(t, entity(pk, "a", 2)).await,
+        Err(StoreError::Conflict)
+    ));
+    let got = store.get(t, pk, "a").await.unwrap().unwrap();
+    assert_eq!(got.props["v"], 1);
+    assert_eq!(got.etag.as_ref(), Some(&e1));
+    assert!(store.get(t, pk, "missing").await.unwrap().is_none());
+    // Same keys in another table are another entity.
+    assert!(store.get(Table::Pulls, pk, "a").await.unwrap().is_none());
+
+    // conditional update
+    let e2 = store.update(t, entity(pk, "a", 2), &e1).await.unwrap();
+    assert_ne!(e1, e2);
+    assert!(matches!(
+        store.update(t, entity(pk, "a", 3), &e1).await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    assert!(matches!(
+        store.update(t, entity(pk, "nope", 3), &e2).await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    assert_eq!(store.get(t, pk, "a").await.unwrap().unwrap().props["v"], 2);
+
+    // upsert
+    store.upsert(t, entity(pk, "b", 1)).await.unwrap();
+    store.upsert(t, entity(pk, "b", 5)).await.unwrap();
+    assert_eq!(store.get(t, pk, "b").await.unwrap().unwrap().props["v"], 5);
+
+    // atomic batch: a failing operation rolls back the others
+    let cur = store.get(t, pk, "a").await.unwrap().unwrap().etag.unwrap();
+    let failed = store
+        .batch(
+            t,
+            pk,
+            vec![
+                BatchOp::Insert(entity(pk, "c", 1)),
+                BatchOp::Update(entity(pk, "a", 9), cur.clone()),
+                BatchOp::Insert(entity(pk, "b", 1)), // exists: the whole batch fails
+            ],
+        )
+        .await;
+    assert!(matches!(failed, Err(StoreError::Conflict)), "{failed:?}");
+    assert!(store.get(t, pk, "c").await.unwrap().is_none());
+    assert_eq!(store.get(t, pk, "a").await.unwrap().unwrap().props["v"], 2);
+    let tags = store
+        .batch(
+            t,
+            pk,
+            vec![
+                BatchOp::Insert(entity(pk, "c", 1)),
+                BatchOp::Update(entity(pk, "a", 9), cur),
+                BatchOp::Delete {
+                    rk: "b".into(),
+                    etag: None,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tags.len(), 3);
+    assert!(store.get(t, pk, "b").await.unwrap().is_none());
+
+    // partition query, ordered by row key, with prefix
+    store.insert(t, entity(pk, "review|bob", 1)).await.unwrap();
+    store.insert(t, entity(pk, "review|amy", 1)).await.unwrap();
+    store
+        .insert(t, entity("other", "review|zed", 1))
+        .await
+        .unwrap();
+    let all: Vec<String> = store
+        .query_partition(t, pk, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.rk)
+        .collect();
+    assert_eq!(all, ["a", "c", "review|amy", "review|bob"]);
+    let reviews: Vec<String> = store
+        .query_partition(t, pk, Some("review|"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.rk)
+        .collect();
+    assert_eq!(reviews, ["review|amy", "review|bob"]);
+    assert!(store
+        .query_partition(t, "empty", None)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // property scan
+    store
+        .insert(
+            Table::Deliveries,
+            Entity::from_record("d", "1", &json!({"state": "pending"})),
+        )
+        .await
+        .unwrap();
+    store
+        .insert(
+            Table::Deliveries,
+            Entity::from_record("d", "2", &json!({"state": "done"})),
+        )
+        .await
+        .unwrap();
+    let pending = store
+        .query_where(Table::Deliveries, "state", "pending")
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].rk, "1");
+    // The value is data, never query syntax.
+    assert!(store
+        .query_where(Table::Deliveries, "state", "pending' or '1'='1")
+        .await
+        .unwrap()
+        .is_empty());
+
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(Arc::new(SqliteStore::open(dir.path()).unwrap())).await;
+}
+
+#[tokio::test]
+async fn sqlite_etags_are_never_reused_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let e = s.insert(Table::Commits, entity("p", "r", 1)).await.unwrap();
+        s.batch(
+            Table::Commits,
+            "p",
+            vec![BatchOp::Delete {
+                rk: "r".into(),
+                etag: None,
+            }],
+        )
+        .await
+        .unwrap();
+        e
+    };
+    let s = SqliteStore::open(dir.path()).unwrap();
+    s.insert(Table::Commits, entity("q", "x", 1)).await.unwrap();
+    let again = s.insert(Table::Commits, entity("p", "r", 1)).await.unwrap();
+    assert_ne!(
+        first, again,
+        "a stale etag from before the delete must not match the new entity"
+    );
+}
