@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::records::{ApprovalRecord, CommitRecord, ReviewRecord};
+use super::records::{ApprovalRecord, CommitRecord};
 use crate::domain::CommitSha;
 use crate::git::{Person, Provider};
 use crate::store::{Entity, StoreError};
@@ -13,7 +13,9 @@ use crate::store::{Entity, StoreError};
 pub struct Evidence {
     pub sha: String,
     pub commit: Option<CommitEvidence>,
-    pub approval: Option<ApprovalEvidence>,
+    /// The approval record as stored: the contract's fields plus `repository`, `mergedAt`,
+    /// `targetRef`, `headSha` and every reviewer's latest verdict.
+    pub approval: Option<ApprovalRecord>,
     /// Where the commit was applied (Flux correlation fills this).
     pub targets: Vec<serde_json::Value>,
 }
@@ -31,21 +33,6 @@ pub struct CommitEvidence {
     pub url: Option<String>,
     pub pushed_at: String,
     pub pushed_by: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApprovalEvidence {
-    pub provider: Provider,
-    pub repository: String,
-    pub number: u64,
-    pub url: Option<String>,
-    pub merged_by: Option<String>,
-    pub merged_at: Option<String>,
-    pub target_ref: Option<String>,
-    pub head_sha: Option<String>,
-    pub approvers: Vec<String>,
-    pub reviews: Vec<ReviewRecord>,
 }
 
 /// Builds the evidence from the partition's rows; `None` when there are none.
@@ -78,21 +65,7 @@ pub fn assemble(sha: &CommitSha, rows: &[Entity]) -> Result<Option<Evidence>, St
                     pushed_by: c.pushed_by,
                 });
             }
-            "approval" => {
-                let a: ApprovalRecord = row.record()?;
-                evidence.approval = Some(ApprovalEvidence {
-                    provider: a.provider,
-                    repository: a.repository,
-                    number: a.number,
-                    url: a.url,
-                    merged_by: a.merged_by,
-                    merged_at: a.merged_at,
-                    target_ref: a.target_ref,
-                    head_sha: a.head_sha,
-                    approvers: a.approvers,
-                    reviews: a.reviews,
-                });
-            }
+            "approval" => evidence.approval = Some(row.record()?),
             _ => {}
         }
     }

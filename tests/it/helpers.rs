@@ -100,6 +100,13 @@ impl TestApp {
         }
     }
 
+    /// A JSON POST to a Git hook, not signed.
+    pub fn hook(&self, provider: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(&format!("/api/hooks/git/{provider}")))
+            .header("content-type", "application/json")
+    }
+
     /// POSTs a delivery to a Git hook, signed as the host would sign it.
     pub async fn post_git(
         &self,
@@ -107,11 +114,7 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> reqwest::Response {
-        let mut req = self
-            .client
-            .post(self.url(&format!("/api/hooks/git/{provider}")))
-            .header("content-type", "application/json")
-            .body(body.to_vec());
+        let mut req = self.hook(provider).body(body.to_vec());
         for (k, v) in sign(provider, body) {
             req = req.header(k, v);
         }

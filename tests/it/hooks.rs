@@ -220,11 +220,7 @@ async fn bad_or_missing_signatures_are_refused_and_record_nothing() {
             ),
             _ => (tampered, sign(p.provider, &body), "signature_invalid"),
         };
-        let mut req = app
-            .client
-            .post(app.url(&format!("/api/hooks/git/{}", p.provider)))
-            .header("content-type", "application/json")
-            .body(sent);
+        let mut req = app.hook(p.provider).body(sent);
         for (k, v) in auth {
             req = req.header(k, v);
         }
@@ -235,11 +231,7 @@ async fn bad_or_missing_signatures_are_refused_and_record_nothing() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", p.provider);
         assert_eq!(err["error"]["code"], code, "{}", p.provider);
 
-        let mut req = app
-            .client
-            .post(app.url(&format!("/api/hooks/git/{}", p.provider)))
-            .header("content-type", "application/json")
-            .body(body.clone());
+        let mut req = app.hook(p.provider).body(body.clone());
         for (k, v) in p.headers {
             req = req.header(*k, *v);
         }
@@ -266,9 +258,7 @@ async fn bad_or_missing_signatures_are_refused_and_record_nothing() {
 async fn gitea_empty_signature_headers_are_no_signature() {
     let app = spawn_app().await;
     let resp = app
-        .client
-        .post(app.url("/api/hooks/git/gitea"))
-        .header("content-type", "application/json")
+        .hook("gitea")
         .header("X-Gitea-Event", "push")
         .header("X-Gitea-Signature", "")
         .header("X-Hub-Signature-256", "")
@@ -303,9 +293,7 @@ async fn github_legacy_sha1_only_when_no_sha256_header() {
     let sha1 = format!("sha1={}", hex::encode(mac.finalize().into_bytes()));
     let send = |sig256: Option<&'static str>| {
         let mut req = app
-            .client
-            .post(app.url("/api/hooks/git/github"))
-            .header("content-type", "application/json")
+            .hook("github")
             .header("X-GitHub-Event", "push")
             .header("X-GitHub-Delivery", "legacy-1")
             .header("X-Hub-Signature", sha1.clone())
@@ -393,9 +381,7 @@ async fn pings_and_test_deliveries_are_ignored_and_record_nothing() {
 async fn pings_are_still_authenticated() {
     let app = spawn_app().await;
     let resp = app
-        .client
-        .post(app.url("/api/hooks/git/github"))
-        .header("content-type", "application/json")
+        .hook("github")
         .header("X-GitHub-Event", "ping")
         .header("X-Hub-Signature-256", "sha256=00")
         .body(fixture("github/ping.json"))
@@ -480,9 +466,7 @@ async fn malformed_json_is_400_after_authentication() {
     assert_eq!(err["error"]["code"], "malformed_json");
     // Unsigned garbage is a 401, not a 400: nothing unauthenticated is parsed.
     let resp = app
-        .client
-        .post(app.url("/api/hooks/git/github"))
-        .header("content-type", "application/json")
+        .hook("github")
         .header("X-GitHub-Event", "push")
         .body(&body[..])
         .send()
@@ -553,9 +537,7 @@ async fn oversized_bodies_are_413_with_or_without_content_length() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..8).map(|_| Ok(vec![b' '; 1024])).collect();
     let resp = app
-        .client
-        .post(app.url("/api/hooks/git/github"))
-        .header("content-type", "application/json")
+        .hook("github")
         .header("X-GitHub-Event", "push")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
@@ -630,9 +612,7 @@ async fn functions_host_forwarding_with_code_query_works() {
     let app = spawn_app().await;
     let body = fixture("github/push-new-branch.json");
     let mut req = app
-        .client
-        .post(app.url("/api/hooks/git/github?code=c2VjcmV0LWZ1bmN0aW9uLWtleQ=="))
-        .header("content-type", "application/json")
+        .hook("github?code=c2VjcmV0LWZ1bmN0aW9uLWtleQ==")
         .header("X-GitHub-Event", "push")
         .header("X-GitHub-Delivery", "fwd-1")
         .header("x-functions-key", "another-key")

@@ -149,6 +149,15 @@ async fn reference() -> Vec<serde_json::Value> {
     snapshot(&ledger).await
 }
 
+/// A ledger on a fresh database whose `fail_at`-th write fails.
+fn faulty_ledger(dir: &tempfile::TempDir, fail_at: usize) -> Ledger {
+    Ledger::new(Arc::new(Faulty {
+        inner: SqliteStore::open(dir.path()).unwrap(),
+        writes: AtomicUsize::new(0),
+        fail_at: AtomicUsize::new(fail_at),
+    }))
+}
+
 #[tokio::test]
 async fn an_interrupted_delivery_is_never_acknowledged_and_its_retry_completes_it() {
     let want = reference().await;
@@ -156,12 +165,7 @@ async fn an_interrupted_delivery_is_never_acknowledged_and_its_retry_completes_i
     let mut fail_at = 1;
     loop {
         let dir = tempfile::tempdir().unwrap();
-        let faulty = Arc::new(Faulty {
-            inner: SqliteStore::open(dir.path()).unwrap(),
-            writes: AtomicUsize::new(0),
-            fail_at: AtomicUsize::new(fail_at),
-        });
-        let ledger = Ledger::new(faulty.clone());
+        let ledger = faulty_ledger(&dir, fail_at);
         let mut failed = false;
         for (id, ev) in deliveries() {
             match ledger.record_git(Provider::GitHub, &id, &ev, at()).await {
@@ -212,12 +216,7 @@ async fn startup_recovery_finishes_interrupted_deliveries() {
     let mut fail_at = 2; // write 1 is the journal insert itself: nothing to recover then
     loop {
         let dir = tempfile::tempdir().unwrap();
-        let faulty = Arc::new(Faulty {
-            inner: SqliteStore::open(dir.path()).unwrap(),
-            writes: AtomicUsize::new(0),
-            fail_at: AtomicUsize::new(fail_at),
-        });
-        let ledger = Ledger::new(faulty.clone());
+        let ledger = faulty_ledger(&dir, fail_at);
         let mut failures = 0;
         for (id, ev) in deliveries() {
             if ledger
