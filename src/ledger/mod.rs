@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::domain::RepoKey;
 use crate::git::{GitEvent, Provider, PullRequest, Push};
 use crate::store::{Entity, Store, StoreError, Table};
 pub use evidence::Evidence;
@@ -330,6 +331,29 @@ impl Ledger {
             "{}: record kept changing under concurrent writers",
             table.name()
         )))
+    }
+
+    /// Every recorded update of one ref, oldest first (by time received): the branch history
+    /// that supersession reasons over ("which commit came after which").
+    pub async fn branch_history(
+        &self,
+        repository: &RepoKey,
+        git_ref: &str,
+    ) -> Result<Vec<PushRecord>, StoreError> {
+        let pk = PushRecord::partition(repository.as_str(), git_ref);
+        let mut pushes = self
+            .store
+            .query_partition(Table::Pushes, &pk, None)
+            .await?
+            .iter()
+            .map(Entity::record)
+            .collect::<Result<Vec<PushRecord>, _>>()?;
+        pushes.sort_by(|a, b| {
+            a.received_at
+                .cmp(&b.received_at)
+                .then_with(|| a.row().cmp(&b.row()))
+        });
+        Ok(pushes)
     }
 
     /// The evidence for one commit, `None` when nothing at all is known of it.

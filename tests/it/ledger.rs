@@ -318,3 +318,62 @@ async fn concurrent_reviews_and_merge_lose_no_approver() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn pushes_are_kept_as_branch_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    let (id1, merge_push) = parse(
+        Provider::GitHub,
+        "github/push-merge-commit.json",
+        &[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "1")],
+    );
+    let (id2, forced_push) = parse(
+        Provider::GitHub,
+        "github/push-forced.json",
+        &[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "2")],
+    );
+    ledger
+        .record_git(Provider::GitHub, &id1, &merge_push, at())
+        .await
+        .unwrap();
+    ledger
+        .record_git(
+            Provider::GitHub,
+            &id2,
+            &forced_push,
+            at() + chrono::Duration::minutes(5),
+        )
+        .await
+        .unwrap();
+    let repo = fluxtrail::domain::RepoKey::from_url("github.com/acme/fleet-infra").unwrap();
+    let history = ledger
+        .branch_history(&repo, "refs/heads/main")
+        .await
+        .unwrap();
+    let summary: Vec<_> = history
+        .iter()
+        .map(|p| {
+            (
+                p.before.as_deref().map(|s| &s[..7]),
+                p.after.as_deref().map(|s| &s[..7]),
+                p.forced,
+                p.pusher.as_deref(),
+                p.commits.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("0a1b2c3"), Some("1eabc9a"), false, Some("lee-lead"), 2),
+            (Some("1eabc9a"), Some("731f7ea"), true, Some("dana-ops"), 2),
+        ]
+    );
+    assert_eq!(history[1].received_at, at() + chrono::Duration::minutes(5));
+    assert!(ledger
+        .branch_history(&repo, "refs/heads/other")
+        .await
+        .unwrap()
+        .is_empty());
+}

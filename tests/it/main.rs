@@ -6,5 +6,6 @@ mod helpers;
 mod hooks;
 mod ledger;
 mod parsers;
+mod process;
 mod read_api;
 mod store;

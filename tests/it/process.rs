@@ -1,0 +1,118 @@
+//! The real binary as the Functions host runs it: `FUNCTIONS_CUSTOMHANDLER_PORT`, readiness on
+//! `GET /`, SIGKILL after an acknowledged delivery (nothing lost), SIGTERM (clean exit).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_fluxtrail"))
+        .arg("serve")
+        .env_clear()
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("FLUXTRAIL_LISTEN", "0.0.0.0:1") // ignored: the host's port wins
+        .env("FLUXTRAIL_DATA_DIR", dir)
+        .env("FLUXTRAIL_GITHUB_SECRET", GITHUB_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `GET /` like the Functions host (every 25 ms) until it answers.
+async fn wait_ready(client: &reqwest::Client, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/")).send().await {
+            assert_eq!(r.status(), StatusCode::OK);
+            return;
+        }
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_deliveries_survive_sigkill_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let mut child = start(dir.path(), port);
+    wait_ready(&client, port).await;
+
+    let body = fixture("github/push-forced.json");
+    let mut req = client
+        .post(format!(
+            "http://127.0.0.1:{port}/api/hooks/git/github?code=functionkey"
+        ))
+        .header("content-type", "application/json")
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", "kill-1")
+        .body(body.clone());
+    for (k, v) in sign("github", &body) {
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), StatusCode::ACCEPTED);
+
+    child.kill().unwrap(); // SIGKILL: no shutdown path runs
+    child.wait().unwrap();
+
+    let port = free_port();
+    let mut child = start(dir.path(), port);
+    wait_ready(&client, port).await;
+    let resp = client
+        .get(format!(
+            "http://127.0.0.1:{port}/api/commits/731f7eaddfb6af01cb2173e18f0f75b0ba780ef1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ev: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(ev["commit"]["refs"], serde_json::json!(["refs/heads/main"]));
+
+    // SIGTERM: graceful shutdown, exit status 0.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn configuration_errors_exit_2_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxtrail"))
+        .env_clear()
+        .env("FLUXTRAIL_STALL_AFTER", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FLUXTRAIL_STALL_AFTER"));
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxtrail"))
+        .arg("bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
