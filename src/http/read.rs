@@ -63,11 +63,6 @@ pub(super) async fn health(
             "ok": ok,
             "error": store.err().map(|e| e.to_string()),
         },
-        "publisher": {
-            "backend": "local",
-            "ok": true,
-            "file": state.settings.messages_file.display().to_string(),
-        },
     });
     let status = if ok {
         StatusCode::OK

@@ -93,7 +93,7 @@ async fn health_reports_store_and_publisher() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "ok");
     assert_eq!(body["store"]["ok"], true);
-    assert_eq!(body["publisher"]["ok"], true);
+    assert_eq!(body["store"]["backend"], "sqlite");
 }
 
 #[tokio::test]
