@@ -5,7 +5,9 @@
 //! ARCHITECTURE.md for the map.
 
 pub mod config;
+pub mod core;
 pub mod domain;
+pub mod flux;
 pub mod git;
 pub mod http;
 pub mod ledger;

@@ -4,7 +4,9 @@
 //! validate"): once a value of one of these types exists, nobody re-checks the string.
 
 mod repo;
+mod revision;
 mod sha;
 
 pub use repo::{RepoKey, RepoKeyError};
+pub use revision::Revision;
 pub use sha::{CommitSha, ShaError};

@@ -1,0 +1,145 @@
+//! Branch history as a graph: which pushed commit came after which, from the pushes'
+//! before/after chains and commit lists. Pure.
+//!
+//! Every commit of a non-forced push descends from the push's `before`, and each listed
+//! commit descends from the one listed before it; the new head descends from all of them.
+//! Those are the only edges we draw: hosts cap their commit lists, so the graph knows
+//! ancestry ("came after"), not direct parenthood. A forced push rewrites the branch: its
+//! commits are not descendants of its `before`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use crate::domain::CommitSha;
+
+#[derive(Debug, Clone, Default)]
+pub struct BranchGraph {
+    /// child → commits it descends from (not necessarily direct parents).
+    up: HashMap<CommitSha, Vec<CommitSha>>,
+    /// Commits some push carried (listed or as the new head): only these can be superseded.
+    pushed: HashSet<CommitSha>,
+}
+
+impl BranchGraph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one push: `commits` oldest first, `head` the ref's new commit.
+    pub fn add_push(
+        &mut self,
+        before: Option<&CommitSha>,
+        commits: &[CommitSha],
+        head: Option<&CommitSha>,
+        forced: bool,
+    ) {
+        let mut chain: Vec<&CommitSha> = commits.iter().collect();
+        if let Some(h) = head {
+            if chain.last() != Some(&h) && !chain.contains(&h) {
+                chain.push(h);
+            }
+        }
+        let mut prev = if forced { None } else { before };
+        for c in chain {
+            self.pushed.insert(c.clone());
+            if let Some(p) = prev {
+                if p != c {
+                    self.up.entry(c.clone()).or_default().push(p.clone());
+                }
+            }
+            prev = Some(c);
+        }
+    }
+
+    pub fn was_pushed(&self, sha: &CommitSha) -> bool {
+        self.pushed.contains(sha)
+    }
+
+    /// Every commit `sha` descends from (not including itself).
+    pub fn ancestors(&self, sha: &CommitSha) -> HashSet<CommitSha> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![sha.clone()];
+        while let Some(c) = stack.pop() {
+            for p in self.up.get(&c).into_iter().flatten() {
+                if p != sha && seen.insert(p.clone()) {
+                    stack.push(p.clone());
+                }
+            }
+        }
+        seen
+    }
+
+    pub fn is_ancestor(&self, ancestor: &CommitSha, of: &CommitSha) -> bool {
+        self.ancestors(of).contains(ancestor)
+    }
+
+    /// The pushed commits an object skipped when it applied `applied` after `previous`
+    /// (its last applied commit, if any): ancestors of `applied` that are neither `previous`
+    /// nor its ancestors. Sorted for determinism.
+    pub fn superseded(&self, applied: &CommitSha, previous: Option<&CommitSha>) -> Vec<CommitSha> {
+        let mut out: BTreeSet<CommitSha> = self
+            .ancestors(applied)
+            .into_iter()
+            .filter(|c| self.pushed.contains(c))
+            .collect();
+        if let Some(p) = previous {
+            out.remove(p);
+            for a in self.ancestors(p) {
+                out.remove(&a);
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sha(n: u8) -> CommitSha {
+        CommitSha::parse(&format!("{n:02x}").repeat(20)).unwrap()
+    }
+
+    #[test]
+    fn chains_across_pushes() {
+        let mut g = BranchGraph::new();
+        g.add_push(Some(&sha(1)), &[sha(2), sha(3)], Some(&sha(3)), false);
+        g.add_push(Some(&sha(3)), &[sha(4)], Some(&sha(4)), false);
+        g.add_push(Some(&sha(4)), &[sha(5), sha(6)], Some(&sha(6)), false);
+        assert!(g.is_ancestor(&sha(2), &sha(6)));
+        assert!(!g.is_ancestor(&sha(6), &sha(2)));
+        // 1 was never pushed (only a `before`): it is never reported superseded.
+        assert_eq!(
+            g.superseded(&sha(6), None),
+            vec![sha(2), sha(3), sha(4), sha(5)]
+        );
+        assert_eq!(g.superseded(&sha(6), Some(&sha(3))), vec![sha(4), sha(5)]);
+        assert_eq!(g.superseded(&sha(4), Some(&sha(4))), vec![]);
+    }
+
+    #[test]
+    fn forced_push_cuts_the_chain() {
+        let mut g = BranchGraph::new();
+        g.add_push(Some(&sha(1)), &[sha(2)], Some(&sha(2)), false);
+        g.add_push(Some(&sha(2)), &[sha(9)], Some(&sha(9)), true);
+        assert!(!g.is_ancestor(&sha(2), &sha(9)));
+        assert_eq!(g.superseded(&sha(9), Some(&sha(2))), vec![]);
+    }
+
+    #[test]
+    fn head_without_listed_commits_still_chains() {
+        // Bitbucket Data Center: no commit list, only from/to hashes.
+        let mut g = BranchGraph::new();
+        g.add_push(Some(&sha(1)), &[], Some(&sha(2)), false);
+        g.add_push(Some(&sha(2)), &[], Some(&sha(3)), false);
+        assert_eq!(g.superseded(&sha(3), None), vec![sha(2)]);
+    }
+
+    #[test]
+    fn cycles_from_odd_histories_terminate() {
+        let mut g = BranchGraph::new();
+        g.add_push(Some(&sha(1)), &[sha(2)], Some(&sha(2)), false);
+        g.add_push(Some(&sha(2)), &[sha(1)], Some(&sha(1)), false);
+        assert!(g.is_ancestor(&sha(1), &sha(2)));
+        let _ = g.superseded(&sha(1), None);
+    }
+}

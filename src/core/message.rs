@@ -1,0 +1,94 @@
+//! Outgoing messages: CloudEvents 1.0 with deterministic ids (contract §4), so a re-sent
+//! occurrence is recognisably the same one (the outbox's insert-if-absent, the sink's and
+//! Service Bus's duplicate detection).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::flux::ObjectRef;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MessageType {
+    #[serde(rename = "io.fluxtrail.apply.failed")]
+    ApplyFailed,
+    #[serde(rename = "io.fluxtrail.apply.recovered")]
+    ApplyRecovered,
+    #[serde(rename = "io.fluxtrail.drift.detected")]
+    DriftDetected,
+    #[serde(rename = "io.fluxtrail.rollout.stalled")]
+    RolloutStalled,
+}
+
+impl MessageType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::ApplyFailed => "io.fluxtrail.apply.failed",
+            MessageType::ApplyRecovered => "io.fluxtrail.apply.recovered",
+            MessageType::DriftDetected => "io.fluxtrail.drift.detected",
+            MessageType::RolloutStalled => "io.fluxtrail.rollout.stalled",
+        }
+    }
+
+    /// For subscription filters (`severity` application property).
+    pub fn severity(self) -> &'static str {
+        match self {
+            MessageType::ApplyFailed => "error",
+            MessageType::ApplyRecovered => "info",
+            MessageType::DriftDetected | MessageType::RolloutStalled => "warning",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: MessageType,
+    pub object: ObjectRef,
+    pub time: DateTime<Utc>,
+    pub revision: Option<String>,
+    pub sha: Option<String>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub incident_id: Option<String>,
+    pub repository: Option<String>,
+}
+
+/// A short, stable id from the parts that make an occurrence unique.
+pub fn message_id(kind: MessageType, object: &ObjectRef, discriminator: &str) -> String {
+    let h = Sha256::digest(
+        format!("{}\n{}\n{discriminator}", kind.as_str(), object.subject()).as_bytes(),
+    );
+    hex::encode(&h[..16])
+}
+
+impl Message {
+    /// The CloudEvents 1.0 structured JSON document of contract §4.
+    pub fn to_cloudevent(&self) -> serde_json::Value {
+        json!({
+            "specversion": "1.0",
+            "id": self.id,
+            "source": "fluxtrail",
+            "type": self.kind.as_str(),
+            "subject": self.object.subject(),
+            "time": self.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "datacontenttype": "application/json",
+            "data": {
+                "cluster": self.object.cluster,
+                "kind": self.object.kind,
+                "namespace": self.object.namespace,
+                "name": self.object.name,
+                "revision": self.revision,
+                "sha": self.sha,
+                "reason": self.reason,
+                "message": self.message,
+                "incidentId": self.incident_id,
+                "repository": self.repository,
+                "severity": self.kind.severity(),
+            }
+        })
+    }
+}
