@@ -11,6 +11,8 @@ pub mod flux;
 pub mod git;
 pub mod http;
 pub mod ledger;
+pub mod outbox;
+pub mod publish;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -7,17 +7,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::ledger::Ledger;
+use crate::outbox::Dispatcher;
+use crate::publish::local::LocalSink;
+use crate::publish::{PublishError, Publisher};
 use crate::store::sqlite::SqliteStore;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot open the message publisher: {0}")]
+    Publisher(#[from] PublishError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -30,6 +37,8 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: Arc<AppState>,
+    dispatcher: Dispatcher,
+    dispatcher_task: JoinHandle<()>,
 }
 
 impl Application {
@@ -45,9 +54,13 @@ impl Application {
                 "FLUXTRAIL_API_TOKEN is not set: the read API answers without authentication"
             );
         }
-        let store = SqliteStore::open(&settings.data_dir)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.data_dir)?);
         tracing::info!(dir = %settings.data_dir.display(), "embedded store opened");
-        let ledger = Ledger::new(Arc::new(store));
+        let publisher: Arc<dyn Publisher> = Arc::new(LocalSink::open(&settings.messages_file)?);
+        tracing::info!(file = %settings.messages_file.display(), "messages go to the local sink");
+        let (wake_tx, wake_rx) = mpsc::channel(1024);
+        let dispatcher = Dispatcher::new(store.clone(), publisher.clone());
+        let ledger = Ledger::new(store).with_outbox(wake_tx);
         let recovered = ledger.recover().await?;
         if recovered > 0 {
             tracing::warn!(
@@ -67,10 +80,22 @@ impl Application {
             source,
         })?;
         tracing::info!(%addr, "listening");
+        // Messages a crash left undelivered go out first.
+        let delivered = dispatcher.deliver_all().await?;
+        if delivered > 0 {
+            tracing::info!(delivered, "delivered messages left in the outbox");
+        }
+        let dispatcher_task = dispatcher.clone().spawn(wake_rx);
         Ok(Application {
             listener,
             addr,
-            state: Arc::new(AppState { settings, ledger }),
+            state: Arc::new(AppState {
+                settings,
+                ledger,
+                publisher,
+            }),
+            dispatcher,
+            dispatcher_task,
         })
     }
 
@@ -84,6 +109,11 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         http::serve(self.listener, self.state, shutdown).await;
+        self.dispatcher_task.abort();
+        // Hand over what the last requests produced before exiting.
+        if let Err(e) = self.dispatcher.deliver_all().await {
+            tracing::warn!(error = %e, "messages left in the outbox; delivered at next start");
+        }
         tracing::info!("stopped");
     }
 }

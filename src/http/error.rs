@@ -33,6 +33,8 @@ pub enum ApiError {
     Parse(#[from] ParseError),
     #[error("{0}")]
     InvalidSha(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
     #[error("a bearer token is required")]
     ReadTokenMissing,
     #[error("the bearer token is not valid")]
@@ -89,6 +91,7 @@ impl ApiError {
             Parse(ParseError::MissingHeader(_)) => (StatusCode::BAD_REQUEST, "missing_header"),
             Parse(ParseError::Invalid { .. }) => (StatusCode::BAD_REQUEST, "invalid_payload"),
             InvalidSha(_) => (StatusCode::BAD_REQUEST, "invalid_sha"),
+            InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             ReadTokenMissing => (StatusCode::UNAUTHORIZED, "token_missing"),
             ReadTokenInvalid => (StatusCode::UNAUTHORIZED, "token_invalid"),
             // Undecodable stored data will not heal by retrying: that is our bug, a 500.

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::error::json_response;
 use super::{media_type, read_body, ApiError, AppState, Body};
+use crate::flux;
 use crate::git::{self, Delivery, GitEvent, Provider};
 use crate::ledger::Recorded;
 
@@ -60,24 +61,53 @@ pub(super) async fn git(
         .ledger
         .record_git(provider, &parsed.delivery_id, &parsed.event, received_at)
         .await?;
-    Ok(match recorded {
+    Ok(answer(recorded, provider.as_str(), &parsed.delivery_id))
+}
+
+/// 202 with the summary, or 200 `duplicate`.
+fn answer(recorded: Recorded, source: &str, delivery: &str) -> Response<Body> {
+    match recorded {
         Recorded::Duplicate => {
-            tracing::info!(provider = provider.as_str(), delivery = %parsed.delivery_id, "duplicate delivery");
+            tracing::info!(source, delivery, "duplicate delivery");
             json_response(StatusCode::OK, &json!({"status": "duplicate"}))
         }
-        Recorded::Accepted { commits, refs } => {
-            tracing::info!(provider = provider.as_str(), delivery = %parsed.delivery_id, commits, "delivery recorded");
-            json_response(
-                StatusCode::ACCEPTED,
-                &json!({
-                    "status": "accepted",
-                    "provider": provider.as_str(),
-                    "delivery": parsed.delivery_id,
-                    "event": match parsed.event { GitEvent::Push { .. } => "push", _ => "pull_request" },
-                    "commits": commits,
-                    "refs": refs,
-                }),
-            )
+        Recorded::Accepted(summary) => {
+            tracing::info!(source, delivery, "delivery recorded");
+            let mut body = json!({"status": "accepted", "source": source, "delivery": delivery});
+            if let (Some(b), serde_json::Value::Object(s)) = (body.as_object_mut(), summary) {
+                b.extend(s);
+            }
+            json_response(StatusCode::ACCEPTED, &body)
         }
-    })
+    }
+}
+
+/// `POST /api/hooks/flux[/{cluster}]`: a notification-controller event.
+pub(super) async fn flux(
+    state: &AppState,
+    cluster: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let media = media_type(req.headers());
+    if media != "application/json" {
+        return Err(ApiError::UnsupportedMediaType {
+            got: media,
+            expected: "application/json",
+        });
+    }
+    let received_at = Utc::now();
+    let (parts, body) = read_body(req, state.settings.flux_body_limit).await?;
+    flux::authenticate(
+        &state.settings.secrets,
+        state.settings.insecure_allow_unsigned,
+        &parts.headers,
+        &body,
+    )?;
+    let event = flux::parse(&body, cluster, &state.settings.default_cluster, received_at)?;
+    let recorded = state.ledger.record_flux(&event, received_at).await?;
+    Ok(answer(
+        recorded,
+        "flux",
+        &format!("flux:{}", event.fingerprint),
+    ))
 }

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::ledger::Ledger;
+use crate::publish::Publisher;
 pub use error::{ApiError, Body};
 
 /// Everything a request handler may use.
@@ -34,6 +35,7 @@ pub use error::{ApiError, Body};
 pub struct AppState {
     pub settings: Settings,
     pub ledger: Ledger,
+    pub publisher: Arc<dyn Publisher>,
 }
 
 /// How long a client may take to send its request headers before the connection is closed.
@@ -113,6 +115,25 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             hooks::git(state, provider, req).await
         }
         ["api", "hooks", "git"] => Err(ApiError::UnknownProvider(String::new())),
+        ["api", "hooks", "flux"] => {
+            allow(&req, &[Method::POST], "POST")?;
+            hooks::flux(state, None, req).await
+        }
+        ["api", "hooks", "flux", cluster] => {
+            allow(&req, &[Method::POST], "POST")?;
+            let cluster = percent_encoding::percent_decode_str(cluster)
+                .decode_utf8_lossy()
+                .into_owned();
+            hooks::flux(state, Some(&cluster), req).await
+        }
+        ["api", "objects"] => {
+            allow(&req, &[Method::GET], "GET")?;
+            read::objects(state, req.uri().query(), req.headers()).await
+        }
+        ["api", "incidents"] => {
+            allow(&req, &[Method::GET], "GET")?;
+            read::incidents(state, req.uri().query(), req.headers()).await
+        }
         ["api", "commits", sha] => {
             allow(&req, &[Method::GET], "GET")?;
             read::commit(state, sha, req.headers()).await

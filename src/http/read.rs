@@ -7,6 +7,7 @@ use serde_json::json;
 use super::error::json_response;
 use super::{ApiError, AppState, Body};
 use crate::config::SecretPair;
+use crate::core::{IncidentState, ObjectState};
 use crate::domain::CommitSha;
 use crate::git::signature::token_matches;
 
@@ -49,19 +50,86 @@ pub(super) async fn commit(
     }
 }
 
+/// One query parameter's value (the read API takes at most one or two).
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+pub(super) async fn objects(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    authorize(state, headers)?;
+    let cluster = query_param(query, "cluster");
+    let objects = state.ledger.objects(cluster.as_deref()).await?;
+    let items: Vec<serde_json::Value> = objects.iter().map(object_view).collect();
+    Ok(json_response(StatusCode::OK, &json!({"objects": items})))
+}
+
+/// The API shape of an object: its state without the bookkeeping.
+fn object_view(s: &ObjectState) -> serde_json::Value {
+    json!({
+        "cluster": s.object.cluster,
+        "kind": s.object.kind,
+        "namespace": s.object.namespace,
+        "name": s.object.name,
+        "status": s.status,
+        "lastEventAt": s.last_event_at,
+        "reason": s.last_reason,
+        "message": s.last_message,
+        "revision": s.last_revision,
+        "applied": s.applied,
+        "follows": s.follows,
+        "incidentId": s.incident.as_ref().map(|i| &i.id),
+    })
+}
+
+pub(super) async fn incidents(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    authorize(state, headers)?;
+    let filter = match query_param(query, "state").as_deref() {
+        None => None,
+        Some("open") => Some(IncidentState::Open),
+        Some("resolved") => Some(IncidentState::Resolved),
+        Some(other) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "state={other:?}: expected open or resolved"
+            )))
+        }
+    };
+    let incidents = state.ledger.incidents(filter).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"incidents": incidents}),
+    ))
+}
+
 pub(super) async fn health(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
     authorize(state, headers)?;
     let store = state.ledger.store().ping().await;
-    let ok = store.is_ok();
+    let publisher = state.publisher.check().await;
+    let ok = store.is_ok() && publisher.is_ok();
     let body = json!({
         "status": if ok { "ok" } else { "unavailable" },
         "store": {
             "backend": "sqlite",
-            "ok": ok,
+            "ok": store.is_ok(),
             "error": store.err().map(|e| e.to_string()),
+        },
+        "publisher": {
+            "backend": state.publisher.backend(),
+            "ok": publisher.is_ok(),
+            "error": publisher.err().map(|e| e.to_string()),
         },
     });
     let status = if ok {

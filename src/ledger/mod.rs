@@ -1,17 +1,21 @@
-//! The ledger: records Git deliveries in the store and answers the evidence for a commit.
+//! The ledger: records deliveries (Git and Flux) in the store, correlates them, and answers
+//! evidence, objects and incidents.
 //!
 //! Recording follows a journal pattern that works the same on SQLite and on Table Storage
 //! (where one delivery touches many partitions and no transaction spans them):
 //! 1. the normalised delivery is inserted into the journal as `pending` (insert-if-absent:
 //!    a second insert of the same delivery id is how a redelivery is recognised);
-//! 2. every projection (commit rows, push rows, pull-request rows, approval rows) is written
-//!    with an idempotent, order-independent merge;
+//! 2. every projection is written with an idempotent, order-independent merge; an object's
+//!    state, its incidents and its outbox messages change together in one atomic batch of
+//!    the object's partition;
 //! 3. the journal entry is marked `done`, and only then is the delivery answered 2xx.
 //!
 //! A crash between 1 and 3 leaves a `pending` entry that a redelivery, or the next start-up,
 //! finishes. No 2xx is sent before 3, so nothing acknowledged is ever half-written.
 
 pub mod evidence;
+mod flux;
+mod git;
 pub mod records;
 
 use std::sync::Arc;
@@ -20,24 +24,26 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
-use crate::domain::RepoKey;
-use crate::git::{GitEvent, Provider, PullRequest, Push};
+use crate::core::incident::Incident;
+use crate::core::{BranchGraph, IncidentState, ObjectState};
+use crate::domain::{CommitSha, RepoKey};
+use crate::flux::{FluxEvent, ObjectRef};
+use crate::git::{GitEvent, Provider};
 use crate::store::{Entity, Store, StoreError, Table};
 pub use evidence::Evidence;
-use records::{
-    ApprovalRecord, CommitRecord, DeliveryRecord, DeliveryState, MergeRecord, PushRecord,
-    ReviewRecord,
-};
+use records::{DeliveryRecord, DeliveryState, Journaled, PushRecord, ROW_INCIDENT, ROW_STATE};
 
 /// How often a read-modify-write retries when another writer got there first.
-const MAX_CONFLICT_RETRIES: usize = 16;
+const MAX_CONFLICT_RETRIES: usize = 32;
 
 /// What recording a delivery did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Recorded {
-    /// Newly recorded (or a crashed earlier attempt finished now).
-    Accepted { commits: usize, refs: Vec<String> },
+    /// Newly recorded (or a crashed earlier attempt finished now), with a summary for the
+    /// answer's body.
+    Accepted(serde_json::Value),
     /// The same delivery was recorded before: nothing changed.
     Duplicate,
 }
@@ -45,11 +51,22 @@ pub enum Recorded {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     store: Arc<dyn Store>,
+    /// Partitions with new outbox messages, for the outbox dispatcher.
+    outbox_tx: Option<mpsc::Sender<String>>,
 }
 
 impl Ledger {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Ledger { store }
+        Ledger {
+            store,
+            outbox_tx: None,
+        }
+    }
+
+    /// Tells the dispatcher behind `tx` about partitions with new messages.
+    pub fn with_outbox(mut self, tx: mpsc::Sender<String>) -> Self {
+        self.outbox_tx = Some(tx);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -64,13 +81,45 @@ impl Ledger {
         event: &GitEvent,
         received_at: DateTime<Utc>,
     ) -> Result<Recorded, StoreError> {
-        let pk = delivery_partition(provider, delivery_id);
-        let journal = DeliveryRecord {
+        let payload = Journaled::Git {
             provider,
+            event: event.clone(),
+        };
+        self.record(delivery_id, &payload, received_at).await
+    }
+
+    /// Records one authenticated, parsed Flux event. NC's retries are byte-identical, so the
+    /// body hash (the event's fingerprint) identifies the delivery.
+    pub async fn record_flux(
+        &self,
+        event: &FluxEvent,
+        received_at: DateTime<Utc>,
+    ) -> Result<Recorded, StoreError> {
+        let payload = Journaled::Flux {
+            event: Box::new(event.clone()),
+        };
+        self.record(
+            &format!("flux:{}", event.fingerprint),
+            &payload,
+            received_at,
+        )
+        .await
+    }
+
+    async fn record(
+        &self,
+        delivery_id: &str,
+        payload: &Journaled,
+        received_at: DateTime<Utc>,
+    ) -> Result<Recorded, StoreError> {
+        let source = payload.source();
+        let pk = delivery_partition(source, delivery_id);
+        let journal = DeliveryRecord {
+            source: source.to_string(),
             delivery_id: delivery_id.to_string(),
             state: DeliveryState::Pending,
             received_at,
-            event: serde_json::to_string(event).expect("events serialise"),
+            event: serde_json::to_string(payload).expect("deliveries serialise"),
         };
         let (journal, etag) = match self
             .store
@@ -84,7 +133,6 @@ impl Ledger {
             Err(StoreError::Conflict) => {
                 let Some(stored) = self.store.get(Table::Deliveries, &pk, delivery_id).await?
                 else {
-                    // Deleted between our insert and read (retention): treat as new next time.
                     return Err(StoreError::Unavailable(
                         "delivery journal changed concurrently".into(),
                     ));
@@ -99,9 +147,15 @@ impl Ledger {
             }
             Err(e) => return Err(e),
         };
-        let event: GitEvent = serde_json::from_str(&journal.event)
+        let payload: Journaled = serde_json::from_str(&journal.event)
             .map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))?;
-        let outcome = self.project(provider, &event, journal.received_at).await?;
+        let summary = match &payload {
+            Journaled::Git { provider, event } => {
+                self.project_git(*provider, event, journal.received_at)
+                    .await?
+            }
+            Journaled::Flux { event } => self.project_flux(event, journal.received_at).await?,
+        };
         let done = DeliveryRecord {
             state: DeliveryState::Done,
             ..journal
@@ -116,7 +170,7 @@ impl Ledger {
             .await
         {
             // A concurrent attempt of the same delivery marked it first: same outcome.
-            Ok(_) | Err(StoreError::PreconditionFailed) => Ok(outcome),
+            Ok(_) | Err(StoreError::PreconditionFailed) => Ok(Recorded::Accepted(summary)),
             Err(e) => Err(e),
         }
     }
@@ -130,165 +184,20 @@ impl Ledger {
         let mut finished = 0;
         for entity in pending {
             let rec: DeliveryRecord = entity.record()?;
-            let event: GitEvent = serde_json::from_str(&rec.event)
+            let payload: Journaled = serde_json::from_str(&rec.event)
                 .map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))?;
-            self.record_git(rec.provider, &rec.delivery_id, &event, rec.received_at)
+            self.record(&rec.delivery_id, &payload, rec.received_at)
                 .await?;
             finished += 1;
         }
         Ok(finished)
     }
 
-    /// Writes every projection of an event. Idempotent.
-    async fn project(
-        &self,
-        provider: Provider,
-        event: &GitEvent,
-        received_at: DateTime<Utc>,
-    ) -> Result<Recorded, StoreError> {
-        match event {
-            GitEvent::Push { pushes } => {
-                let mut commits = 0;
-                let mut refs = Vec::new();
-                for push in pushes {
-                    commits += self.project_push(provider, push, received_at).await?;
-                    refs.push(push.git_ref.clone());
-                }
-                Ok(Recorded::Accepted { commits, refs })
-            }
-            GitEvent::PullRequest(pr) => {
-                self.project_pull_request(provider, pr).await?;
-                let refs = pr
-                    .merge
-                    .as_ref()
-                    .and_then(|m| m.target_ref.clone())
-                    .into_iter()
-                    .collect();
-                Ok(Recorded::Accepted { commits: 0, refs })
-            }
-            GitEvent::Ignored { .. } => Ok(Recorded::Accepted {
-                commits: 0,
-                refs: vec![],
-            }),
+    fn notify_outbox(&self, partition: &str) {
+        if let Some(tx) = &self.outbox_tx {
+            // A full queue only delays delivery: the dispatcher's periodic scan finds it.
+            let _ = tx.try_send(partition.to_string());
         }
-    }
-
-    async fn project_push(
-        &self,
-        provider: Provider,
-        push: &Push,
-        received_at: DateTime<Utc>,
-    ) -> Result<usize, StoreError> {
-        let record = PushRecord::new(provider, push, received_at);
-        let pk = PushRecord::partition(&record.repository, &record.git_ref);
-        match self
-            .store
-            .insert(
-                Table::Pushes,
-                Entity::from_record(&pk, record.row(), &record),
-            )
-            .await
-        {
-            Ok(_) | Err(StoreError::Conflict) => {}
-            Err(e) => return Err(e),
-        }
-        for commit in &push.commits {
-            let incoming = CommitRecord::from_push(provider, push, commit, received_at);
-            self.modify(
-                Table::Commits,
-                commit.sha.as_str(),
-                "commit",
-                |stored: Option<CommitRecord>| {
-                    Some(match stored {
-                        Some(s) => s.merge(incoming.clone()),
-                        None => incoming.clone(),
-                    })
-                },
-            )
-            .await?;
-        }
-        Ok(push.commits.len())
-    }
-
-    /// Stores the merge and reviews in the pull request's partition, then (re)derives the
-    /// approval of the merge commit from that partition. Whichever of review and merge
-    /// arrives last sees the other, so the approval is complete in every arrival order.
-    async fn project_pull_request(
-        &self,
-        provider: Provider,
-        pr: &PullRequest,
-    ) -> Result<(), StoreError> {
-        let pk = format!("{}#{}", pr.repository.key, pr.number);
-        if let Some(m) = &pr.merge {
-            let rec = MergeRecord::new(provider, pr, m);
-            self.modify(Table::Pulls, &pk, "merge", |_: Option<MergeRecord>| {
-                Some(rec.clone())
-            })
-            .await?;
-        }
-        for r in &pr.reviews {
-            let incoming = ReviewRecord::new(r);
-            let rk = format!("review|{}", r.user);
-            self.modify(Table::Pulls, &pk, &rk, |stored: Option<ReviewRecord>| {
-                Some(ReviewRecord::newer(stored, incoming.clone()))
-            })
-            .await?;
-        }
-        self.refresh_approval(&pk).await
-    }
-
-    async fn refresh_approval(&self, pull_pk: &str) -> Result<(), StoreError> {
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            let rows = self
-                .store
-                .query_partition(Table::Pulls, pull_pk, None)
-                .await?;
-            let Some(merge_row) = rows.iter().find(|e| e.rk == "merge") else {
-                return Ok(()); // Not merged (yet): the merge event will derive the approval.
-            };
-            let merge: MergeRecord = merge_row.record()?;
-            let reviews = rows
-                .iter()
-                .filter(|e| e.rk.starts_with("review|"))
-                .map(Entity::record)
-                .collect::<Result<Vec<ReviewRecord>, _>>()?;
-            let approval = ApprovalRecord::derive(&merge, &reviews);
-            // Conditional write against the approval as it was before we read the pull
-            // request: a concurrent writer that saw more reviews cannot be overwritten.
-            let stored = self
-                .store
-                .get(Table::Commits, &merge.sha, "approval")
-                .await?;
-            let entity = Entity::from_record(&merge.sha, "approval", &approval);
-            let result = match &stored {
-                Some(s) if s.record::<ApprovalRecord>().ok().as_ref() == Some(&approval) => {
-                    return Ok(())
-                }
-                Some(s) => {
-                    // Re-read the partition after taking the etag so the derivation is at
-                    // least as fresh as the approval we replace.
-                    let fresh = self
-                        .store
-                        .query_partition(Table::Pulls, pull_pk, None)
-                        .await?;
-                    if fresh != rows {
-                        continue;
-                    }
-                    self.store
-                        .update(Table::Commits, entity, s.etag.as_ref().expect("etag"))
-                        .await
-                }
-                None => self.store.insert(Table::Commits, entity).await,
-            };
-            match result {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(StoreError::Unavailable(
-            "approval kept changing under concurrent writers".into(),
-        ))
     }
 
     /// Read-modify-write of one record with optimistic concurrency. `f` gets the stored
@@ -356,22 +265,91 @@ impl Ledger {
         Ok(pushes)
     }
 
-    /// The evidence for one commit, `None` when nothing at all is known of it.
-    pub async fn evidence(
+    /// The branch graph of one ref, from its recorded pushes.
+    async fn branch_graph(
         &self,
-        sha: &crate::domain::CommitSha,
-    ) -> Result<Option<Evidence>, StoreError> {
+        repository: &str,
+        git_ref: &str,
+    ) -> Result<BranchGraph, StoreError> {
+        let key = RepoKey::from_url(repository)
+            .map_err(|e| StoreError::Corrupt(format!("repository key {repository}: {e}")))?;
+        let mut graph = BranchGraph::new();
+        for p in self.branch_history(&key, git_ref).await? {
+            let parse = |s: &Option<String>| s.as_deref().and_then(|s| CommitSha::parse(s).ok());
+            let commits: Vec<CommitSha> = p
+                .commits
+                .iter()
+                .filter_map(|c| CommitSha::parse(c).ok())
+                .collect();
+            graph.add_push(
+                parse(&p.before).as_ref(),
+                &commits,
+                parse(&p.head).as_ref(),
+                p.forced,
+            );
+        }
+        Ok(graph)
+    }
+
+    /// The evidence for one commit, `None` when nothing at all is known of it.
+    pub async fn evidence(&self, sha: &CommitSha) -> Result<Option<Evidence>, StoreError> {
         let rows = self
             .store
             .query_partition(Table::Commits, sha.as_str(), None)
             .await?;
         evidence::assemble(sha, &rows)
     }
+
+    /// Every Flux object seen, optionally in one cluster, sorted.
+    pub async fn objects(&self, cluster: Option<&str>) -> Result<Vec<ObjectState>, StoreError> {
+        let mut out = self
+            .store
+            .query_where(Table::Objects, "rowType", ROW_STATE)
+            .await?
+            .iter()
+            .map(Entity::record::<ObjectState>)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.retain(|s| cluster.is_none_or(|c| s.object.cluster == c));
+        out.sort_by(|a, b| a.object.cmp(&b.object));
+        Ok(out)
+    }
+
+    /// Incidents, optionally only open or resolved ones, newest first.
+    pub async fn incidents(
+        &self,
+        state: Option<IncidentState>,
+    ) -> Result<Vec<Incident>, StoreError> {
+        let mut out = self
+            .store
+            .query_where(Table::Objects, "rowType", ROW_INCIDENT)
+            .await?
+            .iter()
+            .map(Entity::record::<Incident>)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.retain(|i| state.is_none_or(|s| i.state == s));
+        out.sort_by(|a, b| b.opened_at.cmp(&a.opened_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
 }
 
-/// Journal partition: the provider plus one byte of the delivery id's hash, so a burst from
-/// one host spreads over 256 partitions (Table Storage: 2,000 entities/s per partition).
-fn delivery_partition(provider: Provider, delivery_id: &str) -> String {
+/// The partition of an object's state, incidents and outbox.
+pub fn object_partition(o: &ObjectRef) -> String {
+    format!("{}|{}|{}|{}", o.cluster, o.kind, o.namespace, o.name)
+}
+
+/// An entity of a record plus top-level string properties for `query_where`.
+fn tagged<T: Serialize>(pk: &str, rk: &str, record: &T, tags: &[(&str, &str)]) -> Entity {
+    let mut e = Entity::from_record(pk, rk, record);
+    for (k, v) in tags {
+        e.props
+            .insert(k.to_string(), serde_json::Value::String(v.to_string()));
+    }
+    e
+}
+
+/// Journal partition: the source plus one byte of the delivery id's hash, so a burst from
+/// one source spreads over 256 partitions (Table Storage: 2,000 entities/s per partition).
+fn delivery_partition(source: &str, delivery_id: &str) -> String {
     let h = Sha256::digest(delivery_id.as_bytes());
-    format!("{}-{:02x}", provider.as_str(), h[0])
+    format!("{source}-{:02x}", h[0])
 }

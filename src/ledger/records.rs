@@ -8,20 +8,57 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::git::{Commit, Merge, Person, Provider, PullRequest, Push, Review};
+use crate::core::Message;
+use crate::flux::FluxEvent;
+use crate::git::{Commit, GitEvent, Merge, Person, Provider, PullRequest, Push, Review};
 
 /// A delivery in the journal. Written first (`pending`), marked `done` once every projection
 /// below has been written; a `pending` one is finished by a redelivery or at start-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryRecord {
-    pub provider: Provider,
+    /// `github`, `gitlab`, … or `flux`.
+    pub source: String,
     pub delivery_id: String,
     pub state: DeliveryState,
     pub received_at: DateTime<Utc>,
-    /// The normalised event (`GitEvent` as JSON text).
+    /// The normalised delivery ([`Journaled`] as JSON text).
     pub event: String,
 }
+
+/// What a journal entry replays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "camelCase")]
+pub enum Journaled {
+    Git { provider: Provider, event: GitEvent },
+    Flux { event: Box<FluxEvent> },
+}
+
+impl Journaled {
+    pub fn source(&self) -> &'static str {
+        match self {
+            Journaled::Git { provider, .. } => provider.as_str(),
+            Journaled::Flux { .. } => "flux",
+        }
+    }
+}
+
+/// A message waiting in (or delivered from) an object's outbox. Row `outbox|{seq}|{id}` of
+/// the object's partition, written in the same batch as the state change that caused it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxRecord {
+    pub message: Message,
+    /// `pending` or `delivered`; a top-level string so a sweep can find pending ones.
+    pub delivery: String,
+    pub attempts: u32,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The row types of an object's partition (property `rowType`).
+pub const ROW_STATE: &str = "state";
+pub const ROW_INCIDENT: &str = "incident";
+pub const ROW_OUTBOX: &str = "outbox";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

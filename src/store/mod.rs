@@ -34,14 +34,20 @@ pub enum Table {
     Pushes,
     /// One partition per (repository, pull request): its merge and reviews.
     Pulls,
+    /// One partition per Flux object: its state, incidents and outbox.
+    Objects,
+    /// One partition per (repository, ref): the objects that follow it.
+    Follows,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [
+    pub const ALL: [Table; 6] = [
         Table::Deliveries,
         Table::Commits,
         Table::Pushes,
         Table::Pulls,
+        Table::Objects,
+        Table::Follows,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +56,8 @@ impl Table {
             Table::Commits => "commits",
             Table::Pushes => "pushes",
             Table::Pulls => "pulls",
+            Table::Objects => "objects",
+            Table::Follows => "follows",
         }
     }
 }

@@ -169,7 +169,7 @@ async fn an_interrupted_delivery_is_never_acknowledged_and_its_retry_completes_i
         let mut failed = false;
         for (id, ev) in deliveries() {
             match ledger.record_git(Provider::GitHub, &id, &ev, at()).await {
-                Ok(Recorded::Accepted { .. }) => {}
+                Ok(Recorded::Accepted(_)) => {}
                 Ok(Recorded::Duplicate) => panic!("first delivery reported duplicate"),
                 Err(StoreError::Unavailable(_)) => {
                     failed = true;
@@ -179,7 +179,7 @@ async fn an_interrupted_delivery_is_never_acknowledged_and_its_retry_completes_i
                         .await
                         .unwrap();
                     assert!(
-                        matches!(retry, Recorded::Accepted { .. }),
+                        matches!(retry, Recorded::Accepted(_)),
                         "retry after fault {fail_at}: {retry:?}"
                     );
                     // And a further retry is a duplicate.
@@ -262,7 +262,7 @@ async fn concurrent_identical_deliveries_record_once() {
         }
         let mut accepted = 0;
         for t in tasks {
-            if let Recorded::Accepted { .. } = t.await.unwrap().unwrap() {
+            if let Recorded::Accepted(_) = t.await.unwrap().unwrap() {
                 accepted += 1;
             }
         }

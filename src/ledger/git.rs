@@ -1,0 +1,322 @@
+//! Projections of Git deliveries: commits, pushes, pull requests and approvals, and what a
+//! push means for the Flux objects that follow its branch (`pending`, `superseded`).
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::records::{ApprovalRecord, CommitRecord, MergeRecord, PushRecord, ReviewRecord};
+use super::{object_partition, tagged, Ledger, MAX_CONFLICT_RETRIES};
+use crate::core::{self, Follow, ObjectState, TargetRecord};
+use crate::domain::{CommitSha, Revision};
+use crate::git::{GitEvent, Provider, PullRequest, Push};
+use crate::store::{Entity, StoreError, Table};
+
+impl Ledger {
+    /// Writes every projection of a Git event. Idempotent.
+    pub(super) async fn project_git(
+        &self,
+        provider: Provider,
+        event: &GitEvent,
+        received_at: DateTime<Utc>,
+    ) -> Result<serde_json::Value, StoreError> {
+        match event {
+            GitEvent::Push { pushes } => {
+                let mut commits = 0;
+                let mut refs = Vec::new();
+                for push in pushes {
+                    commits += self.project_push(provider, push, received_at).await?;
+                    self.expect_on_followers(push, received_at).await?;
+                    refs.push(push.git_ref.clone());
+                }
+                Ok(json!({"event": "push", "commits": commits, "refs": refs}))
+            }
+            GitEvent::PullRequest(pr) => {
+                self.project_pull_request(provider, pr).await?;
+                let refs: Vec<String> = pr
+                    .merge
+                    .as_ref()
+                    .and_then(|m| m.target_ref.clone())
+                    .into_iter()
+                    .collect();
+                Ok(
+                    json!({"event": "pull_request", "number": pr.number, "merged": pr.merge.is_some(), "refs": refs}),
+                )
+            }
+            GitEvent::Ignored { reason } => Ok(json!({"event": "ignored", "reason": reason})),
+        }
+    }
+
+    async fn project_push(
+        &self,
+        provider: Provider,
+        push: &Push,
+        received_at: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let record = PushRecord::new(provider, push, received_at);
+        let pk = PushRecord::partition(&record.repository, &record.git_ref);
+        match self
+            .store
+            .insert(
+                Table::Pushes,
+                Entity::from_record(&pk, record.row(), &record),
+            )
+            .await
+        {
+            Ok(_) | Err(StoreError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
+        for commit in &push.commits {
+            let incoming = CommitRecord::from_push(provider, push, commit, received_at);
+            self.modify(
+                Table::Commits,
+                commit.sha.as_str(),
+                "commit",
+                |stored: Option<CommitRecord>| {
+                    Some(match stored {
+                        Some(s) => s.merge(incoming.clone()),
+                        None => incoming.clone(),
+                    })
+                },
+            )
+            .await?;
+        }
+        Ok(push.commits.len())
+    }
+
+    /// Stores the merge and reviews in the pull request's partition, then (re)derives the
+    /// approval of the merge commit from that partition. Whichever of review and merge
+    /// arrives last sees the other, so the approval is complete in every arrival order.
+    async fn project_pull_request(
+        &self,
+        provider: Provider,
+        pr: &PullRequest,
+    ) -> Result<(), StoreError> {
+        let pk = format!("{}#{}", pr.repository.key, pr.number);
+        if let Some(m) = &pr.merge {
+            let rec = MergeRecord::new(provider, pr, m);
+            self.modify(Table::Pulls, &pk, "merge", |_: Option<MergeRecord>| {
+                Some(rec.clone())
+            })
+            .await?;
+        }
+        for r in &pr.reviews {
+            let incoming = ReviewRecord::new(r);
+            let rk = format!("review|{}", r.user);
+            self.modify(Table::Pulls, &pk, &rk, |stored: Option<ReviewRecord>| {
+                Some(ReviewRecord::newer(stored, incoming.clone()))
+            })
+            .await?;
+        }
+        self.refresh_approval(&pk).await
+    }
+
+    async fn refresh_approval(&self, pull_pk: &str) -> Result<(), StoreError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let rows = self
+                .store
+                .query_partition(Table::Pulls, pull_pk, None)
+                .await?;
+            let Some(merge_row) = rows.iter().find(|e| e.rk == "merge") else {
+                return Ok(()); // Not merged (yet): the merge event will derive the approval.
+            };
+            let merge: MergeRecord = merge_row.record()?;
+            let reviews = rows
+                .iter()
+                .filter(|e| e.rk.starts_with("review|"))
+                .map(Entity::record)
+                .collect::<Result<Vec<ReviewRecord>, _>>()?;
+            let approval = ApprovalRecord::derive(&merge, &reviews);
+            // Conditional write against the approval as it was before we read the pull
+            // request: a concurrent writer that saw more reviews cannot be overwritten.
+            let stored = self
+                .store
+                .get(Table::Commits, &merge.sha, "approval")
+                .await?;
+            let entity = Entity::from_record(&merge.sha, "approval", &approval);
+            let result = match &stored {
+                Some(s) if s.record::<ApprovalRecord>().ok().as_ref() == Some(&approval) => {
+                    return Ok(())
+                }
+                Some(s) => {
+                    // Re-read the partition after taking the etag so the derivation is at
+                    // least as fresh as the approval we replace.
+                    let fresh = self
+                        .store
+                        .query_partition(Table::Pulls, pull_pk, None)
+                        .await?;
+                    if fresh != rows {
+                        continue;
+                    }
+                    self.store
+                        .update(Table::Commits, entity, s.etag.as_ref().expect("etag"))
+                        .await
+                }
+                None => self.store.insert(Table::Commits, entity).await,
+            };
+            match result {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "approval kept changing under concurrent writers".into(),
+        ))
+    }
+
+    /// A push to a ref: every object that follows it expects the pushed commits (`pending`,
+    /// or `superseded` if the object already applied a later one). Objects that reported one
+    /// of these commits before the push told us its branch start following the ref now.
+    async fn expect_on_followers(
+        &self,
+        push: &Push,
+        received_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if push.deleted() {
+            return Ok(());
+        }
+        let repository = push.repository.key.to_string();
+        let follow_pk = PushRecord::partition(&repository, &push.git_ref);
+        let follow = Follow {
+            repository: repository.clone(),
+            git_ref: push.git_ref.clone(),
+        };
+        let pushed: Vec<CommitSha> = push.commits.iter().map(|c| c.sha.clone()).collect();
+        let mut objects: Vec<String> = self
+            .store
+            .query_partition(Table::Follows, &follow_pk, None)
+            .await?
+            .into_iter()
+            .map(|e| e.rk)
+            .collect();
+        // Objects that reported a pushed commit under a pointer naming this ref.
+        for sha in &pushed {
+            for row in self
+                .store
+                .query_partition(Table::Commits, sha.as_str(), Some("target|"))
+                .await?
+            {
+                let t: TargetRecord = row.record()?;
+                let names_ref = t
+                    .revision
+                    .as_deref()
+                    .map(|r| Revision::parse(r).candidate_refs().contains(&push.git_ref))
+                    .unwrap_or(false);
+                let pk = object_partition(&crate::flux::ObjectRef {
+                    cluster: t.cluster,
+                    kind: t.kind,
+                    namespace: t.namespace,
+                    name: t.name,
+                });
+                if names_ref && !objects.contains(&pk) {
+                    objects.push(pk);
+                }
+            }
+        }
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let graph = self.branch_graph(&repository, &push.git_ref).await?;
+        for pk in objects {
+            let Some(updates) = self
+                .follow_and_expect(&pk, &follow, &follow_pk, &graph, &pushed, received_at)
+                .await?
+            else {
+                continue;
+            };
+            for u in updates {
+                self.merge_target(&u, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the object follow the ref (if it does not follow another one) and computes what
+    /// it now expects. `None` when the object follows a different ref.
+    async fn follow_and_expect(
+        &self,
+        pk: &str,
+        follow: &Follow,
+        follow_pk: &str,
+        graph: &core::BranchGraph,
+        pushed: &[CommitSha],
+        received_at: DateTime<Utc>,
+    ) -> Result<Option<Vec<core::TargetUpdate>>, StoreError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(row) = self.store.get(Table::Objects, pk, "state").await? else {
+                return Ok(None);
+            };
+            let mut state: ObjectState = row.record()?;
+            match &state.follows {
+                Some(f) if f == follow => {
+                    return Ok(Some(core::on_push(
+                        &state,
+                        graph,
+                        pushed,
+                        false,
+                        received_at,
+                    )))
+                }
+                // The object moved to another branch: this follow row is stale.
+                Some(_) => return Ok(None),
+                None => {}
+            }
+            state.follows = Some(follow.clone());
+            let entity = tagged(
+                pk,
+                "state",
+                &state,
+                &[("rowType", super::records::ROW_STATE)],
+            );
+            match self
+                .store
+                .update(Table::Objects, entity, row.etag.as_ref().expect("etag"))
+                .await
+            {
+                Ok(_) => {
+                    self.store
+                        .upsert(
+                            Table::Follows,
+                            Entity::from_record(follow_pk, pk, &state.object),
+                        )
+                        .await?;
+                    return Ok(Some(core::on_push(
+                        &state,
+                        graph,
+                        pushed,
+                        true,
+                        received_at,
+                    )));
+                }
+                Err(StoreError::PreconditionFailed) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "object state kept changing under concurrent writers".into(),
+        ))
+    }
+
+    /// Writes one target update into the commit's partition (`replayed`: re-issued for a
+    /// duplicate event, see [`TargetRecord::merge_replayed`]).
+    pub(super) async fn merge_target(
+        &self,
+        u: &core::TargetUpdate,
+        replayed: bool,
+    ) -> Result<(), StoreError> {
+        let rk = TargetRecord::row_key(&u.object);
+        self.modify(
+            Table::Commits,
+            u.sha.as_str(),
+            &rk,
+            |stored: Option<TargetRecord>| {
+                Some(if replayed {
+                    TargetRecord::merge_replayed(stored, u)
+                } else {
+                    TargetRecord::merge(stored, u)
+                })
+            },
+        )
+        .await
+    }
+}
