@@ -108,6 +108,6 @@ pub(super) async fn flux(
     Ok(answer(
         recorded,
         "flux",
-        &format!("flux:{}", event.fingerprint),
+        &format!("flux:{}:{}", event.object.cluster, event.fingerprint),
     ))
 }

@@ -89,7 +89,7 @@ impl Ledger {
     }
 
     /// Records one authenticated, parsed Flux event. NC's retries are byte-identical, so the
-    /// body hash (the event's fingerprint) identifies the delivery.
+    /// cluster and the body hash (the event's fingerprint) identify the delivery.
     pub async fn record_flux(
         &self,
         event: &FluxEvent,
@@ -99,7 +99,7 @@ impl Ledger {
             event: Box::new(event.clone()),
         };
         self.record(
-            &format!("flux:{}", event.fingerprint),
+            &format!("flux:{}:{}", event.object.cluster, event.fingerprint),
             &payload,
             received_at,
         )

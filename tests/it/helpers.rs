@@ -19,6 +19,8 @@ pub const BITBUCKET_SECRET: &str = "bb-secret";
 pub const GITEA_SECRET: &str = "gitea-secret";
 pub const AZURE_BASIC: &str = "fluxtrail:az-password";
 pub const API_TOKEN: &str = "read-token";
+pub const FLUX_HMAC_KEY: &str = "flux-hmac-key\n";
+pub const FLUX_TOKEN: &str = "flux-bearer-token";
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -40,6 +42,8 @@ pub fn default_vars() -> HashMap<String, String> {
         ("FLUXTRAIL_GITEA_SECRET", GITEA_SECRET),
         ("FLUXTRAIL_AZUREDEVOPS_BASIC", AZURE_BASIC),
         ("FLUXTRAIL_API_TOKEN", API_TOKEN),
+        ("FLUXTRAIL_FLUX_HMAC_KEY", FLUX_HMAC_KEY),
+        ("FLUXTRAIL_FLUX_TOKEN", FLUX_TOKEN),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -134,6 +138,56 @@ impl TestApp {
         self.post_git(provider, headers, &fixture(file)).await
     }
 
+    /// POSTs a Flux event to `path` (`/api/hooks/flux[/cluster]`), signed like `generic-hmac`.
+    pub async fn post_flux(&self, path: &str, body: &[u8]) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .header("gotk-component", "kustomize-controller")
+            .header(
+                "x-signature",
+                format!("sha256={}", sign_sha256_hex(FLUX_HMAC_KEY.as_bytes(), body)),
+            )
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET on the read API with the token.
+    pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The CloudEvents the local sink has written so far.
+    pub fn messages(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.data_dir.join("messages.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (bounded) until the sink holds at least `n` messages, and returns them.
+    pub async fn wait_messages(&self, n: usize) -> Vec<Value> {
+        for _ in 0..200 {
+            let m = self.messages();
+            if m.len() >= n {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.messages()
+    }
+
     pub async fn evidence(&self, sha: &str) -> (reqwest::StatusCode, Value) {
         let resp = self
             .client
@@ -153,6 +207,16 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// A Flux event fixture, with fields overridden (`"timestamp"`, `"message"`, `metadata.*`).
+pub fn flux_event(file: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/flux")
+        .join(file);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    serde_json::to_vec(&v).unwrap()
 }
 
 pub fn fixture(file: &str) -> Vec<u8> {

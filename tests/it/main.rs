@@ -2,6 +2,7 @@
 //! spawned on port 0 and driven over HTTP.
 
 mod approvals;
+mod flux;
 mod helpers;
 mod hooks;
 mod ledger;
