@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::records::{CommitRecord, OutboxRecord, ROW_INCIDENT, ROW_OUTBOX, ROW_STATE};
+use super::records::{CommitRecord, OutboxRecord, ROW_EVENT, ROW_INCIDENT, ROW_OUTBOX, ROW_STATE};
 use super::{object_partition, tagged, Ledger, MAX_CONFLICT_RETRIES};
 use crate::core::{self, CommitInfo, Context, Disposition, ObjectState};
 use crate::flux::{classify, FluxEvent};
@@ -40,12 +40,13 @@ impl Ledger {
             let previous_follow = state.as_ref().and_then(|s| s.follows.clone());
             let out = core::apply_event(state, event, class, &ctx, received_at);
             if out.disposition == Disposition::Applied {
-                let mut ops = Vec::with_capacity(1 + out.incidents.len() + out.messages.len());
+                let mut ops = Vec::with_capacity(2 + out.incidents.len() + out.messages.len());
                 let state_row = tagged(&pk, "state", &out.state, &[("rowType", ROW_STATE)]);
                 ops.push(match &etag {
                     Some(etag) => BatchOp::Update(state_row, etag.clone()),
                     None => BatchOp::Insert(state_row),
                 });
+                ops.push(BatchOp::Upsert(history_row(&pk, event, class)));
                 for inc in &out.incidents {
                     let state = match inc.state {
                         core::IncidentState::Open => "open",
@@ -79,6 +80,12 @@ impl Ledger {
                     Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
                     Err(e) => return Err(e),
                 }
+            }
+            if out.disposition == Disposition::Stale {
+                // Outdated for the state, still part of the object's history.
+                self.store
+                    .upsert(Table::Objects, history_row(&pk, event, class))
+                    .await?;
             }
             let replayed = out.disposition == Disposition::Duplicate;
             for u in &out.targets {
@@ -135,4 +142,40 @@ impl Ledger {
             refs: c.refs,
         }))
     }
+}
+
+/// Every event is kept in its object's history: row `event|{time}|{fingerprint}`, keyed so a
+/// retry rewrites the same row. Long messages (Helm appends its logs) are cut.
+fn history_row(pk: &str, event: &FluxEvent, class: crate::flux::Class) -> crate::store::Entity {
+    const MAX_MESSAGE: usize = 8 * 1024;
+    let mut message = event.message.clone();
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… [cut]");
+    }
+    let rk = format!(
+        "event|{}|{}",
+        event
+            .timestamp
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        event.fingerprint
+    );
+    tagged(
+        pk,
+        &rk,
+        &json!({
+            "timestamp": event.timestamp,
+            "reason": event.reason,
+            "severity": event.severity,
+            "class": class,
+            "message": message,
+            "revision": event.revision(),
+            "reportingController": event.reporting_controller,
+        }),
+        &[("rowType", ROW_EVENT)],
+    )
 }

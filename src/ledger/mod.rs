@@ -339,12 +339,10 @@ pub fn object_partition(o: &ObjectRef) -> String {
 
 /// An entity of a record plus top-level string properties for `query_where`.
 fn tagged<T: Serialize>(pk: &str, rk: &str, record: &T, tags: &[(&str, &str)]) -> Entity {
-    let mut e = Entity::from_record(pk, rk, record);
-    for (k, v) in tags {
-        e.props
-            .insert(k.to_string(), serde_json::Value::String(v.to_string()));
-    }
-    e
+    tags.iter()
+        .fold(Entity::from_record(pk, rk, record), |e, (k, v)| {
+            e.with_tag(k, v)
+        })
 }
 
 /// Journal partition: the source plus one byte of the delivery id's hash, so a burst from

@@ -59,6 +59,7 @@ pub struct OutboxRecord {
 pub const ROW_STATE: &str = "state";
 pub const ROW_INCIDENT: &str = "incident";
 pub const ROW_OUTBOX: &str = "outbox";
+pub const ROW_EVENT: &str = "event";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -96,6 +96,13 @@ impl Entity {
         }
     }
 
+    /// Adds a top-level string property (a tag `query_where` can find).
+    pub fn with_tag(mut self, name: &str, value: &str) -> Self {
+        self.props
+            .insert(name.to_string(), Value::String(value.to_string()));
+        self
+    }
+
     /// Reads the properties back as a record.
     pub fn record<T: DeserializeOwned>(&self) -> Result<T, StoreError> {
         serde_json::from_value(Value::Object(self.props.clone()))

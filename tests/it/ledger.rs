@@ -377,3 +377,157 @@ async fn pushes_are_kept_as_branch_history() {
         .unwrap()
         .is_empty());
 }
+
+// ---- Flux events under faults ---------------------------------------------------------
+
+fn flux(file: &str, edit: impl FnOnce(&mut serde_json::Value)) -> fluxtrail::flux::FluxEvent {
+    let body = crate::helpers::flux_event(file, edit);
+    fluxtrail::flux::parse(&body, Some("prod-eu"), "default", at()).unwrap()
+}
+
+fn flux_story() -> Vec<fluxtrail::flux::FluxEvent> {
+    use serde_json::json;
+    vec![
+        flux("kustomization-progressing-changeset.json", |_| {}),
+        flux("kustomization-health-failed.json", |_| {}),
+        flux("kustomization-reconciliation-failed.json", |v| {
+            v["metadata"]["revision"] = json!("main@sha1:5f2d8a4c1b3e7f9a0d6c2b8e4f1a3c5d7e9b0a2c")
+        }),
+        flux("kustomization-succeeded.json", |v| {
+            v["timestamp"] = json!("2026-08-07T10:40:00Z")
+        }),
+        flux("kustomization-progressing-changeset.json", |v| {
+            v["timestamp"] = json!("2026-08-07T10:50:00Z")
+        }),
+    ]
+}
+
+async fn flux_snapshot(ledger: &Ledger) -> serde_json::Value {
+    let mut evidence = Vec::new();
+    for sha in [
+        "731f7eaddfb6af01cb2173e18f0f75b0ba780ef1",
+        "5f2d8a4c1b3e7f9a0d6c2b8e4f1a3c5d7e9b0a2c",
+    ] {
+        evidence.push(
+            serde_json::to_value(
+                ledger
+                    .evidence(&CommitSha::parse(sha).unwrap())
+                    .await
+                    .unwrap(),
+            )
+            .unwrap(),
+        );
+    }
+    let mut objects = serde_json::to_value(ledger.objects(None).await.unwrap()).unwrap();
+    for o in objects.as_array_mut().unwrap() {
+        o.as_object_mut().unwrap().remove("recent");
+    }
+    let outbox: Vec<String> = ledger
+        .store()
+        .query_where(Table::Objects, "rowType", "outbox")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.rk)
+        .collect();
+    serde_json::json!({
+        "evidence": evidence,
+        "objects": objects,
+        "incidents": serde_json::to_value(ledger.incidents(None).await.unwrap()).unwrap(),
+        "outbox": outbox,
+    })
+}
+
+async fn run_flux_story(ledger: &Ledger, retry_on_fault: bool) -> usize {
+    let (id, push) = parse(
+        Provider::GitHub,
+        "github/push-forced.json",
+        &[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "f")],
+    );
+    let mut faults = 0;
+    if ledger
+        .record_git(Provider::GitHub, &id, &push, at())
+        .await
+        .is_err()
+    {
+        faults += 1;
+        if retry_on_fault {
+            ledger
+                .record_git(Provider::GitHub, &id, &push, at())
+                .await
+                .unwrap();
+        }
+    }
+    for e in flux_story() {
+        if ledger.record_flux(&e, at()).await.is_err() {
+            faults += 1;
+            if retry_on_fault {
+                assert!(matches!(
+                    ledger.record_flux(&e, at()).await.unwrap(),
+                    Recorded::Accepted(_)
+                ));
+            }
+        }
+    }
+    faults
+}
+
+#[tokio::test]
+async fn flux_events_interrupted_at_any_write_end_in_the_uninterrupted_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = Ledger::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    run_flux_story(&clean, false).await;
+    let want = flux_snapshot(&clean).await;
+    assert_eq!(
+        want["outbox"].as_array().unwrap().len(),
+        4,
+        "failed, failed (new revision), recovered, drift: {want}"
+    );
+    let mut fail_at = 1;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = faulty_ledger(&dir, fail_at);
+        if run_flux_story(&ledger, true).await == 0 {
+            break;
+        }
+        assert_eq!(
+            flux_snapshot(&ledger).await,
+            want,
+            "after a fault at write {fail_at}"
+        );
+        fail_at += 1;
+    }
+    assert!(fail_at > 20, "{fail_at}");
+}
+
+#[tokio::test]
+async fn flux_events_are_kept_in_the_object_history_even_when_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    let newer = flux("kustomization-reconciliation-failed.json", |_| {});
+    let older = flux("kustomization-succeeded.json", |v| {
+        v["timestamp"] = serde_json::json!("2026-08-07T09:00:00Z")
+    });
+    ledger.record_flux(&newer, at()).await.unwrap();
+    ledger.record_flux(&older, at()).await.unwrap();
+    let rows = ledger
+        .store()
+        .query_partition(
+            Table::Objects,
+            "prod-eu|Kustomization|flux-system|apps",
+            Some("event|"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].props["reason"], "ReconciliationSucceeded");
+    // The stale success did not close the incident the newer failure opened.
+    assert_eq!(
+        ledger
+            .incidents(Some(fluxtrail::core::IncidentState::Open))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
