@@ -13,7 +13,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::ledger::records::OutboxRecord;
+use crate::ledger::records::{OutboxRecord, ROW_OUTBOX};
 use crate::publish::Publisher;
 use crate::store::{Entity, Store, StoreError, Table};
 
@@ -92,17 +92,9 @@ impl Dispatcher {
                 rec.delivered_at = Some(Utc::now());
                 delivered += 1;
             }
-            let mut entity = Entity::from_record(pk, &row.rk, &rec);
-            for key in ["rowType", "delivery"] {
-                let value = if key == "delivery" {
-                    rec.delivery.clone()
-                } else {
-                    "outbox".into()
-                };
-                entity
-                    .props
-                    .insert(key.into(), serde_json::Value::String(value));
-            }
+            let entity = Entity::from_record(pk, &row.rk, &rec)
+                .with_tag("rowType", ROW_OUTBOX)
+                .with_tag("delivery", &rec.delivery);
             match self
                 .store
                 .update(Table::Objects, entity, row.etag.as_ref().expect("etag"))
