@@ -19,7 +19,7 @@ echo "== newcomer path: server + scripts/send-github-push.sh"
 cargo build --locked --bin fluxtrail
 data=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-FLUXTRAIL_LISTEN=127.0.0.1:$port FLUXTRAIL_DATA_DIR=$data FLUXTRAIL_GITHUB_SECRET=demo-secret \
+FLUXTRAIL_LISTEN=127.0.0.1:$port FLUXTRAIL_DATA_DIR=$data FLUXTRAIL_GITHUB_SECRET=demo-secret FLUXTRAIL_FLUX_HMAC_KEY=demo-key \
   target/debug/fluxtrail serve >"$data/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
@@ -31,6 +31,10 @@ out=$(FLUXTRAIL_URL=http://127.0.0.1:$port FLUXTRAIL_GITHUB_SECRET=demo-secret D
 echo "$out"
 echo "$out" | grep -q 'HTTP 202' || { echo "push was not accepted"; cat "$data/server.log"; exit 1; }
 echo "$out" | grep -q '"repository":"github.com/acme/fleet-infra"' || { echo "evidence missing"; exit 1; }
+out=$(FLUXTRAIL_URL=http://127.0.0.1:$port FLUXTRAIL_FLUX_HMAC_KEY=demo-key scripts/send-flux-event.sh)
+echo "$out"
+echo "$out" | grep -q 'HTTP 202' || { echo "flux event was not accepted"; cat "$data/server.log"; exit 1; }
+echo "$out" | grep -q '"state":"applied"' || { echo "target missing from the evidence"; exit 1; }
 kill -TERM $server
 wait $server || { echo "server did not stop cleanly on SIGTERM"; cat "$data/server.log"; exit 1; }
 grep -q "stopped" "$data/server.log" || { echo "no graceful shutdown in the log"; cat "$data/server.log"; exit 1; }
