@@ -120,7 +120,8 @@ pub struct CommitInfo {
 pub struct Context<'a> {
     /// The event's source commit as a push recorded it, if any push did.
     pub commit: Option<CommitInfo>,
-    /// History of the branch the object follows after this event (see [`follow_of`]).
+    /// History of the branch the object follows after this event (see [`follow_of`]); needed
+    /// only for `Applied` events, which may supersede.
     pub graph: Option<&'a BranchGraph>,
 }
 

@@ -29,9 +29,12 @@ impl Ledger {
             };
             let follow = core::follow_of(event, commit.as_ref())
                 .or_else(|| state.as_ref().and_then(|s| s.follows.clone()));
-            let graph = match &follow {
-                Some(f) => Some(self.branch_graph(&f.repository, &f.git_ref).await?),
-                None => None,
+            // Only an apply can supersede: the branch history is read for those alone.
+            let graph = match (&follow, class) {
+                (Some(f), crate::flux::Class::Applied) => {
+                    Some(self.branch_graph(&f.repository, &f.git_ref).await?)
+                }
+                _ => None,
             };
             let ctx = Context {
                 commit: commit.clone(),
