@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::records::{ApprovalRecord, CommitRecord};
-use crate::core::{TargetRecord, TargetState};
+use crate::core::TargetRecord;
 use crate::domain::CommitSha;
 use crate::git::{Person, Provider};
 use crate::store::{Entity, StoreError};
@@ -19,7 +19,8 @@ pub struct Evidence {
     pub approval: Option<ApprovalRecord>,
     /// Where the commit went: one entry per (cluster, Flux object) that applied, failed,
     /// skipped or still expects it.
-    pub targets: Vec<TargetEvidence>,
+    /// The stored rows as they are: their field names are the contract's.
+    pub targets: Vec<TargetRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,27 +36,6 @@ pub struct CommitEvidence {
     pub url: Option<String>,
     pub pushed_at: String,
     pub pushed_by: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TargetEvidence {
-    pub cluster: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub state: TargetState,
-    pub revision: Option<String>,
-    pub first_seen_at: String,
-    pub applied_at: Option<String>,
-    pub last_event_at: String,
-    pub reason: Option<String>,
-    pub message: Option<String>,
-    pub superseded_by: Option<String>,
-}
-
-fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// Builds the evidence from the partition's rows; `None` when there are none.
@@ -89,23 +69,7 @@ pub fn assemble(sha: &CommitSha, rows: &[Entity]) -> Result<Option<Evidence>, St
                 });
             }
             "approval" => evidence.approval = Some(row.record()?),
-            rk if rk.starts_with("target|") => {
-                let t: TargetRecord = row.record()?;
-                evidence.targets.push(TargetEvidence {
-                    cluster: t.cluster,
-                    kind: t.kind,
-                    namespace: t.namespace,
-                    name: t.name,
-                    state: t.state,
-                    revision: t.revision,
-                    first_seen_at: rfc3339(t.first_seen_at),
-                    applied_at: t.applied_at.map(rfc3339),
-                    last_event_at: rfc3339(t.last_event_at),
-                    reason: t.reason,
-                    message: t.message,
-                    superseded_by: t.superseded_by,
-                });
-            }
+            rk if rk.starts_with("target|") => evidence.targets.push(row.record()?),
             _ => {}
         }
     }
