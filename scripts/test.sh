@@ -15,6 +15,9 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
 
+echo "== the Flux suite again, publishing to Service Bus (a local stand-in) instead of the local sink"
+FLUXTRAIL_TEST_PUBLISHER=servicebus cargo test --locked --test it flux::
+
 echo "== newcomer path: server + scripts/send-github-push.sh"
 cargo build --locked --bin fluxtrail
 data=$(mktemp -d)

@@ -83,6 +83,18 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub git_body_limit: usize,
     pub flux_body_limit: usize,
+    /// `FLUXTRAIL_SERVICEBUS`: a connection string with a Send policy, or a namespace for
+    /// managed identity. Unset: messages go to the local sink.
+    pub servicebus: Option<Secret>,
+    pub servicebus_topic: String,
+    /// `FLUXTRAIL_SERVICEBUS_ENDPOINT`: another base URL for the same requests.
+    pub servicebus_endpoint: Option<String>,
+    /// How long one publish may take before it counts as failed.
+    pub publish_timeout: Duration,
+    /// The first retry delay of an undelivered message; it doubles per attempt (capped).
+    pub publish_retry_base: Duration,
+    /// Attempts after which an undelivered message is parked as dead (kept, re-drivable).
+    pub publish_max_attempts: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +107,9 @@ pub enum ConfigError {
     Duration(String),
     #[error("{name}={value:?} must be true or false")]
     Bool { name: &'static str, value: String },
-    #[error("{name}={value:?} must be a size in bytes (a positive whole number)")]
+    #[error("{name}={value:?} is not a duration such as 500ms, 10s or 1m")]
+    DurationOf { name: &'static str, value: String },
+    #[error("{name}={value:?} must be a positive whole number")]
     Size { name: &'static str, value: String },
     #[error("FLUXTRAIL_LOG_FORMAT={0:?} must be text or json")]
     LogFormat(String),
@@ -167,6 +181,23 @@ impl Settings {
                 _ => Err(ConfigError::Size { name, value: v }),
             },
         };
+        let duration = |name: &'static str, default: Duration| match get(name) {
+            None => Ok(default),
+            Some(v) => humantime::parse_duration(v.trim())
+                .map_err(|_| ConfigError::DurationOf { name, value: v }),
+        };
+        let publish_max_attempts = match get("FLUXTRAIL_PUBLISH_MAX_ATTEMPTS") {
+            None => 12,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(ConfigError::Size {
+                        name: "FLUXTRAIL_PUBLISH_MAX_ATTEMPTS",
+                        value: v,
+                    })
+                }
+            },
+        };
         Ok(Settings {
             listen,
             data_dir,
@@ -187,6 +218,13 @@ impl Settings {
             log_format,
             git_body_limit: size("FLUXTRAIL_GIT_BODY_LIMIT", 25 * 1024 * 1024)?,
             flux_body_limit: size("FLUXTRAIL_FLUX_BODY_LIMIT", 4 * 1024 * 1024)?,
+            servicebus: get("FLUXTRAIL_SERVICEBUS").map(Secret::new),
+            servicebus_topic: get("FLUXTRAIL_SERVICEBUS_TOPIC")
+                .unwrap_or_else(|| "fluxtrail".into()),
+            servicebus_endpoint: get("FLUXTRAIL_SERVICEBUS_ENDPOINT"),
+            publish_timeout: duration("FLUXTRAIL_PUBLISH_TIMEOUT", Duration::from_secs(10))?,
+            publish_retry_base: duration("FLUXTRAIL_PUBLISH_RETRY_BASE", Duration::from_secs(1))?,
+            publish_max_attempts,
         })
     }
 }

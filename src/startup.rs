@@ -13,8 +13,9 @@ use tokio::task::JoinHandle;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::ledger::Ledger;
-use crate::outbox::Dispatcher;
+use crate::outbox::{Dispatcher, RetryPolicy};
 use crate::publish::local::LocalSink;
+use crate::publish::servicebus::{ServiceBusConfig, ServiceBusPublisher};
 use crate::publish::{PublishError, Publisher};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -56,10 +57,13 @@ impl Application {
         }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.data_dir)?);
         tracing::info!(dir = %settings.data_dir.display(), "embedded store opened");
-        let publisher: Arc<dyn Publisher> = Arc::new(LocalSink::open(&settings.messages_file)?);
-        tracing::info!(file = %settings.messages_file.display(), "messages go to the local sink");
+        let publisher = publisher(&settings)?;
         let (wake_tx, wake_rx) = mpsc::channel(1024);
-        let dispatcher = Dispatcher::new(store.clone(), publisher.clone());
+        let policy = RetryPolicy {
+            base: settings.publish_retry_base,
+            max_attempts: settings.publish_max_attempts,
+        };
+        let dispatcher = Dispatcher::new(store.clone(), publisher.clone(), policy);
         let ledger = Ledger::new(store).with_outbox(wake_tx);
         let recovered = ledger.recover().await?;
         if recovered > 0 {
@@ -80,11 +84,7 @@ impl Application {
             source,
         })?;
         tracing::info!(%addr, "listening");
-        // Messages a crash left undelivered go out first.
-        let delivered = dispatcher.deliver_all().await?;
-        if delivered > 0 {
-            tracing::info!(delivered, "delivered messages left in the outbox");
-        }
+        // The dispatcher's first pass (immediately) delivers what a stop left in the outbox.
         let dispatcher_task = dispatcher.clone().spawn(wake_rx);
         Ok(Application {
             listener,
@@ -111,10 +111,34 @@ impl Application {
         http::serve(self.listener, self.state, shutdown).await;
         self.dispatcher_task.abort();
         // Hand over what the last requests produced before exiting.
-        if let Err(e) = self.dispatcher.deliver_all().await {
+        if let Err(e) = self.dispatcher.deliver_all(chrono::Utc::now()).await {
             tracing::warn!(error = %e, "messages left in the outbox; delivered at next start");
         }
         tracing::info!("stopped");
+    }
+}
+
+/// The publisher configuration chooses: Service Bus when `FLUXTRAIL_SERVICEBUS` is set, the
+/// local JSON-lines sink otherwise.
+fn publisher(settings: &Settings) -> Result<Arc<dyn Publisher>, PublishError> {
+    match &settings.servicebus {
+        Some(value) => {
+            let config = ServiceBusConfig::parse(
+                value.expose(),
+                &settings.servicebus_topic,
+                settings.servicebus_endpoint.as_deref(),
+            )
+            .map_err(|e| PublishError::Configuration(e.to_string()))?;
+            tracing::info!(namespace = %config.namespace, topic = %config.topic, endpoint = ?config.endpoint.as_ref().map(|u| u.as_str()), "messages go to Service Bus");
+            Ok(Arc::new(ServiceBusPublisher::new(
+                &config,
+                settings.publish_timeout,
+            )?))
+        }
+        None => {
+            tracing::info!(file = %settings.messages_file.display(), "messages go to the local sink");
+            Ok(Arc::new(LocalSink::open(&settings.messages_file)?))
+        }
     }
 }
 

@@ -130,6 +130,14 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             allow(&req, &[Method::GET], "GET")?;
             read::objects(state, req.uri().query(), req.headers()).await
         }
+        ["api", "outbox"] => {
+            allow(&req, &[Method::GET], "GET")?;
+            read::outbox(state, req.uri().query(), req.headers()).await
+        }
+        ["api", "outbox", "redrive"] => {
+            allow(&req, &[Method::POST], "POST")?;
+            read::redrive(state, req.headers()).await
+        }
         ["api", "incidents"] => {
             allow(&req, &[Method::GET], "GET")?;
             read::incidents(state, req.uri().query(), req.headers()).await

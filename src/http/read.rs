@@ -111,6 +111,46 @@ pub(super) async fn incidents(
     ))
 }
 
+pub(super) async fn outbox(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    authorize(state, headers)?;
+    let delivery = query_param(query, "delivery").unwrap_or_else(|| "dead".into());
+    if !matches!(delivery.as_str(), "pending" | "dead" | "delivered") {
+        return Err(ApiError::InvalidQuery(format!(
+            "delivery={delivery:?}: expected pending, dead or delivered"
+        )));
+    }
+    let items: Vec<serde_json::Value> = state
+        .ledger
+        .outbox(&delivery)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "message": r.message.to_cloudevent(),
+                "delivery": r.delivery,
+                "attempts": r.attempts,
+                "nextAttemptAt": r.next_attempt_at,
+                "lastError": r.last_error,
+                "deliveredAt": r.delivered_at,
+            })
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"messages": items})))
+}
+
+pub(super) async fn redrive(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    authorize(state, headers)?;
+    let n = state.ledger.redrive().await?;
+    Ok(json_response(StatusCode::OK, &json!({"redriven": n})))
+}
+
 pub(super) async fn health(
     state: &AppState,
     headers: &HeaderMap,
@@ -131,6 +171,7 @@ pub(super) async fn health(
             "ok": publisher.is_ok(),
             "error": publisher.err().map(|e| e.to_string()),
         },
+        "outbox": outbox_counts(state).await,
     });
     let status = if ok {
         StatusCode::OK
@@ -138,4 +179,20 @@ pub(super) async fn health(
         StatusCode::SERVICE_UNAVAILABLE
     };
     Ok(json_response(status, &body))
+}
+
+/// Messages waiting and parked, for the health report (`null` when the store cannot say).
+async fn outbox_counts(state: &AppState) -> serde_json::Value {
+    let count = |d: &'static str| async move {
+        state
+            .ledger
+            .store()
+            .query_where(crate::store::Table::Objects, "delivery", d)
+            .await
+            .map(|v| v.len())
+    };
+    match (count("pending").await, count("dead").await) {
+        (Ok(pending), Ok(dead)) => json!({"pending": pending, "dead": dead}),
+        _ => serde_json::Value::Null,
+    }
 }

@@ -68,6 +68,8 @@ impl Ledger {
                         delivery: "pending".into(),
                         attempts: 0,
                         delivered_at: None,
+                        next_attempt_at: None,
+                        last_error: None,
                     };
                     // Ordered per object: the event count, then the message's place in it.
                     let rk = format!("outbox|{:012}|{i:02}|{}", out.state.events, m.id);

@@ -332,6 +332,57 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Outbox messages in one delivery state (`pending`, `delivered`, `dead`), oldest first.
+    pub async fn outbox(&self, delivery: &str) -> Result<Vec<records::OutboxRecord>, StoreError> {
+        let mut out = self
+            .store
+            .query_where(Table::Objects, "delivery", delivery)
+            .await?
+            .iter()
+            .map(Entity::record::<records::OutboxRecord>)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| {
+            a.message
+                .time
+                .cmp(&b.message.time)
+                .then_with(|| a.message.id.cmp(&b.message.id))
+        });
+        Ok(out)
+    }
+
+    /// Puts every parked (`dead`) message back in line for delivery. Returns how many.
+    pub async fn redrive(&self) -> Result<usize, StoreError> {
+        let dead = self
+            .store
+            .query_where(Table::Objects, "delivery", "dead")
+            .await?;
+        let mut n = 0;
+        for row in dead {
+            let mut rec: records::OutboxRecord = row.record()?;
+            rec.delivery = "pending".into();
+            rec.attempts = 0;
+            rec.next_attempt_at = None;
+            let entity = Entity::from_record(&row.pk, &row.rk, &rec)
+                .with_tag("rowType", records::ROW_OUTBOX)
+                .with_tag("delivery", "pending");
+            match self
+                .store
+                .update(Table::Objects, entity, row.etag.as_ref().expect("etag"))
+                .await
+            {
+                Ok(_) => {
+                    n += 1;
+                    self.notify_outbox(&row.pk);
+                }
+                Err(StoreError::PreconditionFailed) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// The partition of an object's state, incidents and outbox.
 pub fn object_partition(o: &ObjectRef) -> String {
     format!("{}|{}|{}|{}", o.cluster, o.kind, o.namespace, o.name)

@@ -49,10 +49,16 @@ impl Journaled {
 #[serde(rename_all = "camelCase")]
 pub struct OutboxRecord {
     pub message: Message,
-    /// `pending` or `delivered`; a top-level string so a sweep can find pending ones.
+    /// `pending`, `delivered` or `dead` (parked after too many failed attempts: kept,
+    /// listed, re-drivable); a top-level string so a scan can find them.
     pub delivery: String,
     pub attempts: u32,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// Not before: the backoff after a failed attempt.
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// The row types of an object's partition (property `rowType`).

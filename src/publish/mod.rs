@@ -2,6 +2,7 @@
 //! JSON-lines sink by default (part 4 adds Service Bus behind the same trait).
 
 pub mod local;
+pub mod servicebus;
 
 use async_trait::async_trait;
 
@@ -15,6 +16,10 @@ pub enum PublishError {
     /// Retrying will not help until someone fixes configuration.
     #[error("publisher misconfigured: {0}")]
     Configuration(String),
+    /// The broker refused this message itself (malformed, too large): retrying it as is will
+    /// not help; it is parked at once.
+    #[error("message rejected: {0}")]
+    Rejected(String),
 }
 
 #[async_trait]

@@ -13,6 +13,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::fake_sb::FakeServiceBus;
+
 pub const GITHUB_SECRET: &str = "gh-secret-\u{1F511}";
 pub const GITLAB_TOKEN: &str = "gl-token-123";
 pub const BITBUCKET_SECRET: &str = "bb-secret";
@@ -24,6 +26,8 @@ pub const FLUX_TOKEN: &str = "flux-bearer-token";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The Service Bus stand-in, when messages go there (see [`spawn_app`]).
+    pub service_bus: Option<FakeServiceBus>,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     vars: HashMap<String, String>,
@@ -50,8 +54,36 @@ pub fn default_vars() -> HashMap<String, String> {
     .collect()
 }
 
+/// The namespace and key the Service Bus tests sign with.
+pub const SB_NAMESPACE: &str = "fluxtrail-test";
+pub const SB_KEY_NAME: &str = "SendOnly";
+pub const SB_KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
+
+/// The app with every secret configured. Messages go to the local sink, or, when
+/// `FLUXTRAIL_TEST_PUBLISHER=servicebus`, to a Service Bus stand-in (the test command runs the
+/// Flux suite both ways).
 pub async fn spawn_app() -> TestApp {
+    if std::env::var("FLUXTRAIL_TEST_PUBLISHER").as_deref() == Ok("servicebus") {
+        return spawn_with_service_bus(default_vars()).await;
+    }
     spawn_with(default_vars()).await
+}
+
+/// The app publishing to a fresh Service Bus stand-in.
+pub async fn spawn_with_service_bus(mut vars: HashMap<String, String>) -> TestApp {
+    let sb = FakeServiceBus::start().await;
+    vars.insert(
+        "FLUXTRAIL_SERVICEBUS".into(),
+        format!("Endpoint=sb://{SB_NAMESPACE}.servicebus.windows.net/;SharedAccessKeyName={SB_KEY_NAME};SharedAccessKey={SB_KEY}"),
+    );
+    vars.insert("FLUXTRAIL_SERVICEBUS_ENDPOINT".into(), sb.url());
+    vars.entry("FLUXTRAIL_PUBLISH_RETRY_BASE".into())
+        .or_insert_with(|| "20ms".into());
+    vars.entry("FLUXTRAIL_PUBLISH_TIMEOUT".into())
+        .or_insert_with(|| "500ms".into());
+    let mut app = spawn_with(vars).await;
+    app.service_bus = Some(sb);
+    app
 }
 
 pub async fn spawn_with(vars: HashMap<String, String>) -> TestApp {
@@ -72,6 +104,7 @@ async fn start(mut vars: HashMap<String, String>, dir: &Path) -> TestApp {
     }));
     TestApp {
         addr,
+        service_bus: None,
         client: reqwest::Client::new(),
         data_dir: dir.to_path_buf(),
         vars,
@@ -167,8 +200,16 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// The CloudEvents the local sink has written so far.
+    /// The CloudEvents published so far: the local sink's lines, or the bodies Service Bus
+    /// accepted.
     pub fn messages(&self) -> Vec<Value> {
+        if let Some(sb) = &self.service_bus {
+            return sb
+                .accepted()
+                .iter()
+                .map(|r| serde_json::from_slice(&r.body).unwrap())
+                .collect();
+        }
         std::fs::read_to_string(self.data_dir.join("messages.jsonl"))
             .unwrap_or_default()
             .lines()

@@ -2,6 +2,7 @@
 //! spawned on port 0 and driven over HTTP.
 
 mod approvals;
+mod fake_sb;
 mod flux;
 mod helpers;
 mod hooks;
@@ -9,4 +10,5 @@ mod ledger;
 mod parsers;
 mod process;
 mod read_api;
+mod servicebus;
 mod store;
