@@ -175,11 +175,6 @@ pub struct ServiceBusPublisher {
 
 impl ServiceBusPublisher {
     pub fn new(config: &ServiceBusConfig, timeout: Duration) -> Result<Self, PublishError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| PublishError::Configuration(format!("HTTP client: {e}")))?;
         let credential = match &config.auth {
             Auth::Sas { .. } => None,
             Auth::ManagedIdentity => Some(
@@ -187,6 +182,21 @@ impl ServiceBusPublisher {
                     .map_err(|e| PublishError::Configuration(format!("managed identity: {e}")))?,
             ),
         };
+        Self::with_credential(config, timeout, credential)
+    }
+
+    /// As `new`, with the token credential given (managed identity in production; tests
+    /// pass their own).
+    pub fn with_credential(
+        config: &ServiceBusConfig,
+        timeout: Duration,
+        credential: Option<Arc<dyn TokenCredential>>,
+    ) -> Result<Self, PublishError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| PublishError::Configuration(format!("HTTP client: {e}")))?;
         let transport: Arc<dyn HttpClient> = Arc::new(Transport {
             client,
             endpoint: config.endpoint.clone(),

@@ -289,3 +289,75 @@ async fn a_rejected_message_is_parked_at_once_and_does_not_block_the_next() {
         "the rejected message was not retried"
     );
 }
+
+/// A credential that hands out a fixed token, standing in for the Functions app's identity.
+#[derive(Debug)]
+struct FixedToken;
+
+#[async_trait::async_trait]
+impl azure_core::auth::TokenCredential for FixedToken {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+    ) -> azure_core::Result<azure_core::auth::AccessToken> {
+        assert_eq!(scopes, ["https://servicebus.azure.net/.default"]);
+        Ok(azure_core::auth::AccessToken::new(
+            "entra-token",
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+    async fn clear_cache(&self) -> azure_core::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn managed_identity_sends_a_bearer_token_instead_of_sas() {
+    use fluxtrail::publish::servicebus::{ServiceBusConfig, ServiceBusPublisher};
+    use fluxtrail::publish::Publisher;
+    let sb = crate::fake_sb::FakeServiceBus::start().await;
+    let config =
+        ServiceBusConfig::parse("contoso.servicebus.windows.net", "alerts", Some(&sb.url()))
+            .unwrap();
+    let publisher = ServiceBusPublisher::with_credential(
+        &config,
+        Duration::from_secs(2),
+        Some(std::sync::Arc::new(FixedToken)),
+    )
+    .unwrap();
+    let message = fluxtrail::core::Message {
+        id: "m-1".into(),
+        kind: fluxtrail::core::MessageType::DriftDetected,
+        object: fluxtrail::flux::ObjectRef {
+            cluster: "prod-eu".into(),
+            kind: "HelmRelease".into(),
+            namespace: "apps".into(),
+            name: "podinfo".into(),
+        },
+        time: chrono::Utc::now(),
+        revision: None,
+        sha: None,
+        reason: Some("DriftDetected".into()),
+        message: None,
+        incident_id: None,
+        repository: None,
+    };
+    publisher.publish(&message).await.unwrap();
+    let r = &sb.requests()[0];
+    assert_eq!(r.path, "/alerts/messages");
+    assert_eq!(r.header("authorization"), Some("Bearer entra-token"));
+    assert_eq!(
+        r.headers
+            .iter()
+            .filter(|(k, _)| k == "authorization")
+            .count(),
+        1,
+        "no SAS left behind"
+    );
+    let bp: Value = serde_json::from_str(r.header("brokerproperties").unwrap()).unwrap();
+    assert_eq!(
+        bp,
+        json!({"MessageId": "m-1", "Label": "io.fluxtrail.drift.detected", "SessionId": "prod-eu/HelmRelease/apps/podinfo"})
+    );
+    assert_eq!(r.header("repository"), None, "no repository, no property");
+}
