@@ -83,6 +83,13 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub git_body_limit: usize,
     pub flux_body_limit: usize,
+    /// `FLUXTRAIL_TABLES`: a storage connection string, or an account name/URL for managed
+    /// identity. Unset: the embedded store.
+    pub tables: Option<Secret>,
+    /// Table names are `{prefix}{name}` (`FLUXTRAIL_TABLES_PREFIX`, default `fluxtrail`).
+    pub tables_prefix: String,
+    /// How long one storage call may take before it counts as failed.
+    pub store_timeout: Duration,
     /// `FLUXTRAIL_SERVICEBUS`: a connection string with a Send policy, or a namespace for
     /// managed identity. Unset: messages go to the local sink.
     pub servicebus: Option<Secret>,
@@ -218,6 +225,9 @@ impl Settings {
             log_format,
             git_body_limit: size("FLUXTRAIL_GIT_BODY_LIMIT", 25 * 1024 * 1024)?,
             flux_body_limit: size("FLUXTRAIL_FLUX_BODY_LIMIT", 4 * 1024 * 1024)?,
+            tables: get("FLUXTRAIL_TABLES").map(Secret::new),
+            tables_prefix: get("FLUXTRAIL_TABLES_PREFIX").unwrap_or_else(|| "fluxtrail".into()),
+            store_timeout: duration("FLUXTRAIL_STORE_TIMEOUT", Duration::from_secs(5))?,
             servicebus: get("FLUXTRAIL_SERVICEBUS").map(Secret::new),
             servicebus_topic: get("FLUXTRAIL_SERVICEBUS_TOPIC")
                 .unwrap_or_else(|| "fluxtrail".into()),

@@ -18,6 +18,7 @@ use crate::publish::local::LocalSink;
 use crate::publish::servicebus::{ServiceBusConfig, ServiceBusPublisher};
 use crate::publish::{PublishError, Publisher};
 use crate::store::sqlite::SqliteStore;
+use crate::store::tables::TableStore;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +56,23 @@ impl Application {
                 "FLUXTRAIL_API_TOKEN is not set: the read API answers without authentication"
             );
         }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.data_dir)?);
-        tracing::info!(dir = %settings.data_dir.display(), "embedded store opened");
+        let store: Arc<dyn Store> = match &settings.tables {
+            Some(tables) => {
+                let store = TableStore::connect(
+                    tables.expose(),
+                    &settings.tables_prefix,
+                    settings.store_timeout,
+                )
+                .await?;
+                tracing::info!(account = %store.account(), prefix = %settings.tables_prefix, "Table Storage connected");
+                Arc::new(store)
+            }
+            None => {
+                let store = SqliteStore::open(&settings.data_dir)?;
+                tracing::info!(dir = %settings.data_dir.display(), "embedded store opened");
+                Arc::new(store)
+            }
+        };
         let publisher = publisher(&settings)?;
         let (wake_tx, wake_rx) = mpsc::channel(1024);
         let policy = RetryPolicy {

@@ -162,7 +162,7 @@ pub(super) async fn health(
     let body = json!({
         "status": if ok { "ok" } else { "unavailable" },
         "store": {
-            "backend": "sqlite",
+            "backend": state.ledger.store().backend(),
             "ok": store.is_ok(),
             "error": store.err().map(|e| e.to_string()),
         },

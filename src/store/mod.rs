@@ -174,4 +174,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> Result<Vec<Entity>, StoreError>;
     /// Cheap liveness check for `/api/health`.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// A short name for health and logs.
+    fn backend(&self) -> &'static str;
 }
+pub mod tables;

@@ -361,6 +361,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.run(|conn, _| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
             .await

@@ -71,6 +71,9 @@ impl Store for Faulty {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    fn backend(&self) -> &'static str {
+        "test"
+    }
 }
 
 fn parse(provider: Provider, file: &str, headers: &[(&str, &str)]) -> (String, GitEvent) {
@@ -587,6 +590,9 @@ impl Store for Counting {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
+    }
+    fn backend(&self) -> &'static str {
+        "test"
     }
 }
 

@@ -173,3 +173,38 @@ async fn sqlite_etags_are_never_reused_across_reopen() {
         "a stale etag from before the delete must not match the new entity"
     );
 }
+
+/// A fresh table-name prefix, so every test gets its own tables in the shared Azurite.
+pub fn unique_prefix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t{:x}{}{}",
+        nanos % 0xffff_ffff,
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The Azurite connection string `scripts/test.sh` exports.
+pub fn azurite() -> String {
+    std::env::var("FLUXTRAIL_TEST_TABLES")
+        .expect("FLUXTRAIL_TEST_TABLES: run through scripts/test.sh, which starts Azurite")
+}
+
+#[tokio::test]
+#[ignore = "needs Azurite: scripts/test.sh starts it and runs the ignored tests"]
+async fn table_store_conforms() {
+    let store = fluxtrail::store::tables::TableStore::connect(
+        &azurite(),
+        &unique_prefix(),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    conformance(Arc::new(store)).await;
+}

@@ -1,0 +1,491 @@
+//! The Azure Table Storage backend (`azure_data_tables` 0.21), selected by `FLUXTRAIL_TABLES`.
+//!
+//! Mapping of the `Store` trait (one call = one round trip):
+//! - one Azure table per [`Table`], named `{prefix}{name}` (`fluxtraildeliveries`, …);
+//! - keys: the logical keys, escaped so any character is allowed (see [`encode_key`]);
+//! - properties: the record as JSON text in `d0`, `d1`, … (30,000 characters each, under the
+//!   64 KiB property limit), plus every top-level scalar string of the record promoted as
+//!   `p_<name>` so `query_where` can filter on it server-side, plus the logical keys as
+//!   `lpk`/`lrk` (keys longer than the 1 KiB limit are shortened with a hash);
+//! - insert-if-absent = Insert Entity (409 → `Conflict`); conditional update = Update Entity
+//!   with `If-Match` (412/404 → `PreconditionFailed`); upsert = Insert Or Replace; batch = an
+//!   entity group transaction whose EVERY per-operation status is checked (a failed batch
+//!   comes back as a successful HTTP response);
+//! - queries follow continuation tokens to the end.
+//!
+//! Transient failures (throttling, 5xx, timeouts) are retried by the pipeline a bounded number
+//! of times within a few seconds; what still fails is `Unavailable` (the webhook sender gets
+//! 503 + `Retry-After`, and nothing is acknowledged half-written thanks to the ledger's journal).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_core::error::ErrorKind;
+use azure_core::{ExponentialRetryOptions, RetryOptions, TransportOptions};
+use azure_data_tables::clients::TableServiceClientBuilder;
+use azure_data_tables::prelude::*;
+use azure_data_tables::IfMatchCondition;
+use azure_storage::{CloudLocation, ConnectionString, StorageCredentials};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{BatchOp, Entity, Etag, Store, StoreError, Table};
+
+const CHUNK: usize = 30_000;
+const MAX_KEY: usize = 400;
+
+#[derive(Debug, Clone)]
+pub struct TableStore {
+    clients: Arc<HashMap<Table, TableClient>>,
+    account: String,
+}
+
+impl TableStore {
+    /// Connects with a connection string (account key, SAS, `UseDevelopmentStorage=true`, a
+    /// custom `TableEndpoint=`), or an account name / table URL for managed identity, and
+    /// creates the tables that are missing.
+    pub async fn connect(value: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let (location, credentials) = location_and_credentials(value.trim())?;
+        let account = location.account().to_string();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("HTTP client: {e}")))?;
+        let service = TableServiceClientBuilder::with_location(location, credentials)
+            .transport(TransportOptions::new(Arc::new(http)))
+            .retry(RetryOptions::exponential(
+                ExponentialRetryOptions::default()
+                    .max_retries(3u32)
+                    .initial_delay(Duration::from_millis(100))
+                    .max_total_elapsed(Duration::from_secs(4)),
+            ))
+            .build();
+        let mut clients = HashMap::new();
+        for table in Table::ALL {
+            let client = service.table_client(format!("{prefix}{}", table.name()));
+            match client.create().await {
+                Ok(_) => {}
+                Err(e) if status(&e) == Some(409) => {} // exists
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "create table {}: {e}",
+                        client.table_name()
+                    )))
+                }
+            }
+            clients.insert(table, client);
+        }
+        Ok(TableStore {
+            clients: Arc::new(clients),
+            account,
+        })
+    }
+
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    fn table(&self, t: Table) -> &TableClient {
+        &self.clients[&t]
+    }
+}
+
+fn location_and_credentials(
+    value: &str,
+) -> Result<(CloudLocation, StorageCredentials), StoreError> {
+    let bad = |m: String| StoreError::Unavailable(format!("FLUXTRAIL_TABLES: {m}"));
+    if value.contains('=') {
+        let cs = ConnectionString::new(value).map_err(|e| bad(e.to_string()))?;
+        let dev = cs.use_development_storage.unwrap_or(false);
+        let credentials = if dev && cs.account_key.is_none() {
+            StorageCredentials::emulator()
+        } else {
+            cs.storage_credentials().map_err(|e| bad(e.to_string()))?
+        };
+        let location = match (cs.table_endpoint, cs.account_name) {
+            (Some(uri), account) => CloudLocation::Custom {
+                account: account.unwrap_or("devstoreaccount1").to_string(),
+                uri: uri.trim_end_matches('/').to_string(),
+            },
+            (None, _) if dev => CloudLocation::Emulator {
+                address: "127.0.0.1".into(),
+                port: 10002,
+            },
+            (None, Some(account)) => CloudLocation::Public {
+                account: account.to_string(),
+            },
+            (None, None) => return Err(bad("no AccountName or TableEndpoint".into())),
+        };
+        Ok((location, credentials))
+    } else {
+        // An account name or a table endpoint URL: the app's managed identity.
+        let credential = azure_identity::create_default_credential()
+            .map_err(|e| bad(format!("managed identity: {e}")))?;
+        let location = if value.contains("://") {
+            let url = url::Url::parse(value).map_err(|e| bad(e.to_string()))?;
+            let account = url
+                .host_str()
+                .and_then(|h| h.split('.').next())
+                .unwrap_or_default()
+                .to_string();
+            CloudLocation::Custom {
+                account,
+                uri: value.trim_end_matches('/').to_string(),
+            }
+        } else {
+            CloudLocation::Public {
+                account: value.to_string(),
+            }
+        };
+        Ok((location, StorageCredentials::token_credential(credential)))
+    }
+}
+
+/// Escapes a logical key for Table Storage: `/ \ # ?`, control characters, `%` (the escape
+/// itself) and `'` (OData quoting) become `%XX`. Prefix-preserving, so a row-key prefix
+/// query on the encoded prefix finds exactly the keys with the logical prefix. Keys longer
+/// than the limit keep their first part and a hash.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        if matches!(c, '/' | '\\' | '#' | '?' | '%' | '\'') || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    if out.chars().count() > MAX_KEY {
+        let head: String = out.chars().take(MAX_KEY - 80).collect();
+        let hash = hex::encode(Sha256::digest(key.as_bytes()));
+        out = format!("{head}~{hash}");
+    }
+    out
+}
+
+/// An OData string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn is_identifier(k: &str) -> bool {
+    k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && k.len() < 200
+}
+
+fn to_wire(pk: &str, rk: &str, props: &Map<String, Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("PartitionKey".into(), Value::String(encode_key(pk)));
+    m.insert("RowKey".into(), Value::String(encode_key(rk)));
+    m.insert("lpk".into(), Value::String(pk.to_string()));
+    m.insert("lrk".into(), Value::String(rk.to_string()));
+    for (k, v) in props {
+        if let (true, Value::String(s)) = (is_identifier(k), v) {
+            if s.len() <= 1024 {
+                m.insert(format!("p_{k}"), v.clone());
+            }
+        }
+    }
+    let json = Value::Object(props.clone()).to_string();
+    let chars: Vec<char> = json.chars().collect();
+    let chunks: Vec<String> = chars.chunks(CHUNK).map(|c| c.iter().collect()).collect();
+    m.insert("dn".into(), Value::String(chunks.len().to_string()));
+    for (i, c) in chunks.into_iter().enumerate() {
+        m.insert(format!("d{i}"), Value::String(c));
+    }
+    Value::Object(m)
+}
+
+fn from_wire(mut m: Map<String, Value>) -> Result<Entity, StoreError> {
+    let take = |m: &mut Map<String, Value>, k: &str| match m.remove(k) {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(StoreError::Corrupt(format!("entity without {k}"))),
+    };
+    let pk = take(&mut m, "lpk")?;
+    let rk = take(&mut m, "lrk")?;
+    let n: usize = take(&mut m, "dn")?
+        .parse()
+        .map_err(|_| StoreError::Corrupt("dn".into()))?;
+    let mut json = String::new();
+    for i in 0..n {
+        json.push_str(&take(&mut m, &format!("d{i}"))?);
+    }
+    let props = match serde_json::from_str(&json) {
+        Ok(Value::Object(p)) => p,
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+                "{pk}/{rk}: data is not a JSON object"
+            )))
+        }
+    };
+    let etag = m
+        .get("odata.etag")
+        .and_then(|e| e.as_str())
+        .map(|e| Etag(e.to_string()));
+    Ok(Entity {
+        pk,
+        rk,
+        props,
+        etag,
+    })
+}
+
+fn status(e: &azure_core::Error) -> Option<u16> {
+    match e.kind() {
+        ErrorKind::HttpResponse { status, .. } => Some(u16::from(*status)),
+        _ => None,
+    }
+}
+
+fn map_err(e: azure_core::Error) -> StoreError {
+    match status(&e) {
+        Some(409) => StoreError::Conflict,
+        Some(412) => StoreError::PreconditionFailed,
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn azure_etag(e: &Etag) -> azure_core::Etag {
+    azure_core::Etag::from(e.0.clone())
+}
+
+impl TableStore {
+    async fn query(&self, t: Table, filter: String) -> Result<Vec<Entity>, StoreError> {
+        let mut stream = self
+            .table(t)
+            .query()
+            .filter(filter)
+            .into_stream::<Map<String, Value>>();
+        let mut out = Vec::new();
+        while let Some(page) = stream.next().await {
+            for e in page.map_err(map_err)?.entities {
+                out.push(from_wire(e)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Store for TableStore {
+    async fn get(&self, table: Table, pk: &str, rk: &str) -> Result<Option<Entity>, StoreError> {
+        let client = self
+            .table(table)
+            .partition_key_client(encode_key(pk))
+            .entity_client(encode_key(rk));
+        match client.get::<Map<String, Value>>().await {
+            Ok(resp) => {
+                let mut e = from_wire(resp.entity)?;
+                e.etag = Some(Etag(resp.etag.to_string()));
+                Ok(Some(e))
+            }
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
+        let wire = to_wire(&entity.pk, &entity.rk, &entity.props);
+        let resp = self
+            .table(table)
+            .insert::<_, Map<String, Value>>(wire)
+            .map_err(map_err)?
+            .return_entity(false)
+            .await
+            .map_err(map_err)?;
+        Ok(Etag(resp.etag.to_string()))
+    }
+
+    async fn update(&self, table: Table, entity: Entity, etag: &Etag) -> Result<Etag, StoreError> {
+        let wire = to_wire(&entity.pk, &entity.rk, &entity.props);
+        let client = self
+            .table(table)
+            .partition_key_client(encode_key(&entity.pk))
+            .entity_client(encode_key(&entity.rk));
+        match client
+            .update(wire, IfMatchCondition::Etag(azure_etag(etag)))
+            .map_err(map_err)?
+            .await
+        {
+            Ok(resp) => Ok(Etag(resp.etag.to_string())),
+            Err(e) if matches!(status(&e), Some(404) | Some(412)) => {
+                Err(StoreError::PreconditionFailed)
+            }
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
+        let wire = to_wire(&entity.pk, &entity.rk, &entity.props);
+        let client = self
+            .table(table)
+            .partition_key_client(encode_key(&entity.pk))
+            .entity_client(encode_key(&entity.rk));
+        let resp = client
+            .insert_or_replace(wire)
+            .map_err(map_err)?
+            .await
+            .map_err(map_err)?;
+        Ok(Etag(resp.etag.to_string()))
+    }
+
+    async fn batch(
+        &self,
+        table: Table,
+        pk: &str,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<Etag>, StoreError> {
+        let pkc = self.table(table).partition_key_client(encode_key(pk));
+        let mut tx = pkc.transaction();
+        let n = ops.len();
+        for op in ops {
+            tx = match op {
+                BatchOp::Insert(e) => tx.insert(to_wire(&e.pk, &e.rk, &e.props)),
+                BatchOp::Upsert(e) => {
+                    tx.insert_or_replace(encode_key(&e.rk), to_wire(&e.pk, &e.rk, &e.props))
+                }
+                BatchOp::Update(e, etag) => tx.update(
+                    encode_key(&e.rk),
+                    to_wire(&e.pk, &e.rk, &e.props),
+                    Some(IfMatchCondition::Etag(azure_etag(&etag))),
+                ),
+                BatchOp::Delete { rk, etag } => tx.delete(
+                    encode_key(&rk),
+                    Some(match etag {
+                        Some(e) => IfMatchCondition::Etag(azure_etag(&e)),
+                        None => IfMatchCondition::Any,
+                    }),
+                ),
+            }
+            .map_err(map_err)?;
+        }
+        let resp = tx.await.map_err(map_err)?;
+        // A failed changeset still answers 202: the failure is inside, per operation.
+        let mut etags = Vec::with_capacity(n);
+        for r in &resp.operation_responses {
+            let code = u16::from(r.status_code);
+            match code {
+                200..=299 => etags.push(Etag(
+                    r.etag.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                )),
+                409 => return Err(StoreError::Conflict),
+                404 | 412 => return Err(StoreError::PreconditionFailed),
+                _ => {
+                    return Err(StoreError::Unavailable(format!(
+                        "batch operation failed with HTTP {code}"
+                    )))
+                }
+            }
+        }
+        if etags.len() != n {
+            return Err(StoreError::Unavailable(format!(
+                "batch answered {} of {n} operations",
+                etags.len()
+            )));
+        }
+        Ok(etags)
+    }
+
+    async fn query_partition(
+        &self,
+        table: Table,
+        pk: &str,
+        rk_prefix: Option<&str>,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let mut filter = format!("PartitionKey eq {}", literal(&encode_key(pk)));
+        if let Some(prefix) = rk_prefix.filter(|p| !p.is_empty()) {
+            let lo = encode_key(prefix);
+            let mut hi: Vec<char> = lo.chars().collect();
+            let last = hi.pop().expect("non-empty");
+            hi.push(char::from_u32(last as u32 + 1).unwrap_or(char::MAX));
+            let hi: String = hi.into_iter().collect();
+            filter.push_str(&format!(
+                " and RowKey ge {} and RowKey lt {}",
+                literal(&lo),
+                literal(&hi)
+            ));
+        }
+        let mut rows = self.query(table, filter).await?;
+        rows.sort_by(|a, b| a.rk.cmp(&b.rk));
+        Ok(rows)
+    }
+
+    async fn query_where(
+        &self,
+        table: Table,
+        prop: &str,
+        value: &str,
+    ) -> Result<Vec<Entity>, StoreError> {
+        if !is_identifier(prop) {
+            return Err(StoreError::Corrupt(format!(
+                "{prop:?} is not a property name"
+            )));
+        }
+        let mut rows = self
+            .query(table, format!("p_{prop} eq {}", literal(value)))
+            .await?;
+        rows.sort_by(|a, b| (&a.pk, &a.rk).cmp(&(&b.pk, &b.rk)));
+        Ok(rows)
+    }
+
+    fn backend(&self) -> &'static str {
+        "tables"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.get(Table::Deliveries, "ping", "ping")
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_escape_what_table_storage_forbids_and_keep_prefixes() {
+        assert_eq!(
+            encode_key("github.com/o/r|refs/heads/main"),
+            "github.com%2Fo%2Fr|refs%2Fheads%2Fmain"
+        );
+        assert_eq!(encode_key("a#b?c\\d'e%f\u{1}"), "a%23b%3Fc%5Cd%27e%25f%01");
+        assert!(encode_key("review|o'brien").starts_with(&encode_key("review|")));
+        let long = "x/".repeat(400);
+        let k = encode_key(&long);
+        assert!(k.chars().count() <= MAX_KEY);
+        assert_ne!(encode_key(&long), encode_key(&"x/".repeat(401)));
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn records_round_trip_through_the_wire_shape() {
+        let mut props = Map::new();
+        props.insert("state".into(), Value::String("pending".into()));
+        props.insert(
+            "nested".into(),
+            serde_json::json!({"a": [1, 2, {"b": "c"}]}),
+        );
+        props.insert("big".into(), Value::String("é".repeat(70_000)));
+        let wire = to_wire("p/1", "r#2", &props);
+        let m = wire.as_object().unwrap();
+        assert_eq!(m["p_state"], "pending");
+        assert!(m.get("p_big").is_none(), "long strings are not promoted");
+        assert!(
+            m.keys()
+                .filter(|k| k.starts_with('d') && k.len() > 1 && k[1..].parse::<u32>().is_ok())
+                .count()
+                >= 3
+        );
+        let back = from_wire(m.clone()).unwrap();
+        assert_eq!((back.pk.as_str(), back.rk.as_str()), ("p/1", "r#2"));
+        assert_eq!(back.props, props);
+    }
+}
