@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: formatting, lints, unit and integration tests,
-# and the README's newcomer path (start the server, send a signed push with curl, read the
-# evidence back). Installs nothing beyond the Rust toolchain the machine has; later parts
-# add their services (Azurite) here so that this stays the one command.
+# The whole test suite, from a fresh clone: formatting, lints, unit and integration tests on
+# the embedded store, the same integration suite on Azure Table Storage (Azurite, installed
+# from npm with the lockfile and started here on a free port), the Flux suite against the
+# Service Bus stand-in, and the README's newcomer path (start the server, send a signed push
+# and a signed Flux event with curl, read the evidence back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # host port what
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && { exec 3>&- 3<&-; return 0; }
+    sleep 0.05
+  done
+  echo "$3 did not start on $1:$2"; return 1
+}
+pids=()
+work=$(mktemp -d)
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -12,33 +26,44 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-echo "== cargo test"
+echo "== cargo test (embedded store, local sink)"
 cargo test --all-targets --locked
 
 echo "== the Flux suite again, publishing to Service Bus (a local stand-in) instead of the local sink"
 FLUXTRAIL_TEST_PUBLISHER=servicebus cargo test --locked --test it flux::
 
-echo "== newcomer path: server + scripts/send-github-push.sh"
+echo "== Azurite (Table Storage emulator) from npm"
+npm ci --prefix scripts/azurite --no-audit --no-fund --loglevel=error
+azport=$(free_port)
+scripts/azurite/node_modules/.bin/azurite-table --inMemoryPersistence --disableTelemetry \
+  --tableHost 127.0.0.1 --tablePort "$azport" >"$work/azurite.log" 2>&1 &
+pids+=($!)
+wait_port 127.0.0.1 "$azport" Azurite
+export FLUXTRAIL_TEST_TABLES="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;TableEndpoint=http://127.0.0.1:$azport/devstoreaccount1;"
+
+echo "== Table Storage: the store conformance suite and the Azurite-only tests"
+cargo test --locked --test it -- --ignored
+
+echo "== Table Storage: the whole HTTP integration suite on Azurite"
+FLUXTRAIL_TEST_STORE=tables cargo test --locked --test it
+
+echo "== newcomer path: server + scripts/send-github-push.sh + scripts/send-flux-event.sh"
 cargo build --locked --bin fluxtrail
-data=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-FLUXTRAIL_LISTEN=127.0.0.1:$port FLUXTRAIL_DATA_DIR=$data FLUXTRAIL_GITHUB_SECRET=demo-secret FLUXTRAIL_FLUX_HMAC_KEY=demo-key \
-  target/debug/fluxtrail serve >"$data/server.log" 2>&1 &
+port=$(free_port)
+FLUXTRAIL_LISTEN=127.0.0.1:$port FLUXTRAIL_DATA_DIR=$work/data FLUXTRAIL_GITHUB_SECRET=demo-secret FLUXTRAIL_FLUX_HMAC_KEY=demo-key \
+  target/debug/fluxtrail serve >"$work/server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
-  sleep 0.05
-done
+pids+=($server)
+wait_port 127.0.0.1 "$port" fluxtrail
 out=$(FLUXTRAIL_URL=http://127.0.0.1:$port FLUXTRAIL_GITHUB_SECRET=demo-secret DELIVERY_ID=demo-1 scripts/send-github-push.sh)
 echo "$out"
-echo "$out" | grep -q 'HTTP 202' || { echo "push was not accepted"; cat "$data/server.log"; exit 1; }
+echo "$out" | grep -q 'HTTP 202' || { echo "push was not accepted"; cat "$work/server.log"; exit 1; }
 echo "$out" | grep -q '"repository":"github.com/acme/fleet-infra"' || { echo "evidence missing"; exit 1; }
 out=$(FLUXTRAIL_URL=http://127.0.0.1:$port FLUXTRAIL_FLUX_HMAC_KEY=demo-key scripts/send-flux-event.sh)
 echo "$out"
-echo "$out" | grep -q 'HTTP 202' || { echo "flux event was not accepted"; cat "$data/server.log"; exit 1; }
+echo "$out" | grep -q 'HTTP 202' || { echo "flux event was not accepted"; cat "$work/server.log"; exit 1; }
 echo "$out" | grep -q '"state":"applied"' || { echo "target missing from the evidence"; exit 1; }
 kill -TERM $server
-wait $server || { echo "server did not stop cleanly on SIGTERM"; cat "$data/server.log"; exit 1; }
-grep -q "stopped" "$data/server.log" || { echo "no graceful shutdown in the log"; cat "$data/server.log"; exit 1; }
+wait $server || { echo "server did not stop cleanly on SIGTERM"; cat "$work/server.log"; exit 1; }
+grep -q "stopped" "$work/server.log" || { echo "no graceful shutdown in the log"; cat "$work/server.log"; exit 1; }
 echo "newcomer: 1 passed, 0 failed"

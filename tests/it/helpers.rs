@@ -86,7 +86,16 @@ pub async fn spawn_with_service_bus(mut vars: HashMap<String, String>) -> TestAp
     app
 }
 
-pub async fn spawn_with(vars: HashMap<String, String>) -> TestApp {
+pub async fn spawn_with(mut vars: HashMap<String, String>) -> TestApp {
+    // `FLUXTRAIL_TEST_STORE=tables`: the same suite on Table Storage (Azurite), each app with
+    // tables of its own (kept across `restart`).
+    if std::env::var("FLUXTRAIL_TEST_STORE").as_deref() == Ok("tables") {
+        vars.insert("FLUXTRAIL_TABLES".into(), crate::store::azurite());
+        vars.insert(
+            "FLUXTRAIL_TABLES_PREFIX".into(),
+            crate::store::unique_prefix(),
+        );
+    }
     let tmp = tempfile::tempdir().unwrap();
     let mut app = start(vars, tmp.path()).await;
     app._tmp = Some(tmp);

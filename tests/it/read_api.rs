@@ -93,7 +93,12 @@ async fn health_reports_store_and_publisher() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "ok");
     assert_eq!(body["store"]["ok"], true);
-    assert_eq!(body["store"]["backend"], "sqlite");
+    let backend = if std::env::var("FLUXTRAIL_TEST_STORE").as_deref() == Ok("tables") {
+        "tables"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(body["store"]["backend"], backend);
 }
 
 #[tokio::test]
