@@ -169,6 +169,30 @@ pub fn authenticate(
     }))
 }
 
+/// The longest event message kept. Helm appends its logs to failure messages and NC accepts
+/// 3 MiB bodies; the message is copied into state, incident, target and outbox rows, each
+/// bounded by Table Storage (64 KiB per property, 1 MiB per entity). The rest is cut, saying
+/// so; the event's fingerprint still covers the whole body.
+pub const MAX_MESSAGE: usize = 16 * 1024;
+
+/// Cuts `s` to at most `max` bytes (on a character boundary), noting how much was cut.
+pub fn cut(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let total = s.len();
+    let mut at = max;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    s.truncate(at);
+    s.push_str(&format!(
+        "… [cut: {} of {total} bytes not kept]",
+        total - at
+    ));
+    s
+}
+
 /// Parses an authenticated event. The cluster is the path's, else `metadata.cluster`, else
 /// the default. `received_at` stands in for a missing or unparsable timestamp.
 pub fn parse(
@@ -209,6 +233,7 @@ pub fn parse(
         .map(|t| t.to_utc())
         .unwrap_or(received_at);
     Ok(FluxEvent {
+        message: cut(wire.message, MAX_MESSAGE),
         object: ObjectRef {
             cluster,
             kind: wire.involved_object.kind,
@@ -218,7 +243,6 @@ pub fn parse(
         severity: wire.severity.unwrap_or(Severity::Info),
         timestamp,
         reason: wire.reason,
-        message: wire.message,
         metadata,
         reporting_controller: wire.reporting_controller,
         fingerprint: {

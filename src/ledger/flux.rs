@@ -152,16 +152,7 @@ impl Ledger {
 /// Every event is kept in its object's history: row `event|{time}|{fingerprint}`, keyed so a
 /// retry rewrites the same row. Long messages (Helm appends its logs) are cut.
 fn history_row(pk: &str, event: &FluxEvent, class: crate::flux::Class) -> crate::store::Entity {
-    const MAX_MESSAGE: usize = 8 * 1024;
-    let mut message = event.message.clone();
-    if message.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("… [cut]");
-    }
+    let message = crate::flux::cut(event.message.clone(), 8 * 1024);
     let rk = format!(
         "event|{}|{}",
         event

@@ -523,3 +523,21 @@ async fn a_restart_never_re_emits_delivered_messages() {
     assert_eq!(types(&app.messages()), ["apply.failed", "apply.recovered"]);
     assert_eq!(msgs.len(), 2);
 }
+
+#[tokio::test]
+async fn huge_helm_messages_are_cut_saying_so() {
+    let app = spawn_app().await;
+    let logs = "waiting for 1 pods to be ready\n".repeat(60_000); // ~1.8 MiB, under NC's 3 MiB
+    let body = flux_event("helmrelease-upgrade-failed.json", |v| {
+        v["message"] = json!(format!(
+            "Helm upgrade failed: context deadline exceeded\n\nLast Helm logs:\n\n{logs}"
+        ))
+    });
+    let r = app.post_flux("/api/hooks/flux/prod-eu", &body).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let msgs = app.wait_messages(1).await;
+    let m = msgs[0]["data"]["message"].as_str().unwrap();
+    assert!(m.len() < 17 * 1024, "{}", m.len());
+    assert!(m.starts_with("Helm upgrade failed"));
+    assert!(m.contains("[cut: "), "says it was cut");
+}
