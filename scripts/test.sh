@@ -41,7 +41,8 @@ pids+=($!)
 wait_port 127.0.0.1 "$azport" Azurite
 export FLUXTRAIL_TEST_TABLES="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;TableEndpoint=http://127.0.0.1:$azport/devstoreaccount1;"
 
-echo "== Table Storage: the store conformance suite and the Azurite-only tests"
+export FLUXTRAIL_TEST_AZURITE="$PWD/scripts/azurite/node_modules/.bin/azurite-table"
+echo "== Table Storage: the store conformance suite and the Azurite-only tests (outage, two processes)"
 cargo test --locked --test it -- --ignored
 
 echo "== Table Storage: the whole HTTP integration suite on Azurite"

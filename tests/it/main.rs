@@ -7,6 +7,7 @@ mod flux;
 mod helpers;
 mod hooks;
 mod ledger;
+mod outage;
 mod parsers;
 mod process;
 mod read_api;
