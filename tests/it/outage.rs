@@ -50,6 +50,9 @@ impl Azurite {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("Azurite did not start on {port}");
     }
 
@@ -66,6 +69,7 @@ impl Azurite {
 impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
