@@ -77,6 +77,23 @@ pub struct ObjectState {
     pub seen: Vec<String>,
     pub recent: Vec<Recent>,
     pub events: u64,
+    /// What a push told us about the commit of the latest event: the next event at the same
+    /// revision (every reconcile interval) needs no lookup.
+    #[serde(default)]
+    pub commit: Option<CommitInfo>,
+    /// The target row of the latest event's commit as this object last wrote it. Once an
+    /// object has reported a commit, only its own events change that row (pushes only add
+    /// rows that do not exist, the sweep only touches `pending` ones), so the next update of
+    /// the row needs no read.
+    #[serde(default)]
+    pub current_target: Option<CurrentTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CurrentTarget {
+    pub sha: CommitSha,
+    pub row: TargetRecord,
 }
 
 impl ObjectState {
@@ -95,6 +112,8 @@ impl ObjectState {
             seen: vec![],
             recent: vec![],
             events: 0,
+            commit: None,
+            current_target: None,
         }
     }
 
@@ -108,7 +127,7 @@ impl ObjectState {
 }
 
 /// What a push told us about the event's source commit.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommitInfo {
     pub sha: CommitSha,
     pub repository: String,

@@ -7,33 +7,40 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::records::{CommitRecord, OutboxRecord, ROW_EVENT, ROW_INCIDENT, ROW_OUTBOX, ROW_STATE};
-use super::{object_partition, tagged, Ledger, MAX_CONFLICT_RETRIES};
-use crate::core::{self, CommitInfo, Context, Disposition, ObjectState};
-use crate::flux::{classify, FluxEvent};
-use crate::store::{BatchOp, StoreError, Table};
+use super::{object_partition, tagged, Ledger, Recorded, MAX_CONFLICT_RETRIES};
+use crate::core::{self, CommitInfo, Context, Disposition, ObjectState, TargetRecord};
+use crate::flux::{classify, Class, FluxEvent};
+use crate::store::{BatchOp, Entity, StoreError, Table};
 
 impl Ledger {
     pub(super) async fn project_flux(
         &self,
         event: &FluxEvent,
         received_at: DateTime<Utc>,
-    ) -> Result<serde_json::Value, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         let class = classify(event);
         let pk = object_partition(&event.object);
-        let commit = self.commit_info(event).await?;
+        let history = history_row(&pk, event, class);
         for _ in 0..MAX_CONFLICT_RETRIES {
             let row = self.store.get(Table::Objects, &pk, "state").await?;
             let (state, etag) = match &row {
                 Some(e) => (Some(e.record::<ObjectState>()?), e.etag.clone()),
                 None => (None, None),
             };
+            let commit = self.commit_info(event, state.as_ref()).await?;
             let follow = core::follow_of(event, commit.as_ref())
                 .or_else(|| state.as_ref().and_then(|s| s.follows.clone()));
-            // Only an apply can supersede: the branch history is read for those alone.
-            let graph = match (&follow, class) {
-                (Some(f), crate::flux::Class::Applied) => {
-                    Some(self.branch_graph(&f.repository, &f.git_ref).await?)
-                }
+            // Only applying a new commit can supersede: the branch history is read for those.
+            let applies_new = class == Class::Applied
+                && core::event_sha(event, commit.as_ref()).is_some_and(|sha| {
+                    state
+                        .as_ref()
+                        .and_then(|s| s.applied.as_ref())
+                        .and_then(|a| a.sha.as_deref())
+                        != Some(sha.as_str())
+                });
+            let graph = match (&follow, applies_new) {
+                (Some(f), true) => Some(self.branch_graph(&f.repository, &f.git_ref).await?),
                 _ => None,
             };
             let ctx = Context {
@@ -41,60 +48,118 @@ impl Ledger {
                 graph: graph.as_ref(),
             };
             let previous_follow = state.as_ref().and_then(|s| s.follows.clone());
-            let out = core::apply_event(state, event, class, &ctx, received_at);
-            if out.disposition == Disposition::Applied {
-                let mut ops = Vec::with_capacity(2 + out.incidents.len() + out.messages.len());
-                let state_row = tagged(&pk, "state", &out.state, &[("rowType", ROW_STATE)]);
-                ops.push(match &etag {
-                    Some(etag) => BatchOp::Update(state_row, etag.clone()),
-                    None => BatchOp::Insert(state_row),
-                });
-                ops.push(BatchOp::Upsert(history_row(&pk, event, class)));
-                for inc in &out.incidents {
-                    let state = match inc.state {
-                        core::IncidentState::Open => "open",
-                        core::IncidentState::Resolved => "resolved",
-                    };
-                    ops.push(BatchOp::Upsert(tagged(
-                        &pk,
-                        &format!("incident|{}", inc.id),
-                        inc,
-                        &[("rowType", ROW_INCIDENT), ("state", state)],
-                    )));
+            let cached = state.as_ref().and_then(|s| s.current_target.clone());
+            let mut out = core::apply_event(state, event, class, &ctx, received_at);
+            match out.disposition {
+                Disposition::Duplicate => {
+                    // A retry: its first attempt may have stopped before the target rows.
+                    for u in &out.targets {
+                        self.merge_target(u, true).await?;
+                    }
+                    return Ok(Recorded::Duplicate);
                 }
-                for (i, m) in out.messages.iter().enumerate() {
-                    let rec = OutboxRecord {
-                        message: m.clone(),
-                        delivery: "pending".into(),
-                        attempts: 0,
-                        delivered_at: None,
-                        next_attempt_at: None,
-                        last_error: None,
+                Disposition::Stale => {
+                    // Outdated for the state, still part of the object's history; its
+                    // history row tells a byte-identical retry apart.
+                    return match self.store.insert(Table::Objects, history).await {
+                        Ok(_) => Ok(Recorded::Accepted(summary(event, class, &out))),
+                        Err(StoreError::Conflict) => Ok(Recorded::Duplicate),
+                        Err(e) => Err(e),
                     };
-                    // Ordered per object: the event count, then the message's place in it.
-                    let rk = format!("outbox|{:012}|{i:02}|{}", out.state.events, m.id);
-                    ops.push(BatchOp::Insert(tagged(
-                        &pk,
-                        &rk,
-                        &rec,
-                        &[("rowType", ROW_OUTBOX), ("delivery", "pending")],
-                    )));
                 }
-                match self.store.batch(Table::Objects, &pk, ops).await {
-                    Ok(_) => {}
-                    Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
-                    Err(e) => return Err(e),
+                Disposition::Applied => {}
+            }
+            // The row of the latest commit is written blind from the cached copy when this
+            // object wrote it last; other rows are read, merged and written.
+            let mut blind = Vec::new();
+            let mut merged = Vec::new();
+            for u in &out.targets {
+                match &cached {
+                    Some(c) if c.sha == u.sha && c.row.name == u.object.name => {
+                        blind.push((u.sha.clone(), TargetRecord::merge(Some(c.row.clone()), u)))
+                    }
+                    _ => merged.push(u.clone()),
                 }
             }
-            if out.disposition == Disposition::Stale {
-                // Outdated for the state, still part of the object's history.
+            let latest = core::event_sha(event, commit.as_ref());
+            if let Some(sha) = &latest {
+                out.state.commit = commit.clone().filter(|c| &c.sha == sha);
+            }
+            // The state remembers the row it is about to write for its latest commit.
+            if let Some((sha, row)) = blind.iter().find(|(sha, _)| Some(sha) == latest.as_ref()) {
+                out.state.current_target = Some(core::CurrentTarget {
+                    sha: sha.clone(),
+                    row: row.clone(),
+                });
+            }
+            let mut ops = Vec::with_capacity(2 + out.incidents.len() + out.messages.len());
+            let state_row = tagged(&pk, "state", &out.state, &[("rowType", ROW_STATE)]);
+            ops.push(match &etag {
+                Some(etag) => BatchOp::Update(state_row, etag.clone()),
+                None => BatchOp::Insert(state_row),
+            });
+            ops.push(BatchOp::Insert(history.clone()));
+            for inc in &out.incidents {
+                let state = match inc.state {
+                    core::IncidentState::Open => "open",
+                    core::IncidentState::Resolved => "resolved",
+                };
+                ops.push(BatchOp::Upsert(tagged(
+                    &pk,
+                    &format!("incident|{}", inc.id),
+                    inc,
+                    &[("rowType", ROW_INCIDENT), ("state", state)],
+                )));
+            }
+            for (i, m) in out.messages.iter().enumerate() {
+                let rec = OutboxRecord {
+                    message: m.clone(),
+                    delivery: "pending".into(),
+                    attempts: 0,
+                    delivered_at: None,
+                    next_attempt_at: None,
+                    last_error: None,
+                };
+                // Ordered per object: the event count, then the message's place in it.
+                let rk = format!("outbox|{:012}|{i:02}|{}", out.state.events, m.id);
+                ops.push(BatchOp::Insert(tagged(
+                    &pk,
+                    &rk,
+                    &rec,
+                    &[("rowType", ROW_OUTBOX), ("delivery", "pending")],
+                )));
+            }
+            match self.store.batch(Table::Objects, &pk, ops).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
+                Err(e) => return Err(e),
+            }
+            for (sha, row) in &blind {
                 self.store
-                    .upsert(Table::Objects, history_row(&pk, event, class))
+                    .upsert(
+                        Table::Commits,
+                        Entity::from_record(
+                            sha.as_str(),
+                            TargetRecord::row_key(&event.object),
+                            row,
+                        ),
+                    )
                     .await?;
             }
-            let replayed = out.disposition == Disposition::Duplicate;
-            for u in &out.targets {
-                self.merge_target(u, replayed).await?;
+            for u in &merged {
+                let row = self.merge_target(u, false).await?;
+                if Some(&u.sha) == latest.as_ref() && u.object == event.object {
+                    // First report of this commit by the object: remember the row for the
+                    // next event (one more write, on this first event only).
+                    self.cache_current_target(
+                        &pk,
+                        Some(core::CurrentTarget {
+                            sha: u.sha.clone(),
+                            row,
+                        }),
+                    )
+                    .await?;
+                }
             }
             if let Some(f) = &out.state.follows {
                 if previous_follow.as_ref() != Some(f) {
@@ -103,7 +168,7 @@ impl Ledger {
                     self.store
                         .upsert(
                             Table::Follows,
-                            crate::store::Entity::from_record(&follow_pk, &pk, &out.state.object),
+                            Entity::from_record(&follow_pk, &pk, &out.state.object),
                         )
                         .await?;
                 }
@@ -111,28 +176,29 @@ impl Ledger {
             if !out.messages.is_empty() {
                 self.notify_outbox(&pk);
             }
-            return Ok(json!({
-                "event": "flux",
-                "object": event.object.subject(),
-                "class": class,
-                "disposition": match out.disposition {
-                    Disposition::Applied => "applied",
-                    Disposition::Duplicate => "duplicate",
-                    Disposition::Stale => "stale",
-                },
-                "messages": out.messages.iter().map(|m| m.kind.as_str()).collect::<Vec<_>>(),
-            }));
+            return Ok(Recorded::Accepted(summary(event, class, &out)));
         }
         Err(StoreError::Unavailable(
             "object state kept changing under concurrent writers".into(),
         ))
     }
 
-    /// What a push recorded about the event's source commit.
-    async fn commit_info(&self, event: &FluxEvent) -> Result<Option<CommitInfo>, StoreError> {
+    /// What a push recorded about the event's source commit: from the object's state when it
+    /// is the commit of its previous event, else from the commit's partition.
+    async fn commit_info(
+        &self,
+        event: &FluxEvent,
+        state: Option<&ObjectState>,
+    ) -> Result<Option<CommitInfo>, StoreError> {
         let Some(sha) = event.source_revision().and_then(|r| r.commit()) else {
             return Ok(None);
         };
+        if let Some(c) = state
+            .and_then(|s| s.commit.as_ref())
+            .filter(|c| c.sha == sha)
+        {
+            return Ok(Some(c.clone()));
+        }
         let Some(row) = self
             .store
             .get(Table::Commits, sha.as_str(), "commit")
@@ -147,6 +213,43 @@ impl Ledger {
             refs: c.refs,
         }))
     }
+
+    /// Stores the freshly written row of the latest commit in the object's state, when the
+    /// state is still the one that wrote it (a concurrent newer event wins).
+    async fn cache_current_target(
+        &self,
+        pk: &str,
+        current: Option<core::CurrentTarget>,
+    ) -> Result<(), StoreError> {
+        let Some(row) = self.store.get(Table::Objects, pk, "state").await? else {
+            return Ok(());
+        };
+        let mut state: ObjectState = row.record()?;
+        state.current_target = current;
+        let entity = tagged(pk, "state", &state, &[("rowType", ROW_STATE)]);
+        match self
+            .store
+            .update(Table::Objects, entity, row.etag.as_ref().expect("etag"))
+            .await
+        {
+            Ok(_) | Err(StoreError::PreconditionFailed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn summary(event: &FluxEvent, class: Class, out: &core::Outcome) -> serde_json::Value {
+    json!({
+        "event": "flux",
+        "object": event.object.subject(),
+        "class": class,
+        "disposition": match out.disposition {
+            Disposition::Applied => "applied",
+            Disposition::Duplicate => "duplicate",
+            Disposition::Stale => "stale",
+        },
+        "messages": out.messages.iter().map(|m| m.kind.as_str()).collect::<Vec<_>>(),
+    })
 }
 
 /// Every event is kept in its object's history: row `event|{time}|{fingerprint}`, keyed so a

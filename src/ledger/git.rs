@@ -298,25 +298,29 @@ impl Ledger {
     }
 
     /// Writes one target update into the commit's partition (`replayed`: re-issued for a
-    /// duplicate event, see [`TargetRecord::merge_replayed`]).
+    /// duplicate event, see [`TargetRecord::merge_replayed`]) and returns the row as written.
     pub(super) async fn merge_target(
         &self,
         u: &core::TargetUpdate,
         replayed: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<TargetRecord, StoreError> {
         let rk = TargetRecord::row_key(&u.object);
+        let mut written = None;
         self.modify(
             Table::Commits,
             u.sha.as_str(),
             &rk,
             |stored: Option<TargetRecord>| {
-                Some(if replayed {
+                let row = if replayed {
                     TargetRecord::merge_replayed(stored, u)
                 } else {
                     TargetRecord::merge(stored, u)
-                })
+                };
+                written = Some(row.clone());
+                Some(row)
             },
         )
-        .await
+        .await?;
+        Ok(written.expect("modify calls the merge at least once"))
     }
 }

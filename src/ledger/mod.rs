@@ -88,22 +88,17 @@ impl Ledger {
         self.record(delivery_id, &payload, received_at).await
     }
 
-    /// Records one authenticated, parsed Flux event. NC's retries are byte-identical, so the
-    /// cluster and the body hash (the event's fingerprint) identify the delivery.
+    /// Records one authenticated, parsed Flux event: one atomic batch of the object's
+    /// partition (state, incidents, outbox, history), then its target rows. A byte-identical
+    /// retry is recognised by the event's fingerprint (in the object's state, or its history
+    /// row) and answers `Duplicate`, re-issuing target rows a stopped first attempt may not
+    /// have written.
     pub async fn record_flux(
         &self,
         event: &FluxEvent,
         received_at: DateTime<Utc>,
     ) -> Result<Recorded, StoreError> {
-        let payload = Journaled::Flux {
-            event: Box::new(event.clone()),
-        };
-        self.record(
-            &format!("flux:{}:{}", event.object.cluster, event.fingerprint),
-            &payload,
-            received_at,
-        )
-        .await
+        self.project_flux(event, received_at).await
     }
 
     async fn record(
@@ -154,7 +149,6 @@ impl Ledger {
                 self.project_git(*provider, event, journal.received_at)
                     .await?
             }
-            Journaled::Flux { event } => self.project_flux(event, journal.received_at).await?,
         };
         let done = DeliveryRecord {
             state: DeliveryState::Done,

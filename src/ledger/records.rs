@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::Message;
-use crate::flux::FluxEvent;
 use crate::git::{Commit, GitEvent, Merge, Person, Provider, PullRequest, Push, Review};
 
 /// A delivery in the journal. Written first (`pending`), marked `done` once every projection
@@ -26,19 +25,19 @@ pub struct DeliveryRecord {
     pub event: String,
 }
 
-/// What a journal entry replays.
+/// What a journal entry replays: a Git delivery, which touches many partitions. (A Flux
+/// event needs no journal: its state change is one atomic batch of its object's partition,
+/// and its target rows are re-issued when the event is retried.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "camelCase")]
 pub enum Journaled {
     Git { provider: Provider, event: GitEvent },
-    Flux { event: Box<FluxEvent> },
 }
 
 impl Journaled {
     pub fn source(&self) -> &'static str {
         match self {
             Journaled::Git { provider, .. } => provider.as_str(),
-            Journaled::Flux { .. } => "flux",
         }
     }
 }
