@@ -67,6 +67,20 @@ impl Ledger {
         }
         for commit in &push.commits {
             let incoming = CommitRecord::from_push(provider, push, commit, received_at);
+            // Most commits are new: one insert. A commit seen before (another ref, a
+            // redelivery) is merged with what is stored.
+            match self
+                .store
+                .insert(
+                    Table::Commits,
+                    Entity::from_record(commit.sha.as_str(), "commit", &incoming),
+                )
+                .await
+            {
+                Ok(_) => continue,
+                Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e),
+            }
             self.modify(
                 Table::Commits,
                 commit.sha.as_str(),
