@@ -26,6 +26,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+echo "== rustls only: no openssl in the dependency tree"
+if cargo tree --locked -e normal,build -i openssl-sys >/dev/null 2>&1; then
+  echo "openssl-sys is in the dependency tree"; cargo tree --locked -i openssl-sys; exit 1
+fi
+
 echo "== cargo test (embedded store, local sink)"
 cargo test --all-targets --locked
 
