@@ -83,6 +83,14 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub git_body_limit: usize,
     pub flux_body_limit: usize,
+    /// Retention (see `sweep`): journal entries and delivered messages, object history.
+    pub retain_deliveries: Duration,
+    pub retain_history: Duration,
+    /// Standalone only (no Functions host, which calls `POST /Sweep` on its timer): how often
+    /// the server sweeps by itself.
+    pub sweep_interval: Duration,
+    /// Whether the Functions host runs us (it sets `FUNCTIONS_CUSTOMHANDLER_PORT`).
+    pub under_functions_host: bool,
     /// `FLUXTRAIL_TABLES`: a storage connection string, or an account name/URL for managed
     /// identity. Unset: the embedded store.
     pub tables: Option<Secret>,
@@ -140,6 +148,7 @@ impl Settings {
         // handlers). Its legacy alias is honoured too.
         let port_var =
             get("FUNCTIONS_CUSTOMHANDLER_PORT").or_else(|| get("FUNCTIONS_HTTPWORKER_PORT"));
+        let under_host = port_var.is_some();
         let listen = match port_var {
             Some(p) => {
                 let port: u16 = p.trim().parse().map_err(|_| ConfigError::Port(p.clone()))?;
@@ -225,6 +234,13 @@ impl Settings {
             log_format,
             git_body_limit: size("FLUXTRAIL_GIT_BODY_LIMIT", 25 * 1024 * 1024)?,
             flux_body_limit: size("FLUXTRAIL_FLUX_BODY_LIMIT", 4 * 1024 * 1024)?,
+            retain_deliveries: duration(
+                "FLUXTRAIL_RETAIN_DELIVERIES",
+                Duration::from_secs(7 * 86400),
+            )?,
+            retain_history: duration("FLUXTRAIL_RETAIN_HISTORY", Duration::from_secs(90 * 86400))?,
+            sweep_interval: duration("FLUXTRAIL_SWEEP_INTERVAL", Duration::from_secs(60))?,
+            under_functions_host: under_host,
             tables: get("FLUXTRAIL_TABLES").map(Secret::new),
             tables_prefix: get("FLUXTRAIL_TABLES_PREFIX").unwrap_or_else(|| "fluxtrail".into()),
             store_timeout: duration("FLUXTRAIL_STORE_TIMEOUT", Duration::from_secs(5))?,

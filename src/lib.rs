@@ -15,4 +15,5 @@ pub mod outbox;
 pub mod publish;
 pub mod startup;
 pub mod store;
+pub mod sweep;
 pub mod telemetry;

@@ -20,6 +20,7 @@ use crate::publish::{PublishError, Publisher};
 use crate::store::sqlite::SqliteStore;
 use crate::store::tables::TableStore;
 use crate::store::{Store, StoreError};
+use crate::sweep::SweepSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -41,6 +42,7 @@ pub struct Application {
     state: Arc<AppState>,
     dispatcher: Dispatcher,
     dispatcher_task: JoinHandle<()>,
+    sweeper_task: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -102,6 +104,28 @@ impl Application {
         tracing::info!(%addr, "listening");
         // The dispatcher's first pass (immediately) delivers what a stop left in the outbox.
         let dispatcher_task = dispatcher.clone().spawn(wake_rx);
+        let sweep = SweepSettings {
+            stall_after: settings.stall_after,
+            retain_deliveries: settings.retain_deliveries,
+            retain_history: settings.retain_history,
+        };
+        // Standalone there is no timer trigger: sweep on an interval ourselves.
+        let sweeper_task = (!settings.under_functions_host).then(|| {
+            let (ledger, dispatcher, every) =
+                (ledger.clone(), dispatcher.clone(), settings.sweep_interval);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await; // not at start-up: the first sweep after one interval
+                loop {
+                    tick.tick().await;
+                    match crate::sweep::sweep(&ledger, &dispatcher, sweep, chrono::Utc::now()).await
+                    {
+                        Ok(report) => tracing::info!(?report, "sweep"),
+                        Err(e) => tracing::warn!(error = %e, "sweep failed; next interval retries"),
+                    }
+                }
+            })
+        });
         Ok(Application {
             listener,
             addr,
@@ -109,9 +133,12 @@ impl Application {
                 settings,
                 ledger,
                 publisher,
+                dispatcher: dispatcher.clone(),
+                sweep,
             }),
             dispatcher,
             dispatcher_task,
+            sweeper_task,
         })
     }
 
@@ -126,6 +153,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         http::serve(self.listener, self.state, shutdown).await;
         self.dispatcher_task.abort();
+        if let Some(t) = self.sweeper_task {
+            t.abort();
+        }
         // Hand over what the last requests produced before exiting.
         if let Err(e) = self.dispatcher.deliver_all(chrono::Utc::now()).await {
             tracing::warn!(error = %e, "messages left in the outbox; delivered at next start");

@@ -9,6 +9,7 @@
 pub mod error;
 mod hooks;
 mod read;
+mod timer;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,7 +28,9 @@ use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::ledger::Ledger;
+use crate::outbox::Dispatcher;
 use crate::publish::Publisher;
+use crate::sweep::SweepSettings;
 pub use error::{ApiError, Body};
 
 /// Everything a request handler may use.
@@ -36,6 +39,8 @@ pub struct AppState {
     pub settings: Settings,
     pub ledger: Ledger,
     pub publisher: Arc<dyn Publisher>,
+    pub dispatcher: Dispatcher,
+    pub sweep: SweepSettings,
 }
 
 /// How long a client may take to send its request headers before the connection is closed.
@@ -109,6 +114,11 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         [] => {
             allow(&req, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             Ok(empty(StatusCode::OK))
+        }
+        // The timer trigger (custom-handler invocation protocol, not under /api).
+        ["Sweep"] => {
+            allow(&req, &[Method::POST], "POST")?;
+            timer::sweep(state, req).await
         }
         ["api", "hooks", "git", provider] => {
             allow(&req, &[Method::POST], "POST")?;

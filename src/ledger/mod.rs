@@ -187,7 +187,7 @@ impl Ledger {
         Ok(finished)
     }
 
-    fn notify_outbox(&self, partition: &str) {
+    pub(crate) fn notify_outbox(&self, partition: &str) {
         if let Some(tx) = &self.outbox_tx {
             // A full queue only delays delivery: the dispatcher's periodic scan finds it.
             let _ = tx.try_send(partition.to_string());

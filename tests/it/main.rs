@@ -13,3 +13,4 @@ mod process;
 mod read_api;
 mod servicebus;
 mod store;
+mod sweep;

@@ -1,0 +1,226 @@
+//! The sweep: what no webhook triggers. Azure calls it on a timer (`POST /Sweep`, the custom
+//! handler invocation protocol); standalone, the server runs it on an interval.
+//!
+//! 1. **Stalled rollouts.** Every `pending` target older than `FLUXTRAIL_STALL_AFTER` (counted
+//!    from when the push was received) becomes `stalled`, and one `io.fluxtrail.rollout.stalled`
+//!    goes out per (commit, object). The message is inserted into the object's outbox under a
+//!    key derived from its deterministic id *before* the target is marked, so a sweep that
+//!    stops half-way, or two sweeps at once, emit it exactly once. A later apply turns the
+//!    target `applied`; failed, superseded and applied targets are never pending.
+//! 2. **Undelivered messages** due for another attempt are handed to the publisher.
+//! 3. **Retention.** Journal entries of finished deliveries and delivered outbox messages are
+//!    deleted after `FLUXTRAIL_RETAIN_DELIVERIES` (default 7 days), object event history after
+//!    `FLUXTRAIL_RETAIN_HISTORY` (default 90 days). Evidence (commits, approvals, targets,
+//!    pushes) is kept.
+//!
+//! Every step is idempotent; deletes are etag-conditional, so concurrent sweeps do no harm.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::core::message::message_id;
+use crate::core::{Message, MessageType, ObjectState, TargetRecord, TargetState};
+use crate::flux::ObjectRef;
+use crate::ledger::records::{DeliveryRecord, OutboxRecord, ROW_OUTBOX, ROW_STATE};
+use crate::ledger::{object_partition, Ledger};
+use crate::outbox::Dispatcher;
+use crate::store::{BatchOp, Entity, StoreError, Table};
+
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSettings {
+    pub stall_after: Duration,
+    pub retain_deliveries: Duration,
+    pub retain_history: Duration,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    pub stalled: usize,
+    pub delivered: usize,
+    pub deleted_deliveries: usize,
+    pub deleted_messages: usize,
+    pub deleted_history: usize,
+}
+
+impl SweepReport {
+    pub fn logs(&self) -> Vec<String> {
+        vec![
+            format!("stalled {} rollouts", self.stalled),
+            format!("delivered {} waiting messages", self.delivered),
+            format!(
+                "retention deleted {} journal entries, {} delivered messages, {} history rows",
+                self.deleted_deliveries, self.deleted_messages, self.deleted_history
+            ),
+        ]
+    }
+}
+
+pub async fn sweep(
+    ledger: &Ledger,
+    dispatcher: &Dispatcher,
+    settings: SweepSettings,
+    now: DateTime<Utc>,
+) -> Result<SweepReport, StoreError> {
+    let mut report = SweepReport {
+        stalled: stall(ledger, settings.stall_after, now).await?,
+        ..SweepReport::default()
+    };
+    report.delivered = dispatcher.deliver_all(now).await?.delivered;
+    let store = ledger.store();
+    let cutoff = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
+
+    let old_deliveries = cutoff(settings.retain_deliveries);
+    let journal = store
+        .query_where(Table::Deliveries, "state", "done")
+        .await?;
+    report.deleted_deliveries = delete_where(ledger, Table::Deliveries, journal, |e| {
+        e.record::<DeliveryRecord>()
+            .map(|d| d.received_at < old_deliveries)
+            .unwrap_or(false)
+    })
+    .await?;
+    let delivered = store
+        .query_where(Table::Objects, "delivery", "delivered")
+        .await?;
+    report.deleted_messages = delete_where(ledger, Table::Objects, delivered, |e| {
+        e.record::<OutboxRecord>()
+            .ok()
+            .and_then(|o| o.delivered_at)
+            .is_some_and(|t| t < old_deliveries)
+    })
+    .await?;
+    let old_history = cutoff(settings.retain_history);
+    let history = store
+        .query_where(Table::Objects, "rowType", "event")
+        .await?;
+    report.deleted_history = delete_where(ledger, Table::Objects, history, |e| {
+        e.props
+            .get("timestamp")
+            .and_then(|t| t.as_str())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t.to_utc() < old_history)
+    })
+    .await?;
+    Ok(report)
+}
+
+/// Marks overdue pending targets stalled, announcing each once.
+async fn stall(
+    ledger: &Ledger,
+    stall_after: Duration,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let store = ledger.store();
+    let limit = chrono::Duration::from_std(stall_after).unwrap_or_default();
+    let mut stalled = 0;
+    for row in store
+        .query_where(Table::Commits, "state", "pending")
+        .await?
+    {
+        let target: TargetRecord = row.record()?;
+        if now - target.first_seen_at < limit {
+            continue;
+        }
+        let object = ObjectRef {
+            cluster: target.cluster.clone(),
+            kind: target.kind.clone(),
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+        };
+        let pk = object_partition(&object);
+        let state: Option<ObjectState> = match store.get(Table::Objects, &pk, ROW_STATE).await? {
+            Some(e) => Some(e.record()?),
+            None => None,
+        };
+        let follows = state.as_ref().and_then(|s| s.follows.clone());
+        let sha = row.pk.clone();
+        let message = Message {
+            id: message_id(MessageType::RolloutStalled, &object, &sha),
+            kind: MessageType::RolloutStalled,
+            object: object.clone(),
+            // When it became overdue: the same for every sweep that notices it.
+            time: target.first_seen_at + limit,
+            revision: follows.as_ref().map(|f| f.git_ref.clone()),
+            sha: Some(sha.clone()),
+            reason: Some("RolloutStalled".into()),
+            message: Some(format!(
+                "commit {} was pushed at {} to {} and was neither applied nor superseded on {} within {}",
+                &sha[..sha.len().min(12)],
+                target.first_seen_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                follows.as_ref().map(|f| f.git_ref.as_str()).unwrap_or("its branch"),
+                object.subject(),
+                humantime::format_duration(stall_after),
+            )),
+            incident_id: None,
+            repository: follows.as_ref().map(|f| f.repository.clone()),
+        };
+        let outbox = OutboxRecord {
+            message: message.clone(),
+            delivery: "pending".into(),
+            attempts: 0,
+            delivered_at: None,
+            next_attempt_at: None,
+            last_error: None,
+        };
+        let entity = Entity::from_record(&pk, format!("outbox|stalled|{}", message.id), &outbox)
+            .with_tag("rowType", ROW_OUTBOX)
+            .with_tag("delivery", "pending");
+        let announced = match store.insert(Table::Objects, entity).await {
+            Ok(_) => true,
+            Err(StoreError::Conflict) => false, // another sweep, or an earlier one that stopped
+            Err(e) => return Err(e),
+        };
+        let mut marked = target.clone();
+        marked.state = TargetState::Stalled;
+        let entity = Entity::from_record(&row.pk, &row.rk, &marked);
+        match store
+            .update(Table::Commits, entity, row.etag.as_ref().expect("etag"))
+            .await
+        {
+            Ok(_) | Err(StoreError::PreconditionFailed) => {}
+            Err(e) => return Err(e),
+        }
+        if announced {
+            stalled += 1;
+            ledger.notify_outbox(&pk);
+        }
+    }
+    Ok(stalled)
+}
+
+/// Deletes the entities `old` selects, one partition's batch (≤ 100) at a time, each delete
+/// conditional on the etag read (a concurrent sweep's delete is not an error).
+async fn delete_where(
+    ledger: &Ledger,
+    table: Table,
+    rows: Vec<Entity>,
+    old: impl Fn(&Entity) -> bool,
+) -> Result<usize, StoreError> {
+    let mut by_partition: BTreeMap<String, Vec<Entity>> = BTreeMap::new();
+    for e in rows.into_iter().filter(|e| old(e)) {
+        by_partition.entry(e.pk.clone()).or_default().push(e);
+    }
+    let mut deleted = 0;
+    for (pk, rows) in by_partition {
+        for chunk in rows.chunks(100) {
+            let ops = chunk
+                .iter()
+                .map(|e| BatchOp::Delete {
+                    rk: e.rk.clone(),
+                    etag: e.etag.clone(),
+                })
+                .collect();
+            match ledger.store().batch(table, &pk, ops).await {
+                Ok(_) => deleted += chunk.len(),
+                // Someone else deleted or changed one of them: leave this chunk to the next sweep.
+                Err(StoreError::PreconditionFailed) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(deleted)
+}
