@@ -33,6 +33,23 @@ use crate::publish::Publisher;
 use crate::sweep::SweepSettings;
 pub use error::{ApiError, Body};
 
+/// Every route Azure should reach, by the function that exposes it (`function.json-templates/`):
+/// (function name, method, path). `tests/it/hosting.rs` keeps the two in agreement. Not here:
+/// `GET /` (the host's own readiness probe).
+pub const FUNCTION_ROUTES: &[(&str, &str, &str)] = &[
+    ("GitHook", "POST", "/api/hooks/git/{provider}"),
+    ("FluxHook", "POST", "/api/hooks/flux"),
+    ("FluxHookCluster", "POST", "/api/hooks/flux/{cluster}"),
+    ("Commit", "GET", "/api/commits/{sha}"),
+    ("Objects", "GET", "/api/objects"),
+    ("Incidents", "GET", "/api/incidents"),
+    ("Outbox", "GET", "/api/outbox"),
+    ("OutboxRedrive", "POST", "/api/outbox/redrive"),
+    ("Health", "GET", "/api/health"),
+    // The timer trigger: the host POSTs the invocation to /{FunctionName}.
+    ("Sweep", "POST", "/Sweep"),
+];
+
 /// Everything a request handler may use.
 #[derive(Debug)]
 pub struct AppState {
