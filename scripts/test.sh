@@ -53,6 +53,27 @@ cargo test --locked --test it -- --ignored
 echo "== Table Storage: the whole HTTP integration suite on Azurite"
 FLUXTRAIL_TEST_STORE=tables cargo test --locked --test it
 
+echo "== Functions package: scripts/package.sh, then the zip opened and the handler run as the host runs it"
+OUT="$work/fluxtrail-functions.zip" scripts/package.sh
+python3 scripts/check-package.py "$work/fluxtrail-functions.zip"
+mkdir -p "$work/pkg" && python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); [z.extract(i, sys.argv[2]) for i in z.infolist()]' "$work/fluxtrail-functions.zip" "$work/pkg"
+chmod +x "$work/pkg/handler"  # zipfile.extract does not restore modes; the check above read them
+hport=$(free_port)
+(cd "$work/pkg" && FUNCTIONS_CUSTOMHANDLER_PORT=$hport FLUXTRAIL_DATA_DIR="$work/pkgdata" ./handler serve >"$work/handler.log" 2>&1) &
+handler=$!
+pids+=($handler)
+# The host polls GET / every 25 ms; any answer is ready.
+start=$(date +%s%N)
+until curl -sf -o /dev/null "http://127.0.0.1:$hport/"; do sleep 0.025; done
+echo "handler ready after $(( ($(date +%s%N) - start) / 1000000 )) ms"
+sweep=$(curl -sf -X POST -H 'Content-Type: application/json' \
+  -d '{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{"sys":{"MethodName":"Sweep","UtcNow":"2026-01-01T10:05:00.0887Z"}}}' \
+  "http://127.0.0.1:$hport/Sweep")
+echo "$sweep"
+echo "$sweep" | grep -q '"ReturnValue":null' || { echo "timer invocation answered wrongly"; exit 1; }
+kill -TERM $handler; wait $handler || true
+echo "handler: 1 passed, 0 failed"
+
 echo "== newcomer path: server + scripts/send-github-push.sh + scripts/send-flux-event.sh"
 cargo build --locked --bin fluxtrail
 port=$(free_port)
