@@ -53,13 +53,17 @@ cargo test --locked --test it -- --ignored
 echo "== Table Storage: the whole HTTP integration suite on Azurite"
 FLUXTRAIL_TEST_STORE=tables cargo test --locked --test it
 
+echo "== infra/flux agrees with the server (routes, headers, cluster names)"
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+python3 scripts/check-flux.py
+
 echo "== Functions package: scripts/package.sh, then the zip opened and the handler run as the host runs it"
 OUT="$work/fluxtrail-functions.zip" scripts/package.sh
 python3 scripts/check-package.py "$work/fluxtrail-functions.zip"
 mkdir -p "$work/pkg" && python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); [z.extract(i, sys.argv[2]) for i in z.infolist()]' "$work/fluxtrail-functions.zip" "$work/pkg"
 chmod +x "$work/pkg/handler"  # zipfile.extract does not restore modes; the check above read them
 hport=$(free_port)
-(cd "$work/pkg" && FUNCTIONS_CUSTOMHANDLER_PORT=$hport FLUXTRAIL_DATA_DIR="$work/pkgdata" ./handler serve >"$work/handler.log" 2>&1) &
+(cd "$work/pkg" && FUNCTIONS_CUSTOMHANDLER_PORT=$hport FLUXTRAIL_DATA_DIR="$work/pkgdata" exec ./handler serve >"$work/handler.log" 2>&1) &
 handler=$!
 pids+=($handler)
 # The host polls GET / every 25 ms; any answer is ready.
