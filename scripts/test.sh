@@ -53,9 +53,16 @@ cargo test --locked --test it -- --ignored
 echo "== Table Storage: the whole HTTP integration suite on Azurite"
 FLUXTRAIL_TEST_STORE=tables cargo test --locked --test it
 
+echo "== Python tools for the infrastructure checks (checkov, PyYAML)"
+if ! python3 -c 'import yaml' 2>/dev/null || ! command -v checkov >/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-ci.txt
+fi
+
 echo "== infra/flux agrees with the server (routes, headers, cluster names)"
-python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 python3 scripts/check-flux.py
+
+echo "== checkov on infra/ (every failed check fixed or skipped with a reason in main.bicep)"
+checkov -d infra --framework bicep --compact --quiet --skip-download
 
 echo "== Functions package: scripts/package.sh, then the zip opened and the handler run as the host runs it"
 OUT="$work/fluxtrail-functions.zip" scripts/package.sh
