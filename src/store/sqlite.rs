@@ -6,8 +6,15 @@
 //! one-partition atomic batch Table Storage offers. All entities live in one table keyed by
 //! (table, pk, rk), mirroring Table Storage's model exactly.
 //!
-//! SQLite calls block, so they run on tokio's blocking pool. The connection sits behind a
-//! std `Mutex` (not a tokio one) because it is only ever locked inside those blocking calls,
+//! Writes go through one writer thread with **group commit**: it takes every write waiting in
+//! its queue, applies each in its own SAVEPOINT (a failed insert or stale etag rolls back that
+//! write alone), commits them together with one fsync, then answers each. Durability is the
+//! same (nothing is answered before its commit), but under load one fsync serves many
+//! requests. The queue is bounded: when it is full a write fails at once as `Unavailable`
+//! (503 + `Retry-After`) instead of piling up memory.
+//!
+//! Reads use their own connections (WAL lets readers run beside the writer) on tokio's
+//! blocking pool; each sits behind a std `Mutex` that is only locked inside a blocking call,
 //! never across an `.await`.
 
 use std::path::Path;
@@ -16,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::{BatchOp, Entity, Etag, Store, StoreError, Table};
@@ -28,8 +35,22 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 struct Inner {
-    conn: Mutex<Connection>,
-    etags: EtagSource,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicU64,
+    writer: std::sync::mpsc::SyncSender<Job>,
+}
+
+/// How many writes may wait for the writer before new ones are refused (backpressure).
+const WRITE_QUEUE: usize = 4096;
+/// The most writes one commit carries.
+const GROUP: usize = 512;
+
+/// One write: the operations of one `Store` call, atomic together.
+struct Job {
+    table: Table,
+    pk: String,
+    ops: Vec<BatchOp>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Etag>, StoreError>>,
 }
 
 /// Etags are `<epoch>-<counter>`: the epoch is new each time the store is opened, so an etag
@@ -65,45 +86,162 @@ impl SqliteStore {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
-        let conn = Connection::open(dir.join("ledger.db")).map_err(map_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS entities (
-                 tbl TEXT NOT NULL,
-                 pk TEXT NOT NULL,
-                 rk TEXT NOT NULL,
-                 etag TEXT NOT NULL,
-                 props TEXT NOT NULL,
-                 PRIMARY KEY (tbl, pk, rk)
-             ) WITHOUT ROWID;",
-        )
-        .map_err(map_err)?;
+        let path = dir.join("ledger.db");
+        let writer = Connection::open(&path).map_err(map_err)?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA busy_timeout = 5000;
+                 CREATE TABLE IF NOT EXISTS entities (
+                     tbl TEXT NOT NULL,
+                     pk TEXT NOT NULL,
+                     rk TEXT NOT NULL,
+                     etag TEXT NOT NULL,
+                     props TEXT NOT NULL,
+                     PRIMARY KEY (tbl, pk, rk)
+                 ) WITHOUT ROWID;",
+            )
+            .map_err(map_err)?;
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let r = Connection::open(&path).map_err(map_err)?;
+            r.execute_batch("PRAGMA busy_timeout = 5000;")
+                .map_err(map_err)?;
+            readers.push(Mutex::new(r));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
-                etags: EtagSource::new(),
+                readers,
+                next_reader: AtomicU64::new(0),
+                writer: tx,
             }),
         })
     }
 
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs a read on one of the read connections, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, &EtagSource) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = inner
-                .conn
+            let n =
+                inner.next_reader.fetch_add(1, Ordering::Relaxed) as usize % inner.readers.len();
+            let conn = inner.readers[n]
                 .lock()
                 .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
-            f(&mut conn, &inner.etags)
+            f(&conn)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
+
+    /// Queues a write for the writer and waits for its commit.
+    async fn write(
+        &self,
+        table: Table,
+        pk: String,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<Etag>, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .writer
+            .try_send(Job {
+                table,
+                pk,
+                ops,
+                reply,
+            })
+            .map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => {
+                    StoreError::Unavailable("the store's write queue is full".into())
+                }
+                std::sync::mpsc::TrySendError::Disconnected(_) => {
+                    StoreError::Unavailable("the store's writer stopped".into())
+                }
+            })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
+    }
+}
+
+/// The writer thread: group commit (see the module note).
+fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
+    let etags = EtagSource::new();
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit_group(&mut conn, &etags, &jobs);
+        match outcome {
+            Ok(results) => {
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Applies every job in its own savepoint inside one transaction, then commits once.
+fn commit_group(
+    conn: &mut Connection,
+    etags: &EtagSource,
+    jobs: &[Job],
+) -> Result<Vec<Result<Vec<Etag>, StoreError>>, StoreError> {
+    let mut tx = conn.transaction().map_err(map_err)?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if let Some(p) = job.ops.iter().filter_map(op_pk).find(|p| *p != job.pk) {
+            results.push(Err(StoreError::Corrupt(format!(
+                "a batch spans one partition only ({p})"
+            ))));
+            continue;
+        }
+        let sp = tx.savepoint().map_err(map_err)?;
+        let mut tags = Vec::with_capacity(job.ops.len());
+        let mut failed = None;
+        for op in job.ops.iter().cloned() {
+            match apply(&sp, etags, job.table, &job.pk, op) {
+                Ok(t) => tags.push(t),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            // Dropping the savepoint without committing rolls this job back alone.
+            Some(e) => {
+                drop(sp);
+                results.push(Err(e));
+            }
+            None => {
+                sp.commit().map_err(map_err)?;
+                results.push(Ok(tags));
+            }
+        }
+    }
+    tx.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+    tx.commit().map_err(map_err)?;
+    Ok(results)
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -133,7 +271,7 @@ fn decode(pk: String, rk: String, etag: String, props: &str) -> Result<Entity, S
 }
 
 fn current_etag(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     table: Table,
     pk: &str,
     rk: &str,
@@ -150,7 +288,7 @@ fn current_etag(
 
 /// Applies one operation inside an open transaction.
 fn apply(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     etags: &EtagSource,
     table: Table,
     pk: &str,
@@ -207,19 +345,6 @@ fn apply(
     }
 }
 
-fn single(
-    conn: &mut Connection,
-    etags: &EtagSource,
-    table: Table,
-    pk: String,
-    op: BatchOp,
-) -> Result<Etag, StoreError> {
-    let tx = conn.transaction().map_err(map_err)?;
-    let tag = apply(&tx, etags, table, &pk, op)?;
-    tx.commit().map_err(map_err)?;
-    Ok(tag)
-}
-
 fn op_pk(op: &BatchOp) -> Option<&str> {
     match op {
         BatchOp::Insert(e) | BatchOp::Upsert(e) | BatchOp::Update(e, _) => Some(&e.pk),
@@ -231,14 +356,17 @@ fn op_pk(op: &BatchOp) -> Option<&str> {
 impl Store for SqliteStore {
     async fn get(&self, table: Table, pk: &str, rk: &str) -> Result<Option<Entity>, StoreError> {
         let (pk, rk) = (pk.to_string(), rk.to_string());
-        self.run(move |conn, _| {
+        self.read(move |conn| {
             let row = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT etag, props FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
-                    params![table.name(), pk, rk],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                 )
-                .optional()
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![table.name(), pk, rk], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()
+                })
                 .map_err(map_err)?;
             row.map(|(etag, p)| decode(pk, rk, etag, &p)).transpose()
         })
@@ -246,27 +374,23 @@ impl Store for SqliteStore {
     }
 
     async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        self.run(move |c, t| single(c, t, table, entity.pk.clone(), BatchOp::Insert(entity)))
-            .await
+        let pk = entity.pk.clone();
+        let mut tags = self.write(table, pk, vec![BatchOp::Insert(entity)]).await?;
+        Ok(tags.remove(0))
     }
 
     async fn update(&self, table: Table, entity: Entity, etag: &Etag) -> Result<Etag, StoreError> {
-        let etag = etag.clone();
-        self.run(move |c, t| {
-            single(
-                c,
-                t,
-                table,
-                entity.pk.clone(),
-                BatchOp::Update(entity, etag),
-            )
-        })
-        .await
+        let pk = entity.pk.clone();
+        let mut tags = self
+            .write(table, pk, vec![BatchOp::Update(entity, etag.clone())])
+            .await?;
+        Ok(tags.remove(0))
     }
 
     async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        self.run(move |c, t| single(c, t, table, entity.pk.clone(), BatchOp::Upsert(entity)))
-            .await
+        let pk = entity.pk.clone();
+        let mut tags = self.write(table, pk, vec![BatchOp::Upsert(entity)]).await?;
+        Ok(tags.remove(0))
     }
 
     async fn batch(
@@ -275,23 +399,7 @@ impl Store for SqliteStore {
         pk: &str,
         ops: Vec<BatchOp>,
     ) -> Result<Vec<Etag>, StoreError> {
-        let pk = pk.to_string();
-        self.run(move |conn, etags| {
-            if ops.iter().filter_map(op_pk).any(|p| p != pk) {
-                return Err(StoreError::Corrupt(
-                    "a batch spans one partition only".into(),
-                ));
-            }
-            let tx = conn.transaction().map_err(map_err)?;
-            let mut tags = Vec::with_capacity(ops.len());
-            for op in ops {
-                // An error drops `tx`, which rolls the whole batch back.
-                tags.push(apply(&tx, etags, table, &pk, op)?);
-            }
-            tx.commit().map_err(map_err)?;
-            Ok(tags)
-        })
-        .await
+        self.write(table, pk.to_string(), ops).await
     }
 
     async fn query_partition(
@@ -302,7 +410,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Entity>, StoreError> {
         let pk = pk.to_string();
         let prefix = rk_prefix.unwrap_or("").to_string();
-        self.run(move |conn, _| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT rk, etag, props FROM entities
@@ -335,7 +443,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Entity>, StoreError> {
         let path = format!("$.\"{}\"", prop.replace('"', ""));
         let value = value.to_string();
-        self.run(move |conn, _| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT pk, rk, etag, props FROM entities
@@ -366,7 +474,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|conn, _| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
             .await
     }
 }

@@ -139,6 +139,60 @@ pub async fn conformance(store: Arc<dyn Store>) {
         .is_empty());
 
     store.ping().await.unwrap();
+
+    // Concurrent writes (one group commit on SQLite): each is atomic on its own.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 10 == 0 {
+                // A batch whose second insert conflicts: its first must not land.
+                store
+                    .batch(
+                        Table::Pulls,
+                        "c",
+                        vec![
+                            BatchOp::Insert(entity("c", &format!("x{i}"), 1)),
+                            BatchOp::Insert(entity("c", "same", 1)),
+                        ],
+                    )
+                    .await
+                    .map(|_| ())
+            } else {
+                store
+                    .insert(Table::Pulls, entity("c", "same", i))
+                    .await
+                    .map(|_| ())
+            }
+        }));
+    }
+    let results: Vec<Result<(), StoreError>> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "one insert of a key wins"
+    );
+    assert!(results
+        .iter()
+        .filter(|r| r.is_err())
+        .all(|r| matches!(r, Err(StoreError::Conflict))));
+    let rows: Vec<String> = store
+        .query_partition(Table::Pulls, "c", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.rk)
+        .collect();
+    let batch_won = rows.iter().any(|r| r.starts_with('x'));
+    assert_eq!(
+        rows.len(),
+        if batch_won { 2 } else { 1 },
+        "{rows:?}: a failed batch left nothing behind"
+    );
 }
 
 #[tokio::test]
