@@ -129,22 +129,17 @@ impl Ledger {
                     &[("rowType", ROW_OUTBOX), ("delivery", "pending")],
                 )));
             }
-            match self.store.batch(Table::Objects, &pk, ops).await {
+            // The object's transaction and the blind target rows in one call: one commit on
+            // SQLite; on Table Storage the object's transaction first, then the rows.
+            let mut writes = vec![(Table::Objects, pk.clone(), ops)];
+            for (sha, row) in &blind {
+                let entity = Entity::from_record(sha.as_str(), TargetRecord::row_key(&event.object), row);
+                writes.push((Table::Commits, sha.to_string(), vec![BatchOp::Upsert(entity)]));
+            }
+            match self.store.batches(writes).await {
                 Ok(_) => {}
                 Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
                 Err(e) => return Err(e),
-            }
-            for (sha, row) in &blind {
-                self.store
-                    .upsert(
-                        Table::Commits,
-                        Entity::from_record(
-                            sha.as_str(),
-                            TargetRecord::row_key(&event.object),
-                            row,
-                        ),
-                    )
-                    .await?;
             }
             for u in &merged {
                 let row = self.merge_target(u, false).await?;

@@ -156,6 +156,17 @@ pub trait Store: Send + Sync + fmt::Debug {
         pk: &str,
         ops: Vec<BatchOp>,
     ) -> Result<Vec<Etag>, StoreError>;
+    /// Several batches, possibly of different tables and partitions, in order. A backend that
+    /// can make them one atomic unit does (SQLite: one transaction, so one commit wait); Table
+    /// Storage runs them one after the other and stops at the first failure, which callers
+    /// must tolerate (all writes of the ledger are idempotent merges).
+    async fn batches(&self, writes: Vec<(Table, String, Vec<BatchOp>)>) -> Result<Vec<Vec<Etag>>, StoreError> {
+        let mut out = Vec::with_capacity(writes.len());
+        for (table, pk, ops) in writes {
+            out.push(self.batch(table, &pk, ops).await?);
+        }
+        Ok(out)
+    }
     /// Every entity of a partition, ordered by row key, optionally only those whose row key
     /// starts with `rk_prefix`.
     async fn query_partition(

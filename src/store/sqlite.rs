@@ -47,10 +47,45 @@ const GROUP: usize = 512;
 
 /// One write: the operations of one `Store` call, atomic together.
 struct Job {
-    table: Table,
-    pk: String,
-    ops: Vec<BatchOp>,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<Etag>, StoreError>>,
+    /// One or more partitions' operations, atomic together.
+    parts: Vec<(Table, String, Vec<Prepared>)>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<Etag>>, StoreError>>,
+}
+
+/// A write operation with its properties already encoded, so the writer thread — the one
+/// serial part — only executes statements.
+enum Prepared {
+    Insert { rk: String, props: String },
+    Upsert { rk: String, props: String },
+    Update { rk: String, props: String, etag: Etag },
+    Delete { rk: String, etag: Option<Etag> },
+}
+
+impl Prepared {
+    fn from_op(op: BatchOp, pk: &str) -> Result<Self, StoreError> {
+        let check = |e: &Entity| {
+            if e.pk == pk {
+                Ok(())
+            } else {
+                Err(StoreError::Corrupt(format!("a batch spans one partition only ({})", e.pk)))
+            }
+        };
+        Ok(match op {
+            BatchOp::Insert(e) => {
+                check(&e)?;
+                Prepared::Insert { props: encode(&e.props), rk: e.rk }
+            }
+            BatchOp::Upsert(e) => {
+                check(&e)?;
+                Prepared::Upsert { props: encode(&e.props), rk: e.rk }
+            }
+            BatchOp::Update(e, etag) => {
+                check(&e)?;
+                Prepared::Update { props: encode(&e.props), rk: e.rk, etag }
+            }
+            BatchOp::Delete { rk, etag } => Prepared::Delete { rk, etag },
+        })
+    }
 }
 
 /// Etags are `<epoch>-<counter>`: the epoch is new each time the store is opened, so an etag
@@ -144,21 +179,21 @@ impl SqliteStore {
     }
 
     /// Queues a write for the writer and waits for its commit.
-    async fn write(
-        &self,
-        table: Table,
-        pk: String,
-        ops: Vec<BatchOp>,
-    ) -> Result<Vec<Etag>, StoreError> {
+    async fn write(&self, parts: Vec<(Table, String, Vec<BatchOp>)>) -> Result<Vec<Vec<Etag>>, StoreError> {
+        let parts = parts
+            .into_iter()
+            .map(|(table, pk, ops)| {
+                let ops = ops
+                    .into_iter()
+                    .map(|op| Prepared::from_op(op, &pk))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((table, pk, ops))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.inner
             .writer
-            .try_send(Job {
-                table,
-                pk,
-                ops,
-                reply,
-            })
+            .try_send(Job { parts, reply })
             .map_err(|e| match e {
                 std::sync::mpsc::TrySendError::Full(_) => {
                     StoreError::Unavailable("the store's write queue is full".into())
@@ -170,6 +205,10 @@ impl SqliteStore {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
+    }
+
+    async fn write_one(&self, table: Table, pk: String, ops: Vec<BatchOp>) -> Result<Vec<Etag>, StoreError> {
+        Ok(self.write(vec![(table, pk, ops)]).await?.remove(0))
     }
 }
 
@@ -201,31 +240,30 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
 }
 
 /// Applies every job in its own savepoint inside one transaction, then commits once.
+#[allow(clippy::type_complexity)]
 fn commit_group(
     conn: &mut Connection,
     etags: &EtagSource,
     jobs: &[Job],
-) -> Result<Vec<Result<Vec<Etag>, StoreError>>, StoreError> {
+) -> Result<Vec<Result<Vec<Vec<Etag>>, StoreError>>, StoreError> {
     let mut tx = conn.transaction().map_err(map_err)?;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
-        if let Some(p) = job.ops.iter().filter_map(op_pk).find(|p| *p != job.pk) {
-            results.push(Err(StoreError::Corrupt(format!(
-                "a batch spans one partition only ({p})"
-            ))));
-            continue;
-        }
         let sp = tx.savepoint().map_err(map_err)?;
-        let mut tags = Vec::with_capacity(job.ops.len());
+        let mut tags = Vec::with_capacity(job.parts.len());
         let mut failed = None;
-        for op in job.ops.iter().cloned() {
-            match apply(&sp, etags, job.table, &job.pk, op) {
-                Ok(t) => tags.push(t),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
+        'parts: for (table, pk, ops) in &job.parts {
+            let mut part = Vec::with_capacity(ops.len());
+            for op in ops {
+                match apply(&sp, etags, *table, pk, op) {
+                    Ok(t) => part.push(t),
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'parts;
+                    }
                 }
             }
+            tags.push(part);
         }
         match failed {
             // Dropping the savepoint without committing rolls this job back alone.
@@ -239,7 +277,6 @@ fn commit_group(
             }
         }
     }
-    tx.set_drop_behavior(rusqlite::DropBehavior::Rollback);
     tx.commit().map_err(map_err)?;
     Ok(results)
 }
@@ -270,85 +307,56 @@ fn decode(pk: String, rk: String, etag: String, props: &str) -> Result<Entity, S
     }
 }
 
-fn current_etag(
-    tx: &Connection,
-    table: Table,
-    pk: &str,
-    rk: &str,
-) -> Result<Option<Etag>, StoreError> {
-    tx.query_row(
-        "SELECT etag FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
-        params![table.name(), pk, rk],
-        |r| r.get::<_, String>(0),
-    )
-    .optional()
-    .map(|v| v.map(Etag))
-    .map_err(map_err)
-}
-
-/// Applies one operation inside an open transaction.
-fn apply(
-    tx: &Connection,
-    etags: &EtagSource,
-    table: Table,
-    pk: &str,
-    op: BatchOp,
-) -> Result<Etag, StoreError> {
+/// Executes one operation (cached statements; the checks are in the statements themselves:
+/// the primary key for inserts, `WHERE etag = ?` for conditional writes).
+fn apply(conn: &Connection, etags: &EtagSource, table: Table, pk: &str, op: &Prepared) -> Result<Etag, StoreError> {
+    let t = table.name();
     match op {
-        BatchOp::Insert(e) => {
-            if current_etag(tx, table, pk, &e.rk)?.is_some() {
-                return Err(StoreError::Conflict);
-            }
+        Prepared::Insert { rk, props } => {
             let tag = etags.next();
-            tx.execute(
-                "INSERT INTO entities (tbl, pk, rk, etag, props) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![table.name(), pk, e.rk, tag.0, encode(&e.props)],
-            )
-            .map_err(map_err)?;
+            conn.prepare_cached("INSERT INTO entities (tbl, pk, rk, etag, props) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .and_then(|mut s| s.execute(params![t, pk, rk, tag.0, props]))
+                .map_err(map_err)?;
             Ok(tag)
         }
-        BatchOp::Upsert(e) => {
+        Prepared::Upsert { rk, props } => {
             let tag = etags.next();
-            tx.execute(
+            conn.prepare_cached(
                 "INSERT INTO entities (tbl, pk, rk, etag, props) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (tbl, pk, rk) DO UPDATE SET etag = excluded.etag, props = excluded.props",
-                params![table.name(), pk, e.rk, tag.0, encode(&e.props)],
             )
+            .and_then(|mut s| s.execute(params![t, pk, rk, tag.0, props]))
             .map_err(map_err)?;
             Ok(tag)
         }
-        BatchOp::Update(e, expected) => {
-            if current_etag(tx, table, pk, &e.rk)? != Some(expected) {
-                return Err(StoreError::PreconditionFailed);
-            }
+        Prepared::Update { rk, props, etag } => {
             let tag = etags.next();
-            tx.execute(
-                "UPDATE entities SET etag = ?4, props = ?5 WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
-                params![table.name(), pk, e.rk, tag.0, encode(&e.props)],
-            )
-            .map_err(map_err)?;
-            Ok(tag)
-        }
-        BatchOp::Delete { rk, etag: expected } => {
-            match (current_etag(tx, table, pk, &rk)?, expected) {
-                (None, _) => return Err(StoreError::PreconditionFailed),
-                (Some(cur), Some(exp)) if cur != exp => return Err(StoreError::PreconditionFailed),
-                _ => {}
+            let changed = conn
+                .prepare_cached("UPDATE entities SET etag = ?4, props = ?5 WHERE tbl = ?1 AND pk = ?2 AND rk = ?3 AND etag = ?6")
+                .and_then(|mut s| s.execute(params![t, pk, rk, tag.0, props, etag.0]))
+                .map_err(map_err)?;
+            if changed == 1 {
+                Ok(tag)
+            } else {
+                Err(StoreError::PreconditionFailed)
             }
-            tx.execute(
-                "DELETE FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3",
-                params![table.name(), pk, rk],
-            )
-            .map_err(map_err)?;
-            Ok(Etag(String::new()))
         }
-    }
-}
-
-fn op_pk(op: &BatchOp) -> Option<&str> {
-    match op {
-        BatchOp::Insert(e) | BatchOp::Upsert(e) | BatchOp::Update(e, _) => Some(&e.pk),
-        BatchOp::Delete { .. } => None,
+        Prepared::Delete { rk, etag } => {
+            let changed = match etag {
+                Some(e) => conn
+                    .prepare_cached("DELETE FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3 AND etag = ?4")
+                    .and_then(|mut s| s.execute(params![t, pk, rk, e.0])),
+                None => conn
+                    .prepare_cached("DELETE FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3")
+                    .and_then(|mut s| s.execute(params![t, pk, rk])),
+            }
+            .map_err(map_err)?;
+            if changed == 1 {
+                Ok(Etag(String::new()))
+            } else {
+                Err(StoreError::PreconditionFailed)
+            }
+        }
     }
 }
 
@@ -375,21 +383,21 @@ impl Store for SqliteStore {
 
     async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
         let pk = entity.pk.clone();
-        let mut tags = self.write(table, pk, vec![BatchOp::Insert(entity)]).await?;
+        let mut tags = self.write_one(table, pk, vec![BatchOp::Insert(entity)]).await?;
         Ok(tags.remove(0))
     }
 
     async fn update(&self, table: Table, entity: Entity, etag: &Etag) -> Result<Etag, StoreError> {
         let pk = entity.pk.clone();
         let mut tags = self
-            .write(table, pk, vec![BatchOp::Update(entity, etag.clone())])
+            .write_one(table, pk, vec![BatchOp::Update(entity, etag.clone())])
             .await?;
         Ok(tags.remove(0))
     }
 
     async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
         let pk = entity.pk.clone();
-        let mut tags = self.write(table, pk, vec![BatchOp::Upsert(entity)]).await?;
+        let mut tags = self.write_one(table, pk, vec![BatchOp::Upsert(entity)]).await?;
         Ok(tags.remove(0))
     }
 
@@ -399,7 +407,11 @@ impl Store for SqliteStore {
         pk: &str,
         ops: Vec<BatchOp>,
     ) -> Result<Vec<Etag>, StoreError> {
-        self.write(table, pk.to_string(), ops).await
+        self.write_one(table, pk.to_string(), ops).await
+    }
+
+    async fn batches(&self, writes: Vec<(Table, String, Vec<BatchOp>)>) -> Result<Vec<Vec<Etag>>, StoreError> {
+        self.write(writes).await
     }
 
     async fn query_partition(
