@@ -5,6 +5,8 @@
 # summary with the ratios to the baseline measured in the same run.
 #
 #   scripts/bench-load.sh            # DURATION=10s CONNECTIONS=32 RUNS=3 by default
+#   FLUXTRAIL_BIN=path/to/fluxtrail scripts/bench-load.sh   # measure another build
+#   MILLION=1 scripts/bench-load.sh  # also: resident memory after one million events
 #
 # Installs wrk from Debian's packages when missing.
 set -euo pipefail
@@ -17,6 +19,7 @@ secret=bench-secret
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked --bin fluxtrail --example baseline 2>&1 | tail -1
+bin=${FLUXTRAIL_BIN:-target/release/fluxtrail}
 
 work=$(mktemp -d)
 pids=()
@@ -38,7 +41,7 @@ load() {
 }
 start_fluxtrail() { # port datadir
   FLUXTRAIL_LISTEN=127.0.0.1:$1 FLUXTRAIL_DATA_DIR=$2 FLUXTRAIL_FLUX_HMAC_KEY=$key FLUXTRAIL_GITHUB_SECRET=$secret \
-    RUST_LOG=warn target/release/fluxtrail serve >"$2.log" 2>&1 &
+    RUST_LOG=warn "$bin" serve >"$2.log" 2>&1 &
   pids+=($!)
   echo $!
 }
@@ -62,6 +65,33 @@ for run in $(seq 1 "$runs"); do
   kill $pid; wait $pid 2>/dev/null || true
 done
 
+# Process start to answering GET / (the Functions host polls every 25 ms): 5 starts.
+startup() {
+  python3 - "$bin" "$work" <<'PY'
+import os, socket, subprocess, sys, time
+binary, work = sys.argv[1], sys.argv[2]
+times = []
+for i in range(5):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    env = dict(os.environ, FUNCTIONS_CUSTOMHANDLER_PORT=str(port), FLUXTRAIL_DATA_DIR=f"{work}/start-{i}", RUST_LOG="warn")
+    t0 = time.perf_counter()
+    p = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            c = socket.create_connection(("127.0.0.1", port), timeout=1)
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if c.recv(64).startswith(b"HTTP/1.1 200"):
+                times.append((time.perf_counter() - t0) * 1000)
+                c.close()
+                break
+        except OSError:
+            time.sleep(0.001)
+    p.terminate(); p.wait()
+times.sort()
+print(f"{times[2]:.1f}")
+PY
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 m() { for r in $(seq 1 "$runs"); do echo "${results[${1}_$r]}" | field "$2"; done | median; }
 
@@ -75,3 +105,13 @@ flux=$(m flux rps); base=$(m base_read rps); reject=$(m reject rps); breject=$(m
 echo "fluxtrail accepted Flux events/s: $flux = 1/$(python3 -c "print(round($base/$flux, 1))") of the bare-hyper baseline ($base/s)"
 echo "rejections/s: $reject = $(python3 -c "print(round(100*$reject/$breject))")% of the baseline's rejections ($breject/s)"
 echo "resident memory after the runs (KiB): $(for r in $(seq 1 "$runs"); do echo "${results[rss_$r]}"; done | median)"
+echo "process start to answering GET / (median of 5, ms): $(startup)"
+
+if [ "${MILLION:-0}" = 1 ]; then
+  python3 scripts/bench/events.py flux 1000000 5000 "$key" > "$work/million.txt"
+  fp=$(free_port); pid=$(start_fluxtrail $fp "$work/million"); wait_up $fp
+  for part in 1 2 3 4; do
+    out=$(REQUESTS="$work/million.txt" DURATION=60s wrk -t1 -c"$conns" -d60s --timeout 5s -s scripts/bench/replay.lua "http://127.0.0.1:$fp" | grep '^RESULT')
+    echo "million part $part: $out rss_kib=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)"
+  done
+fi

@@ -24,7 +24,7 @@ pub use target::{TargetRecord, TargetState, TargetUpdate};
 
 /// How many recent events' target updates the state keeps, so a retried event whose first
 /// attempt stopped after the state write can still finish its target rows.
-const RECENT: usize = 8;
+const RECENT: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -133,8 +133,13 @@ impl Ledger {
             // SQLite; on Table Storage the object's transaction first, then the rows.
             let mut writes = vec![(Table::Objects, pk.clone(), ops)];
             for (sha, row) in &blind {
-                let entity = Entity::from_record(sha.as_str(), TargetRecord::row_key(&event.object), row);
-                writes.push((Table::Commits, sha.to_string(), vec![BatchOp::Upsert(entity)]));
+                let entity =
+                    Entity::from_record(sha.as_str(), TargetRecord::row_key(&event.object), row);
+                writes.push((
+                    Table::Commits,
+                    sha.to_string(),
+                    vec![BatchOp::Upsert(entity)],
+                ));
             }
             match self.store.batches(writes).await {
                 Ok(_) => {}

@@ -105,7 +105,8 @@ impl Entity {
 
     /// Reads the properties back as a record.
     pub fn record<T: DeserializeOwned>(&self) -> Result<T, StoreError> {
-        serde_json::from_value(Value::Object(self.props.clone()))
+        // Straight from the map, without copying it into a `Value` first.
+        T::deserialize(&self.props)
             .map_err(|e| StoreError::Corrupt(format!("{}/{}: {e}", self.pk, self.rk)))
     }
 }
@@ -160,7 +161,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// can make them one atomic unit does (SQLite: one transaction, so one commit wait); Table
     /// Storage runs them one after the other and stops at the first failure, which callers
     /// must tolerate (all writes of the ledger are idempotent merges).
-    async fn batches(&self, writes: Vec<(Table, String, Vec<BatchOp>)>) -> Result<Vec<Vec<Etag>>, StoreError> {
+    async fn batches(
+        &self,
+        writes: Vec<(Table, String, Vec<BatchOp>)>,
+    ) -> Result<Vec<Vec<Etag>>, StoreError> {
         let mut out = Vec::with_capacity(writes.len());
         for (table, pk, ops) in writes {
             out.push(self.batch(table, &pk, ops).await?);

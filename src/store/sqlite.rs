@@ -55,10 +55,23 @@ struct Job {
 /// A write operation with its properties already encoded, so the writer thread — the one
 /// serial part — only executes statements.
 enum Prepared {
-    Insert { rk: String, props: String },
-    Upsert { rk: String, props: String },
-    Update { rk: String, props: String, etag: Etag },
-    Delete { rk: String, etag: Option<Etag> },
+    Insert {
+        rk: String,
+        props: String,
+    },
+    Upsert {
+        rk: String,
+        props: String,
+    },
+    Update {
+        rk: String,
+        props: String,
+        etag: Etag,
+    },
+    Delete {
+        rk: String,
+        etag: Option<Etag>,
+    },
 }
 
 impl Prepared {
@@ -67,21 +80,34 @@ impl Prepared {
             if e.pk == pk {
                 Ok(())
             } else {
-                Err(StoreError::Corrupt(format!("a batch spans one partition only ({})", e.pk)))
+                Err(StoreError::Corrupt(format!(
+                    "a batch spans one partition only ({})",
+                    e.pk
+                )))
             }
         };
         Ok(match op {
             BatchOp::Insert(e) => {
                 check(&e)?;
-                Prepared::Insert { props: encode(&e.props), rk: e.rk }
+                Prepared::Insert {
+                    props: encode(&e.props),
+                    rk: e.rk,
+                }
             }
             BatchOp::Upsert(e) => {
                 check(&e)?;
-                Prepared::Upsert { props: encode(&e.props), rk: e.rk }
+                Prepared::Upsert {
+                    props: encode(&e.props),
+                    rk: e.rk,
+                }
             }
             BatchOp::Update(e, etag) => {
                 check(&e)?;
-                Prepared::Update { props: encode(&e.props), rk: e.rk, etag }
+                Prepared::Update {
+                    props: encode(&e.props),
+                    rk: e.rk,
+                    etag,
+                }
             }
             BatchOp::Delete { rk, etag } => Prepared::Delete { rk, etag },
         })
@@ -179,7 +205,10 @@ impl SqliteStore {
     }
 
     /// Queues a write for the writer and waits for its commit.
-    async fn write(&self, parts: Vec<(Table, String, Vec<BatchOp>)>) -> Result<Vec<Vec<Etag>>, StoreError> {
+    async fn write(
+        &self,
+        parts: Vec<(Table, String, Vec<BatchOp>)>,
+    ) -> Result<Vec<Vec<Etag>>, StoreError> {
         let parts = parts
             .into_iter()
             .map(|(table, pk, ops)| {
@@ -207,7 +236,12 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
     }
 
-    async fn write_one(&self, table: Table, pk: String, ops: Vec<BatchOp>) -> Result<Vec<Etag>, StoreError> {
+    async fn write_one(
+        &self,
+        table: Table,
+        pk: String,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<Etag>, StoreError> {
         Ok(self.write(vec![(table, pk, ops)]).await?.remove(0))
     }
 }
@@ -309,14 +343,22 @@ fn decode(pk: String, rk: String, etag: String, props: &str) -> Result<Entity, S
 
 /// Executes one operation (cached statements; the checks are in the statements themselves:
 /// the primary key for inserts, `WHERE etag = ?` for conditional writes).
-fn apply(conn: &Connection, etags: &EtagSource, table: Table, pk: &str, op: &Prepared) -> Result<Etag, StoreError> {
+fn apply(
+    conn: &Connection,
+    etags: &EtagSource,
+    table: Table,
+    pk: &str,
+    op: &Prepared,
+) -> Result<Etag, StoreError> {
     let t = table.name();
     match op {
         Prepared::Insert { rk, props } => {
             let tag = etags.next();
-            conn.prepare_cached("INSERT INTO entities (tbl, pk, rk, etag, props) VALUES (?1, ?2, ?3, ?4, ?5)")
-                .and_then(|mut s| s.execute(params![t, pk, rk, tag.0, props]))
-                .map_err(map_err)?;
+            conn.prepare_cached(
+                "INSERT INTO entities (tbl, pk, rk, etag, props) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| s.execute(params![t, pk, rk, tag.0, props]))
+            .map_err(map_err)?;
             Ok(tag)
         }
         Prepared::Upsert { rk, props } => {
@@ -344,7 +386,9 @@ fn apply(conn: &Connection, etags: &EtagSource, table: Table, pk: &str, op: &Pre
         Prepared::Delete { rk, etag } => {
             let changed = match etag {
                 Some(e) => conn
-                    .prepare_cached("DELETE FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3 AND etag = ?4")
+                    .prepare_cached(
+                        "DELETE FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3 AND etag = ?4",
+                    )
                     .and_then(|mut s| s.execute(params![t, pk, rk, e.0])),
                 None => conn
                     .prepare_cached("DELETE FROM entities WHERE tbl = ?1 AND pk = ?2 AND rk = ?3")
@@ -383,7 +427,9 @@ impl Store for SqliteStore {
 
     async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
         let pk = entity.pk.clone();
-        let mut tags = self.write_one(table, pk, vec![BatchOp::Insert(entity)]).await?;
+        let mut tags = self
+            .write_one(table, pk, vec![BatchOp::Insert(entity)])
+            .await?;
         Ok(tags.remove(0))
     }
 
@@ -397,7 +443,9 @@ impl Store for SqliteStore {
 
     async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
         let pk = entity.pk.clone();
-        let mut tags = self.write_one(table, pk, vec![BatchOp::Upsert(entity)]).await?;
+        let mut tags = self
+            .write_one(table, pk, vec![BatchOp::Upsert(entity)])
+            .await?;
         Ok(tags.remove(0))
     }
 
@@ -410,7 +458,10 @@ impl Store for SqliteStore {
         self.write_one(table, pk.to_string(), ops).await
     }
 
-    async fn batches(&self, writes: Vec<(Table, String, Vec<BatchOp>)>) -> Result<Vec<Vec<Etag>>, StoreError> {
+    async fn batches(
+        &self,
+        writes: Vec<(Table, String, Vec<BatchOp>)>,
+    ) -> Result<Vec<Vec<Etag>>, StoreError> {
         self.write(writes).await
     }
 
