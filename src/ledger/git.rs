@@ -9,7 +9,7 @@ use super::{object_partition, tagged, Ledger, MAX_CONFLICT_RETRIES};
 use crate::core::{self, Follow, ObjectState, TargetRecord};
 use crate::domain::{CommitSha, Revision};
 use crate::git::{GitEvent, Provider, PullRequest, Push};
-use crate::store::{Entity, StoreError, Table};
+use crate::store::{BatchOp, Entity, StoreError, Table};
 
 impl Ledger {
     /// Writes every projection of a Git event. Idempotent.
@@ -65,25 +65,34 @@ impl Ledger {
             Ok(_) | Err(StoreError::Conflict) => {}
             Err(e) => return Err(e),
         }
-        for commit in &push.commits {
-            let incoming = CommitRecord::from_push(provider, push, commit, received_at);
-            // Most commits are new: one insert. A commit seen before (another ref, a
-            // redelivery) is merged with what is stored.
-            match self
-                .store
-                .insert(
+        // Most commits are new: all inserted in one call (one commit on SQLite). If any was
+        // seen before (another ref, a redelivery), the call fails as a whole on SQLite — or
+        // stops there on Table Storage — and each commit is merged with what is stored.
+        let records: Vec<CommitRecord> = push
+            .commits
+            .iter()
+            .map(|c| CommitRecord::from_push(provider, push, c, received_at))
+            .collect();
+        let inserts = records
+            .iter()
+            .map(|r| {
+                (
                     Table::Commits,
-                    Entity::from_record(commit.sha.as_str(), "commit", &incoming),
+                    r.sha.clone(),
+                    vec![BatchOp::Insert(Entity::from_record(&r.sha, "commit", r))],
                 )
-                .await
-            {
-                Ok(_) => continue,
-                Err(StoreError::Conflict) => {}
-                Err(e) => return Err(e),
-            }
+            })
+            .collect();
+        match self.store.batches(inserts).await {
+            Ok(_) => return Ok(push.commits.len()),
+            Err(StoreError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
+        for incoming in records {
+            let sha = incoming.sha.clone();
             self.modify(
                 Table::Commits,
-                commit.sha.as_str(),
+                &sha,
                 "commit",
                 |stored: Option<CommitRecord>| {
                     Some(match stored {

@@ -35,9 +35,17 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 struct Inner {
+    /// Tells the checkpoint thread to end when the store goes away.
+    stop: Arc<std::sync::atomic::AtomicBool>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicU64,
     writer: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// How many writes may wait for the writer before new ones are refused (backpressure).
@@ -154,6 +162,7 @@ impl SqliteStore {
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA busy_timeout = 5000;
+                 PRAGMA wal_autocheckpoint = 0;
                  CREATE TABLE IF NOT EXISTS entities (
                      tbl TEXT NOT NULL,
                      pk TEXT NOT NULL,
@@ -171,6 +180,21 @@ impl SqliteStore {
                 .map_err(map_err)?;
             readers.push(Mutex::new(r));
         }
+        // Checkpoints copy the WAL into the database and fsync it: done here, off the writer
+        // thread (PASSIVE never blocks it), instead of inside whichever commit crosses the
+        // auto-checkpoint threshold — that commit's requests used to wait for it.
+        let checkpointer = Connection::open(&path).map_err(map_err)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    let _ = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -178,6 +202,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
+                stop,
                 readers,
                 next_reader: AtomicU64::new(0),
                 writer: tx,
