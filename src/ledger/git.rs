@@ -213,12 +213,13 @@ impl Ledger {
             .map(|e| e.rk)
             .collect();
         // Objects that reported a pushed commit under a pointer naming this ref.
-        for sha in &pushed {
-            for row in self
-                .store
-                .query_partition(Table::Commits, sha.as_str(), Some("target|"))
-                .await?
-            {
+        let pks: Vec<String> = pushed.iter().map(|s| s.to_string()).collect();
+        for rows in self
+            .store
+            .query_partitions(Table::Commits, &pks, Some("target|"))
+            .await?
+        {
+            for row in rows {
                 let t: TargetRecord = row.record()?;
                 let names_ref = t
                     .revision

@@ -179,6 +179,20 @@ pub trait Store: Send + Sync + fmt::Debug {
         pk: &str,
         rk_prefix: Option<&str>,
     ) -> Result<Vec<Entity>, StoreError>;
+    /// `query_partition` for several partitions, results in the order of `pks`. SQLite answers
+    /// in one query; Table Storage queries each partition.
+    async fn query_partitions(
+        &self,
+        table: Table,
+        pks: &[String],
+        rk_prefix: Option<&str>,
+    ) -> Result<Vec<Vec<Entity>>, StoreError> {
+        let mut out = Vec::with_capacity(pks.len());
+        for pk in pks {
+            out.push(self.query_partition(table, pk, rk_prefix).await?);
+        }
+        Ok(out)
+    }
     /// Every entity of a table whose string property `prop` equals `value` (a scan: for
     /// sweeps and recovery, never on a request path).
     async fn query_where(

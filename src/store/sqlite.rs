@@ -17,6 +17,7 @@
 //! blocking pool; each sits behind a std `Mutex` that is only locked inside a blocking call,
 //! never across an `.await`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -519,6 +520,53 @@ impl Store for SqliteStore {
                 decode(pk.clone(), rk, etag, &p)
             })
             .collect()
+        })
+        .await
+    }
+
+    async fn query_partitions(
+        &self,
+        table: Table,
+        pks: &[String],
+        rk_prefix: Option<&str>,
+    ) -> Result<Vec<Vec<Entity>>, StoreError> {
+        if pks.is_empty() {
+            return Ok(vec![]);
+        }
+        let pks = pks.to_vec();
+        let prefix = rk_prefix.unwrap_or("").to_string();
+        self.read(move |conn| {
+            // json_each turns the list into a table: one statement, whatever the count.
+            let list = Value::Array(pks.iter().cloned().map(Value::String).collect()).to_string();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT pk, rk, etag, props FROM entities
+                     WHERE tbl = ?1 AND pk IN (SELECT value FROM json_each(?2))
+                       AND substr(rk, 1, length(?3)) = ?3 ORDER BY pk, rk",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![table.name(), list, prefix], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(map_err)?;
+            let mut by_pk: HashMap<String, Vec<Entity>> = HashMap::new();
+            for row in rows {
+                let (pk, rk, etag, p) = row.map_err(map_err)?;
+                by_pk
+                    .entry(pk.clone())
+                    .or_default()
+                    .push(decode(pk, rk, etag, &p)?);
+            }
+            Ok(pks
+                .iter()
+                .map(|pk| by_pk.remove(pk).unwrap_or_default())
+                .collect())
         })
         .await
     }

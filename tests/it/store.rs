@@ -110,6 +110,28 @@ pub async fn conformance(store: Arc<dyn Store>) {
         .unwrap()
         .is_empty());
 
+    // several partitions at once, in the order asked, empty ones included
+    let many = store
+        .query_partitions(
+            t,
+            &[pk.to_string(), "empty".to_string(), "other".to_string()],
+            Some("review|"),
+        )
+        .await
+        .unwrap();
+    let rks: Vec<Vec<String>> = many
+        .into_iter()
+        .map(|v| v.into_iter().map(|e| e.rk).collect())
+        .collect();
+    assert_eq!(
+        rks,
+        vec![
+            vec!["review|amy".to_string(), "review|bob".to_string()],
+            vec![],
+            vec!["review|zed".to_string()]
+        ]
+    );
+
     // property scan
     store
         .insert(
