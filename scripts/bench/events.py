@@ -17,16 +17,18 @@ def sign(key, body):
 if kind in ("flux", "badsig"):
     objects = int(sys.argv[3]) if kind == "flux" else 1000
     key = sys.argv[4] if kind == "flux" else "wrong"
-    reasons = ["ReconciliationSucceeded", "Progressing", "HealthCheckFailed", "ReconciliationSucceeded"]
+    # A realistic mix: every object succeeds every interval; one event in 20 is a health
+    # check failure (an incident opens) and the next success closes it — so one event in ten
+    # produces a message.
     for i in range(n):
         obj, seq = i % objects, i // objects
-        reason = reasons[seq % len(reasons)]
+        reason = "HealthCheckFailed" if seq % 20 == 10 else ("Progressing" if seq % 2 else "ReconciliationSucceeded")
         t = 1786000000 + seq
         body = json.dumps({
             "involvedObject": {"kind": "Kustomization", "namespace": "flux-system", "name": f"app-{obj}", "apiVersion": "kustomize.toolkit.fluxcd.io/v1"},
             "severity": "error" if reason.endswith("Failed") else "info",
             "timestamp": f"2026-08-0{1 + (t // 86400) % 9}T{(t // 3600) % 24:02d}:{(t // 60) % 60:02d}:{t % 60:02d}Z",
-            "message": "Reconciliation finished in 1.2s, next run in 10m0s" if reason != "HealthCheckFailed" else "health check failed after 5m0s: timeout",
+            "message": {"HealthCheckFailed": "health check failed after 5m0s: timeout", "Progressing": "Health check passed in 1.1s"}.get(reason, "Reconciliation finished in 1.2s, next run in 10m0s"),
             "reason": reason,
             "metadata": {"revision": "main@sha1:" + hashlib.sha1(f"{seq // 10}".encode()).hexdigest()},
             "reportingController": "kustomize-controller",
