@@ -116,3 +116,94 @@ fn configuration_errors_exit_2_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Contract §1: secrets, signatures, `code` query values and `x-functions-key` never appear in
+/// the logs, at any level.
+#[tokio::test]
+async fn secrets_never_reach_the_logs_even_at_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("stdout.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fluxtrail"))
+        .arg("serve")
+        .env_clear()
+        .env("FLUXTRAIL_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FLUXTRAIL_DATA_DIR", dir.path())
+        .env("FLUXTRAIL_GITHUB_SECRET", GITHUB_SECRET)
+        .env("FLUXTRAIL_FLUX_HMAC_KEY", FLUX_HMAC_KEY)
+        .env("FLUXTRAIL_API_TOKEN", API_TOKEN)
+        .env("RUST_LOG", "trace")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    wait_ready(&client, port).await;
+    let body = fixture("github/push-forced.json");
+    let signature = sign("github", &body).remove(0).1;
+    let function_key = "fn-key-5d3c0b7e";
+    let code = "code-query-9a8b7c6d";
+    // Accepted, refused (wrong signature), and a read with the token.
+    for sig in [signature.clone(), format!("sha256={}", "0".repeat(64))] {
+        client
+            .post(format!(
+                "http://127.0.0.1:{port}/api/hooks/git/github?code={code}"
+            ))
+            .header("content-type", "application/json")
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", "log-1")
+            .header("X-Hub-Signature-256", &sig)
+            .header("x-functions-key", function_key)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+    }
+    let flux = flux_event("kustomization-health-failed.json", |_| {});
+    let flux_sig = format!(
+        "sha256={}",
+        fluxtrail::git::signature::sign_sha256_hex(FLUX_HMAC_KEY.as_bytes(), &flux)
+    );
+    client
+        .post(format!(
+            "http://127.0.0.1:{port}/api/hooks/flux/prod-eu?code={code}"
+        ))
+        .header("content-type", "application/json")
+        .header("x-signature", &flux_sig)
+        .body(flux)
+        .send()
+        .await
+        .unwrap();
+    client
+        .get(format!("http://127.0.0.1:{port}/api/commits/731f7eaddfb6af01cb2173e18f0f75b0ba780ef1?code={code}"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    child.wait().unwrap();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.lines().count() > 10,
+        "trace logging was on: {} lines",
+        logs.lines().count()
+    );
+    let sig_hex = signature.trim_start_matches("sha256=");
+    let flux_hex = flux_sig.trim_start_matches("sha256=");
+    for secret in [
+        GITHUB_SECRET,
+        FLUX_HMAC_KEY.trim(),
+        API_TOKEN,
+        function_key,
+        code,
+        sig_hex,
+        flux_hex,
+    ] {
+        assert!(!logs.contains(secret), "{secret:?} appears in the logs");
+    }
+}
