@@ -24,10 +24,13 @@ use serde::Serialize;
 use crate::core::message::message_id;
 use crate::core::{Message, MessageType, ObjectState, TargetRecord, TargetState};
 use crate::flux::ObjectRef;
-use crate::ledger::records::{DeliveryRecord, OutboxRecord, ROW_OUTBOX, ROW_STATE};
+use crate::ledger::records::{OutboxRecord, ROW_OUTBOX, ROW_STATE};
 use crate::ledger::{object_partition, Ledger};
 use crate::outbox::Dispatcher;
 use crate::store::{BatchOp, Entity, StoreError, Table};
+
+/// The most rows of each kind one sweep deletes.
+const RETENTION_BATCH: usize = 5_000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SweepSettings {
@@ -73,38 +76,42 @@ pub async fn sweep(
     let store = ledger.store();
     let cutoff = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
 
-    let old_deliveries = cutoff(settings.retain_deliveries);
+    // Retention: the store filters by age; at most RETENTION_BATCH rows of each kind per
+    // sweep, so a sweep's memory and time stay bounded whatever the history (the next sweeps
+    // take the rest).
+    let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let old_deliveries = stamp(cutoff(settings.retain_deliveries));
     let journal = store
-        .query_where(Table::Deliveries, "state", "done")
+        .query_before(
+            Table::Deliveries,
+            ("state", "done"),
+            "receivedAt",
+            &old_deliveries,
+            RETENTION_BATCH,
+        )
         .await?;
-    report.deleted_deliveries = delete_where(ledger, Table::Deliveries, journal, |e| {
-        e.record::<DeliveryRecord>()
-            .map(|d| d.received_at < old_deliveries)
-            .unwrap_or(false)
-    })
-    .await?;
+    report.deleted_deliveries = delete_where(ledger, Table::Deliveries, journal, |_| true).await?;
     let delivered = store
-        .query_where(Table::Objects, "delivery", "delivered")
+        .query_before(
+            Table::Objects,
+            ("delivery", "delivered"),
+            "deliveredAt",
+            &old_deliveries,
+            RETENTION_BATCH,
+        )
         .await?;
-    report.deleted_messages = delete_where(ledger, Table::Objects, delivered, |e| {
-        e.record::<OutboxRecord>()
-            .ok()
-            .and_then(|o| o.delivered_at)
-            .is_some_and(|t| t < old_deliveries)
-    })
-    .await?;
-    let old_history = cutoff(settings.retain_history);
+    report.deleted_messages = delete_where(ledger, Table::Objects, delivered, |_| true).await?;
+    let old_history = stamp(cutoff(settings.retain_history));
     let history = store
-        .query_where(Table::Objects, "rowType", "event")
+        .query_before(
+            Table::Objects,
+            ("rowType", "event"),
+            "timestamp",
+            &old_history,
+            RETENTION_BATCH,
+        )
         .await?;
-    report.deleted_history = delete_where(ledger, Table::Objects, history, |e| {
-        e.props
-            .get("timestamp")
-            .and_then(|t| t.as_str())
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .is_some_and(|t| t.to_utc() < old_history)
-    })
-    .await?;
+    report.deleted_history = delete_where(ledger, Table::Objects, history, |_| true).await?;
     Ok(report)
 }
 

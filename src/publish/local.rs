@@ -2,10 +2,11 @@
 //! `FLUXTRAIL_MESSAGES_FILE`, synced before `publish` returns.
 //!
 //! At-least-once delivery from the outbox means a message can be handed over twice (a crash
-//! between the append and the outbox's "delivered" mark). The sink remembers the ids in its
-//! file, so each occurrence appears exactly once, across restarts too.
+//! between the append and the outbox's "delivered" mark). The sink remembers the ids of the
+//! last `REMEMBERED` messages — read from the file's tail at start — so each occurrence appears
+//! exactly once, across restarts too, with memory that does not grow with the file.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,26 @@ pub struct LocalSink {
 struct Inner {
     file: File,
     ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+/// How many recent message ids the sink remembers (a re-hand-over follows its first within
+/// seconds to minutes).
+const REMEMBERED: usize = 65_536;
+/// How much of the file's end is read at start to recall them.
+const TAIL_BYTES: u64 = 32 * 1024 * 1024;
+
+impl Inner {
+    fn remember(&mut self, id: String) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back(id);
+            while self.order.len() > REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl LocalSink {
@@ -34,15 +55,24 @@ impl LocalSink {
             std::fs::create_dir_all(dir)
                 .map_err(|e| PublishError::Configuration(format!("{}: {e}", dir.display())))?;
         }
-        let mut ids = HashSet::new();
-        if let Ok(f) = File::open(path) {
-            for line in BufReader::new(f).lines() {
+        let mut inner_ids = Vec::new();
+        if let Ok(mut f) = File::open(path) {
+            use std::io::{Seek, SeekFrom};
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let start = len.saturating_sub(TAIL_BYTES);
+            f.seek(SeekFrom::Start(start))
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            let mut lines = BufReader::new(f).lines();
+            if start > 0 {
+                lines.next(); // a partial line
+            }
+            for line in lines {
                 let line = line.map_err(|e| PublishError::Unavailable(e.to_string()))?;
                 if let Some(id) = serde_json::from_str::<serde_json::Value>(&line)
                     .ok()
                     .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
                 {
-                    ids.insert(id);
+                    inner_ids.push(id);
                 }
             }
         }
@@ -51,9 +81,17 @@ impl LocalSink {
             .append(true)
             .open(path)
             .map_err(|e| PublishError::Configuration(format!("{}: {e}", path.display())))?;
+        let mut inner = Inner {
+            file,
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+        };
+        for id in inner_ids {
+            inner.remember(id);
+        }
         Ok(LocalSink {
             path: path.to_path_buf(),
-            inner: Arc::new(Mutex::new(Inner { file, ids })),
+            inner: Arc::new(Mutex::new(inner)),
         })
     }
 
@@ -80,7 +118,7 @@ impl Publisher for LocalSink {
                 .write_all(line.as_bytes())
                 .and_then(|_| g.file.sync_data())
                 .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-            g.ids.insert(id);
+            g.remember(id);
             Ok(())
         })
         .await

@@ -201,6 +201,34 @@ pub trait Store: Send + Sync + fmt::Debug {
         prop: &str,
         value: &str,
     ) -> Result<Vec<Entity>, StoreError>;
+    /// At most `limit` entities of a table whose string property `prop` equals `value` and
+    /// whose RFC 3339 property `time_prop` is earlier than `before` (retention: filtered by the
+    /// store, so a sweep never loads the whole history). The default filters a `query_where`.
+    async fn query_before(
+        &self,
+        table: Table,
+        (prop, value): (&str, &str),
+        time_prop: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let cutoff = chrono::DateTime::parse_from_rfc3339(before)
+            .map_err(|e| StoreError::Corrupt(format!("cutoff {before}: {e}")))?;
+        let mut rows: Vec<Entity> = self
+            .query_where(table, prop, value)
+            .await?
+            .into_iter()
+            .filter(|e| {
+                e.props
+                    .get(time_prop)
+                    .and_then(|t| t.as_str())
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t < cutoff)
+            })
+            .collect();
+        rows.truncate(limit);
+        Ok(rows)
+    }
     /// Cheap liveness check for `/api/health`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// A short name for health and logs.

@@ -49,6 +49,15 @@ impl Drop for Inner {
     }
 }
 
+/// The WAL size past which the checkpointer resets it (TRUNCATE).
+const WAL_LIMIT: u64 = 64 * 1024 * 1024;
+
+fn path_wal(db: &Path) -> std::path::PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    p.into()
+}
+
 /// How many writes may wait for the writer before new ones are refused (backpressure).
 const WRITE_QUEUE: usize = 4096;
 /// The most writes one commit carries.
@@ -185,14 +194,26 @@ impl SqliteStore {
         // thread (PASSIVE never blocks it), instead of inside whichever commit crosses the
         // auto-checkpoint threshold — that commit's requests used to wait for it.
         let checkpointer = Connection::open(&path).map_err(map_err)?;
+        checkpointer
+            .execute_batch("PRAGMA busy_timeout = 2000;")
+            .map_err(map_err)?;
+        let checkpoint_path = path.clone();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
+                let wal = path_wal(&checkpoint_path);
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(std::time::Duration::from_millis(500));
-                    let _ = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
+                    // PASSIVE never blocks the writer, but under constant reads the WAL is
+                    // never reset and grows without end; past WAL_LIMIT, TRUNCATE waits for a
+                    // quiet moment (briefly holding writes) and starts the WAL afresh.
+                    let big = std::fs::metadata(&wal)
+                        .map(|m| m.len() > WAL_LIMIT)
+                        .unwrap_or(false);
+                    let mode = if big { "TRUNCATE" } else { "PASSIVE" };
+                    let _ = checkpointer.execute_batch(&format!("PRAGMA wal_checkpoint({mode});"));
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
@@ -567,6 +588,45 @@ impl Store for SqliteStore {
                 .iter()
                 .map(|pk| by_pk.remove(pk).unwrap_or_default())
                 .collect())
+        })
+        .await
+    }
+
+    async fn query_before(
+        &self,
+        table: Table,
+        (prop, value): (&str, &str),
+        time_prop: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let path = format!("$.\"{}\"", prop.replace('"', ""));
+        let time_path = format!("$.\"{}\"", time_prop.replace('"', ""));
+        let (value, before) = (value.to_string(), before.to_string());
+        self.read(move |conn| {
+            // RFC 3339 UTC timestamps compare as text (to the second).
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT pk, rk, etag, props FROM entities
+                     WHERE tbl = ?1 AND json_extract(props, ?2) = ?3 AND json_extract(props, ?4) < ?5
+                     LIMIT ?6",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![table.name(), path, value, time_path, before, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(map_err)?;
+            rows.map(|row| {
+                let (pk, rk, etag, p) = row.map_err(map_err)?;
+                decode(pk, rk, etag, &p)
+            })
+            .collect()
         })
         .await
     }

@@ -439,6 +439,29 @@ impl Store for TableStore {
         "tables"
     }
 
+    async fn query_before(
+        &self,
+        table: Table,
+        (prop, value): (&str, &str),
+        time_prop: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        if !is_identifier(prop) || !is_identifier(time_prop) {
+            return Err(StoreError::Corrupt(format!(
+                "{prop:?}/{time_prop:?} are not property names"
+            )));
+        }
+        let filter = format!(
+            "p_{prop} eq {} and p_{time_prop} lt {}",
+            literal(value),
+            literal(before)
+        );
+        let mut rows = self.query(table, filter).await?;
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.get(Table::Deliveries, "ping", "ping")
             .await

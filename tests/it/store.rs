@@ -153,6 +153,54 @@ pub async fn conformance(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].rk, "1");
+    // Age-filtered scan (retention): only the older row of the kind asked for, within the limit.
+    store
+        .insert(
+            Table::Deliveries,
+            Entity::from_record(
+                "d",
+                "3",
+                &json!({"state": "done", "receivedAt": "2026-01-01T00:00:00Z"}),
+            ),
+        )
+        .await
+        .unwrap();
+    store
+        .insert(
+            Table::Deliveries,
+            Entity::from_record(
+                "d",
+                "4",
+                &json!({"state": "done", "receivedAt": "2026-06-01T00:00:00.5Z"}),
+            ),
+        )
+        .await
+        .unwrap();
+    let old = store
+        .query_before(
+            Table::Deliveries,
+            ("state", "done"),
+            "receivedAt",
+            "2026-03-01T00:00:00Z",
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.iter().map(|e| e.rk.as_str()).collect::<Vec<_>>(), ["3"]);
+    assert_eq!(
+        store
+            .query_before(
+                Table::Deliveries,
+                ("state", "done"),
+                "receivedAt",
+                "2027-01-01T00:00:00Z",
+                1
+            )
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // The value is data, never query syntax.
     assert!(store
         .query_where(Table::Deliveries, "state", "pending' or '1'='1")
