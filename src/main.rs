@@ -41,8 +41,11 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(settings.log_format);
+    // Blocking work is SQLite reads on two connections: more than a few threads would only
+    // queue on them, and every extra thread is another malloc arena holding memory.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(8)
         .build()
     {
         Ok(rt) => rt,
