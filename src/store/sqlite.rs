@@ -451,6 +451,28 @@ fn apply(
     }
 }
 
+/// Runs a query selecting `pk, rk, etag, props` and decodes its rows.
+fn entities(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Entity>, StoreError> {
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(map_err)?;
+    rows.map(|row| {
+        let (pk, rk, etag, p) = row.map_err(map_err)?;
+        decode(pk, rk, etag, &p)
+    })
+    .collect()
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn get(&self, table: Table, pk: &str, rk: &str) -> Result<Option<Entity>, StoreError> {
@@ -566,23 +588,9 @@ impl Store for SqliteStore {
                        AND substr(rk, 1, length(?3)) = ?3 ORDER BY pk, rk",
                 )
                 .map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![table.name(), list, prefix], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(map_err)?;
             let mut by_pk: HashMap<String, Vec<Entity>> = HashMap::new();
-            for row in rows {
-                let (pk, rk, etag, p) = row.map_err(map_err)?;
-                by_pk
-                    .entry(pk.clone())
-                    .or_default()
-                    .push(decode(pk, rk, etag, &p)?);
+            for e in entities(&mut stmt, params![table.name(), list, prefix])? {
+                by_pk.entry(e.pk.clone()).or_default().push(e);
             }
             Ok(pks
                 .iter()
@@ -612,21 +620,10 @@ impl Store for SqliteStore {
                      LIMIT ?6",
                 )
                 .map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![table.name(), path, value, time_path, before, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(map_err)?;
-            rows.map(|row| {
-                let (pk, rk, etag, p) = row.map_err(map_err)?;
-                decode(pk, rk, etag, &p)
-            })
-            .collect()
+            entities(
+                &mut stmt,
+                params![table.name(), path, value, time_path, before, limit as i64],
+            )
         })
         .await
     }
@@ -646,21 +643,7 @@ impl Store for SqliteStore {
                      WHERE tbl = ?1 AND json_extract(props, ?2) = ?3 ORDER BY pk, rk",
                 )
                 .map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![table.name(), path, value], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(map_err)?;
-            rows.map(|row| {
-                let (pk, rk, etag, p) = row.map_err(map_err)?;
-                decode(pk, rk, etag, &p)
-            })
-            .collect()
+            entities(&mut stmt, params![table.name(), path, value])
         })
         .await
     }
