@@ -73,45 +73,46 @@ pub async fn sweep(
         ..SweepReport::default()
     };
     report.delivered = dispatcher.deliver_all(now).await?.delivered;
-    let store = ledger.store();
-    let cutoff = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
-
     // Retention: the store filters by age; at most RETENTION_BATCH rows of each kind per
     // sweep, so a sweep's memory and time stay bounded whatever the history (the next sweeps
     // take the rest).
-    let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let old_deliveries = stamp(cutoff(settings.retain_deliveries));
-    let journal = store
-        .query_before(
+    let before = |d: Duration| {
+        (now - chrono::Duration::from_std(d).unwrap_or_default())
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let kinds = [
+        (
             Table::Deliveries,
             ("state", "done"),
             "receivedAt",
-            &old_deliveries,
-            RETENTION_BATCH,
-        )
-        .await?;
-    report.deleted_deliveries = delete_where(ledger, Table::Deliveries, journal, |_| true).await?;
-    let delivered = store
-        .query_before(
+            settings.retain_deliveries,
+        ),
+        (
             Table::Objects,
             ("delivery", "delivered"),
             "deliveredAt",
-            &old_deliveries,
-            RETENTION_BATCH,
-        )
-        .await?;
-    report.deleted_messages = delete_where(ledger, Table::Objects, delivered, |_| true).await?;
-    let old_history = stamp(cutoff(settings.retain_history));
-    let history = store
-        .query_before(
+            settings.retain_deliveries,
+        ),
+        (
             Table::Objects,
             ("rowType", "event"),
             "timestamp",
-            &old_history,
-            RETENTION_BATCH,
-        )
-        .await?;
-    report.deleted_history = delete_where(ledger, Table::Objects, history, |_| true).await?;
+            settings.retain_history,
+        ),
+    ];
+    let mut deleted = [0; 3];
+    for (n, (table, kind, time_prop, keep)) in kinds.into_iter().enumerate() {
+        let old = ledger
+            .store()
+            .query_before(table, kind, time_prop, &before(keep), RETENTION_BATCH)
+            .await?;
+        deleted[n] = delete(ledger, table, old).await?;
+    }
+    [
+        report.deleted_deliveries,
+        report.deleted_messages,
+        report.deleted_history,
+    ] = deleted;
     Ok(report)
 }
 
@@ -199,16 +200,11 @@ async fn stall(
     Ok(stalled)
 }
 
-/// Deletes the entities `old` selects, one partition's batch (≤ 100) at a time, each delete
-/// conditional on the etag read (a concurrent sweep's delete is not an error).
-async fn delete_where(
-    ledger: &Ledger,
-    table: Table,
-    rows: Vec<Entity>,
-    old: impl Fn(&Entity) -> bool,
-) -> Result<usize, StoreError> {
+/// Deletes the entities, one partition's batch (≤ 100) at a time, each delete conditional on
+/// the etag read (a concurrent sweep's delete is not an error).
+async fn delete(ledger: &Ledger, table: Table, rows: Vec<Entity>) -> Result<usize, StoreError> {
     let mut by_partition: BTreeMap<String, Vec<Entity>> = BTreeMap::new();
-    for e in rows.into_iter().filter(|e| old(e)) {
+    for e in rows {
         by_partition.entry(e.pk.clone()).or_default().push(e);
     }
     let mut deleted = 0;
