@@ -8,6 +8,8 @@ pub mod drift;
 pub mod history;
 pub mod incident;
 pub mod message;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod target;
 
 use chrono::{DateTime, Utc};

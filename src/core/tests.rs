@@ -1,183 +1,9 @@
-//! The core as tables of cases. `World` is the ledger's glue in miniature (follow decision,
-//! graph, target merge, message collection) so each case reads as a story of events.
+//! The core as tables of cases, told as stories of events to the `sim::World`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
-use sha2::{Digest, Sha256};
 
+use super::sim::*;
 use super::*;
-use crate::flux::{classify, ObjectRef, Severity};
-
-const REPO: &str = "github.com/acme/fleet";
-
-fn sha(n: u8) -> CommitSha {
-    CommitSha::parse(&format!("{n:02x}").repeat(20)).unwrap()
-}
-
-fn t(s: i64) -> DateTime<Utc> {
-    Utc.timestamp_opt(1_786_000_000 + s, 0).unwrap()
-}
-
-fn obj(cluster: &str, kind: &str, name: &str) -> ObjectRef {
-    ObjectRef {
-        cluster: cluster.into(),
-        kind: kind.into(),
-        namespace: "flux-system".into(),
-        name: name.into(),
-    }
-}
-
-fn apps() -> ObjectRef {
-    obj("prod-eu", "Kustomization", "apps")
-}
-
-/// An event as NC would send it; the fingerprint covers every field, like the body hash.
-fn ev(o: &ObjectRef, reason: &str, rev: Option<&str>, at: i64, message: &str) -> FluxEvent {
-    let severity = match reason {
-        "ReconciliationFailed"
-        | "HealthCheckFailed"
-        | "UpgradeFailed"
-        | "DriftDetected"
-        | "BuildFailed" => Severity::Error,
-        r if r.ends_with("Error") => Severity::Error,
-        _ => Severity::Info,
-    };
-    let mut metadata = std::collections::BTreeMap::new();
-    if let Some(r) = rev {
-        metadata.insert("revision".to_string(), r.to_string());
-    }
-    let fp = hex::encode(Sha256::digest(
-        format!("{o:?}{reason}{rev:?}{at}{message}").as_bytes(),
-    ));
-    FluxEvent {
-        object: o.clone(),
-        severity,
-        timestamp: t(at),
-        reason: reason.into(),
-        message: message.into(),
-        metadata,
-        reporting_controller: None,
-        fingerprint: fp,
-    }
-}
-
-fn main_rev(n: u8) -> String {
-    format!("main@sha1:{}", sha(n))
-}
-
-#[derive(Default)]
-struct World {
-    states: BTreeMap<ObjectRef, ObjectState>,
-    graph: BranchGraph,
-    commits: HashMap<CommitSha, CommitInfo>,
-    targets: BTreeMap<(CommitSha, ObjectRef), TargetRecord>,
-    messages: Vec<Message>,
-    incidents: BTreeMap<String, Incident>,
-}
-
-impl World {
-    fn push(&mut self, before: Option<u8>, commits: &[u8], forced: bool, at: i64) {
-        let list: Vec<CommitSha> = commits.iter().map(|n| sha(*n)).collect();
-        self.graph
-            .add_push(before.map(sha).as_ref(), &list, list.last(), forced);
-        for c in &list {
-            self.commits.entry(c.clone()).or_insert_with(|| CommitInfo {
-                sha: c.clone(),
-                repository: REPO.into(),
-                refs: vec!["refs/heads/main".into()],
-            });
-        }
-        // Followers, and objects that reported a pushed commit before the push.
-        let states: Vec<ObjectState> = self.states.values().cloned().collect();
-        for st in states {
-            let follows = st
-                .follows
-                .as_ref()
-                .is_some_and(|f| f.git_ref == "refs/heads/main");
-            let reported = st
-                .applied
-                .as_ref()
-                .and_then(|a| a.sha.clone())
-                .is_some_and(|s| list.iter().any(|c| c.as_str() == s));
-            if !(follows || reported) {
-                continue;
-            }
-            let mut st2 = st.clone();
-            if !follows {
-                st2.follows = Some(Follow {
-                    repository: REPO.into(),
-                    git_ref: "refs/heads/main".into(),
-                });
-                self.states.insert(st.object.clone(), st2.clone());
-            }
-            for u in on_push(&st2, &self.graph, &list, !follows, t(at)) {
-                self.merge(&u);
-            }
-        }
-    }
-
-    fn send(&mut self, e: &FluxEvent) -> Disposition {
-        let commit = e
-            .source_revision()
-            .and_then(|r| r.commit())
-            .and_then(|s| self.commits.get(&s).cloned());
-        let ctx = Context {
-            commit,
-            graph: Some(&self.graph),
-        };
-        let out = apply_event(
-            self.states.get(&e.object).cloned(),
-            e,
-            classify(e),
-            &ctx,
-            e.timestamp,
-        );
-        for u in &out.targets {
-            if out.disposition == Disposition::Duplicate {
-                let key = (u.sha.clone(), u.object.clone());
-                let row = TargetRecord::merge_replayed(self.targets.remove(&key), u);
-                self.targets.insert(key, row);
-            } else {
-                self.merge(u);
-            }
-        }
-        for i in &out.incidents {
-            self.incidents.insert(i.id.clone(), i.clone());
-        }
-        for m in &out.messages {
-            if !self.messages.iter().any(|x| x.id == m.id) {
-                self.messages.push(m.clone());
-            }
-        }
-        self.states.insert(e.object.clone(), out.state);
-        out.disposition
-    }
-
-    fn merge(&mut self, u: &TargetUpdate) {
-        let key = (u.sha.clone(), u.object.clone());
-        let row = TargetRecord::merge(self.targets.remove(&key), u);
-        self.targets.insert(key, row);
-    }
-
-    fn target(&self, n: u8, o: &ObjectRef) -> Option<TargetState> {
-        self.targets.get(&(sha(n), o.clone())).map(|r| r.state)
-    }
-
-    fn superseded_by(&self, n: u8, o: &ObjectRef) -> Option<String> {
-        self.targets
-            .get(&(sha(n), o.clone()))
-            .and_then(|r| r.superseded_by.clone())
-    }
-
-    fn types(&self) -> Vec<&'static str> {
-        self.messages
-            .iter()
-            .map(|m| m.kind.as_str().trim_start_matches("io.fluxtrail."))
-            .collect()
-    }
-}
 
 #[test]
 fn success_applies_the_commit() {
@@ -704,12 +530,6 @@ fn pool() -> Vec<FluxEvent> {
     ]
 }
 
-type Snapshot = (
-    BTreeMap<ObjectRef, ObjectState>,
-    BTreeMap<(CommitSha, ObjectRef), TargetRecord>,
-    BTreeSet<String>,
-);
-
 fn world_after(events: &[FluxEvent]) -> Snapshot {
     let mut w = World::default();
     w.push(Some(1), &[2, 3], false, 0);
@@ -717,17 +537,7 @@ fn world_after(events: &[FluxEvent]) -> Snapshot {
     for e in events {
         w.send(e);
     }
-    let mut states = w.states;
-    for s in states.values_mut() {
-        // `seen`/`recent` bookkeeping may differ in order; what matters is the rest.
-        s.seen.sort();
-        s.recent.clear();
-    }
-    (
-        states,
-        w.targets,
-        w.messages.iter().map(|m| m.id.clone()).collect(),
-    )
+    w.snapshot()
 }
 
 proptest! {

@@ -45,7 +45,7 @@ impl RepoKey {
         // scp-like `git@host:org/repo.git`: a ':' before the first '/' that is not a port.
         let (authority, path) = match url.find("://") {
             None => match (rest.find(':'), rest.find('/')) {
-                (Some(c), slash) if slash.is_none_or(|s| c < s) => {
+                (Some(c), slash) if slash.is_none_or(|s| c < s) && !rest.starts_with('[') => {
                     let after = &rest[c + 1..];
                     let is_port = after
                         .split('/')
@@ -62,25 +62,45 @@ impl RepoKey {
             Some(_) => split_authority(rest),
         };
         let host_port = authority.rsplit('@').next().unwrap_or_default();
-        let host = strip_port(host_port).to_ascii_lowercase();
+        let host = strip_port(host_port).to_lowercase();
         if host.is_empty() {
             return Err(RepoKeyError::NoHost);
+        }
+        if !host
+            .chars()
+            .all(|c| c.is_alphanumeric() || "-._[]:".contains(c))
+        {
+            return Err(RepoKeyError::Encoding);
         }
         let decoded = percent_decode_str(path)
             .decode_utf8()
             .map_err(|_| RepoKeyError::Encoding)?;
+        // A key must read back as itself: characters that would be taken for a query,
+        // fragment or escape the second time (and never occur in a repository's name) are
+        // refused rather than kept.
+        if decoded.contains(['?', '#', '%']) || decoded.chars().any(char::is_control) {
+            return Err(RepoKeyError::Encoding);
+        }
         let mut segments: Vec<String> = decoded
             .split('/')
+            .map(|s| s.trim().to_lowercase())
             .filter(|s| !s.is_empty())
-            .map(str::to_lowercase)
             .collect();
-        if let Some(last) = segments.last_mut() {
-            if let Some(stripped) = last.strip_suffix(".git") {
-                *last = stripped.to_string();
+        // Rewrite until nothing changes, so a key rewritten once is not rewritten again.
+        let (mut host, mut segments) = (host, segments);
+        loop {
+            let before = (host.clone(), segments.clone());
+            if let Some(last) = segments.last_mut() {
+                while let Some(stripped) = last.strip_suffix(".git") {
+                    *last = stripped.trim_end().to_string();
+                }
+            }
+            segments.retain(|s| !s.is_empty());
+            (host, segments) = provider_rewrite(host, segments);
+            if (&host, &segments) == (&before.0, &before.1) {
+                break;
             }
         }
-        segments.retain(|s| !s.is_empty());
-        let (host, segments) = provider_rewrite(host, segments);
         if segments.is_empty() {
             return Err(RepoKeyError::NoPath);
         }
@@ -100,9 +120,12 @@ fn split_authority(rest: &str) -> (&str, &str) {
 }
 
 fn strip_port(host_port: &str) -> &str {
-    if let Some(inner) = host_port.strip_prefix('[') {
-        // IPv6 literal: keep the brackets' content.
-        return inner.split(']').next().unwrap_or_default();
+    if host_port.starts_with('[') {
+        // IPv6 literal: kept with its brackets, so the key's host reads back as a host.
+        return match host_port.find(']') {
+            Some(end) => &host_port[..=end],
+            None => host_port,
+        };
     }
     host_port.split(':').next().unwrap_or_default()
 }
@@ -250,6 +273,47 @@ mod tests {
         ] {
             let k = key(url);
             assert_eq!(key(&k), k);
+        }
+    }
+
+    /// Found by the `repo_url` fuzz target: keys that became other keys when read again.
+    #[test]
+    fn a_key_reads_back_as_itself() {
+        let crash = "main@sha1shttps://dev.azure.c/grpuo/sub/repo/-/-gi\u{fffd}\u{1f}tolle:1f7/hre.cossction/_git/Fabrikam";
+        for url in [
+            crash,
+            "https://dev.azure.com/o/p/_git/r/-/tree/main",
+            "https://h.example/scm/scm/proj/repo",
+            "https://h.example/a/b.git.git",
+            "https://h.example/a/_git/_git/b",
+            "https://dev.ain//dev.ainc/fa\u{fffd}CDleuollion/_git/.git/kam-Fiber-Git/c4",
+            "https://[::1]:8080/a/b",
+            "https://\u{c7}\u{c7}.visualstudio.com/p/_git/r",
+            "https://h.example/a/b%20",
+            "https://dev.azure.com/org/My%20Project/_git/repo",
+        ] {
+            if let Ok(k) = RepoKey::from_url(url) {
+                assert_eq!(RepoKey::from_url(k.as_str()), Ok(k.clone()), "{url}");
+            }
+        }
+        assert_eq!(key("https://[::1]:8080/a/b"), "[::1]/a/b");
+        assert_eq!(
+            key("https://h.example/scm/scm/proj/repo"),
+            "h.example/proj/repo"
+        );
+        assert_eq!(key("https://h.example/a/b.git.git"), "h.example/a/b");
+        assert_eq!(
+            key("https://dev.azure.com/org/My%20Project/_git/repo"),
+            "dev.azure.com/org/my project/repo"
+        );
+        for url in [
+            "https://h.example/a/b%2541",
+            "https://h.example/a%3Fx/b",
+            "https://h.example/a/b%00",
+            "https://\u{b}\0h/a/b",
+            "https://o%41.visualstudio.com/p/_git/r",
+        ] {
+            assert_eq!(RepoKey::from_url(url), Err(RepoKeyError::Encoding), "{url}");
         }
     }
 }
