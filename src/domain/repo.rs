@@ -81,7 +81,7 @@ impl RepoKey {
         if decoded.contains(['?', '#', '%']) || decoded.chars().any(char::is_control) {
             return Err(RepoKeyError::Encoding);
         }
-        let mut segments: Vec<String> = decoded
+        let segments: Vec<String> = decoded
             .split('/')
             .map(|s| s.trim().to_lowercase())
             .filter(|s| !s.is_empty())
