@@ -110,6 +110,11 @@ pub struct Settings {
     pub publish_retry_base: Duration,
     /// Attempts after which an undelivered message is parked as dead (kept, re-drivable).
     pub publish_max_attempts: u32,
+    /// How long a client may take to send a request's headers, and then its body, before
+    /// the connection is closed (slow clients must not hold the server's resources).
+    pub request_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +133,8 @@ pub enum ConfigError {
     Size { name: &'static str, value: String },
     #[error("FLUXTRAIL_LOG_FORMAT={0:?} must be text or json")]
     LogFormat(String),
+    #[error("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED is set but this process runs under the Azure Functions host ({0} is set): unsigned deliveries are for local development only")]
+    InsecureUnderHost(&'static str),
 }
 
 impl Settings {
@@ -184,6 +191,22 @@ impl Settings {
                 }
             },
         };
+        // The switch is for a developer's machine. Under the Functions host (or anywhere in
+        // App Service) the endpoints are public: refuse to start rather than accept anyone.
+        if insecure_allow_unsigned {
+            if let Some(marker) = [
+                "FUNCTIONS_CUSTOMHANDLER_PORT",
+                "FUNCTIONS_HTTPWORKER_PORT",
+                "FUNCTIONS_WORKER_RUNTIME",
+                "WEBSITE_INSTANCE_ID",
+                "WEBSITE_SITE_NAME",
+            ]
+            .into_iter()
+            .find(|m| get(m).is_some())
+            {
+                return Err(ConfigError::InsecureUnderHost(marker));
+            }
+        }
         let log_format = match get("FLUXTRAIL_LOG_FORMAT").map(|v| v.trim().to_ascii_lowercase()) {
             None => LogFormat::Text,
             Some(v) if v == "text" => LogFormat::Text,
@@ -251,6 +274,8 @@ impl Settings {
             publish_timeout: duration("FLUXTRAIL_PUBLISH_TIMEOUT", Duration::from_secs(10))?,
             publish_retry_base: duration("FLUXTRAIL_PUBLISH_RETRY_BASE", Duration::from_secs(1))?,
             publish_max_attempts,
+            request_timeout: duration("FLUXTRAIL_REQUEST_TIMEOUT", Duration::from_secs(30))?,
+            max_connections: size("FLUXTRAIL_MAX_CONNECTIONS", 4096)?,
         })
     }
 }
@@ -330,6 +355,23 @@ mod tests {
                 .insecure_allow_unsigned
         );
         assert!(settings(&[("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED", "maybe")]).is_err());
+        for marker in [
+            "FUNCTIONS_CUSTOMHANDLER_PORT",
+            "FUNCTIONS_WORKER_RUNTIME",
+            "WEBSITE_INSTANCE_ID",
+        ] {
+            let err = settings(&[
+                ("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED", "true"),
+                (marker, "4321"),
+            ])
+            .unwrap_err();
+            assert!(matches!(err, ConfigError::InsecureUnderHost(m) if m == marker));
+            assert!(settings(&[
+                ("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED", "false"),
+                (marker, "4321")
+            ])
+            .is_ok());
+        }
         assert!(settings(&[("FLUXTRAIL_LOG_FORMAT", "xml")]).is_err());
         assert_eq!(settings(&[]).unwrap().git_body_limit, 25 * 1024 * 1024);
         assert_eq!(

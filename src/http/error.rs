@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
@@ -27,6 +27,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -65,6 +67,7 @@ impl ApiError {
             }
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Auth(AuthError::NotConfigured(_)) => {
                 (StatusCode::UNAUTHORIZED, "source_not_configured")
             }
@@ -121,6 +124,10 @@ impl ApiError {
             ApiError::StoreUnavailable(e) if !matches!(e, StoreError::Corrupt(_)) => {
                 // Git hosts and Flux retry; tell them when.
                 h.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::BodyTimeout(_) => {
+                // The rest of the body may still trickle in: this connection is done.
+                h.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::ReadTokenMissing | ApiError::ReadTokenInvalid => {
                 h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -37,7 +37,12 @@ pub(super) async fn git(
         }
     };
     let received_at = Utc::now();
-    let (parts, body) = read_body(req, state.settings.git_body_limit).await?;
+    let (parts, body) = read_body(
+        req,
+        state.settings.git_body_limit,
+        state.settings.request_timeout,
+    )
+    .await?;
     let delivery = Delivery {
         headers: &parts.headers,
         body: &body,
@@ -96,7 +101,12 @@ pub(super) async fn flux(
         });
     }
     let received_at = Utc::now();
-    let (parts, body) = read_body(req, state.settings.flux_body_limit).await?;
+    let (parts, body) = read_body(
+        req,
+        state.settings.flux_body_limit,
+        state.settings.request_timeout,
+    )
+    .await?;
     flux::authenticate(
         &state.settings.secrets,
         state.settings.insecure_allow_unsigned,

@@ -60,8 +60,10 @@ pub struct AppState {
     pub sweep: SweepSettings,
 }
 
-/// How long a client may take to send its request headers before the connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many request headers, and this many bytes of request line + headers; past
+/// either, hyper answers 431 and closes the connection. Git hosts send about 20 headers.
+const MAX_HEADERS: usize = 100;
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -73,7 +75,15 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let timeout = state.settings.request_timeout;
+    // One permit per open connection: past the cap, clients wait in the listen backlog
+    // instead of each costing a task and buffers.
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.settings.max_connections));
     loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
@@ -90,13 +100,16 @@ pub async fn serve(
                 let service = service_fn(move |req| handle(state.clone(), req));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .header_read_timeout(timeout)
+                    .max_headers(MAX_HEADERS)
+                    .max_buf_size(MAX_HEADER_BYTES)
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             _ = &mut shutdown => break,
@@ -206,10 +219,12 @@ fn media_type(headers: &HeaderMap) -> String {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes: early from `Content-Length`,
-/// and while streaming for chunked bodies that announce nothing.
+/// and while streaming for chunked bodies that announce nothing; and refusing bodies that
+/// take longer than `timeout` to arrive (408, connection closed).
 async fn read_body(
     req: Request<Incoming>,
     limit: usize,
+    timeout: Duration,
 ) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
     let declared = req
         .headers()
@@ -220,7 +235,10 @@ async fn read_body(
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let (parts, body) = req.into_parts();
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::BodyTimeout(timeout))?;
+    match collected {
         Ok(collected) => Ok((parts, collected.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge { limit })

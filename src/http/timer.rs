@@ -21,7 +21,7 @@ pub(super) async fn sweep(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, 1024 * 1024).await?;
+    let (_, body) = read_body(req, 1024 * 1024, state.settings.request_timeout).await?;
     let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let clock = Utc::now();
     let now = payload

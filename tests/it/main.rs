@@ -6,6 +6,7 @@ mod fake_sb;
 mod flux;
 mod helpers;
 mod hooks;
+mod hostile;
 mod hosting;
 mod ledger;
 mod outage;

@@ -207,3 +207,60 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
         assert!(!logs.contains(secret), "{secret:?} appears in the logs");
     }
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 2,000 clients connect and stop talking (half of them mid-request-line): the process stays
+/// within a bounded amount of memory and a new client is served at once.
+#[tokio::test]
+async fn two_thousand_idle_connections_cost_bounded_memory_and_new_clients_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = start(dir.path(), port);
+    let client = reqwest::Client::new();
+    wait_ready(&client, port).await;
+    let before = rss_kib(child.id());
+    let mut idle = Vec::new();
+    for i in 0..2000 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"POST /api/hooks/git/github HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let resp = client
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    let after = rss_kib(child.id());
+    eprintln!(
+        "2,000 idle connections: RSS {before} KiB -> {after} KiB (+{} KiB), new request answered in {waited:?}",
+        after.saturating_sub(before)
+    );
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(waited < Duration::from_millis(500), "{waited:?}");
+    assert!(
+        after.saturating_sub(before) < 64 * 1024,
+        "2,000 idle connections grew RSS by {} KiB",
+        after - before
+    );
+    drop(idle);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
