@@ -2,8 +2,9 @@
 # The whole test suite, from a fresh clone: formatting, lints, unit and integration tests on
 # the embedded store, the same integration suite on Azure Table Storage (Azurite, installed
 # from npm with the lockfile and started here on a free port), the Flux suite against the
-# Service Bus stand-in, and the README's newcomer path (start the server, send a signed push
-# and a signed Flux event with curl, read the evidence back).
+# Service Bus stand-in, the README's newcomer path (start the server, send a signed push
+# and a signed Flux event with curl, read the evidence back), and schemathesis against the
+# running server with openapi.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,10 +54,8 @@ cargo test --locked --test it -- --ignored
 echo "== Table Storage: the whole HTTP integration suite on Azurite"
 FLUXTRAIL_TEST_STORE=tables cargo test --locked --test it
 
-echo "== Python tools for the infrastructure checks (checkov, PyYAML)"
-if ! python3 -c 'import yaml' 2>/dev/null || ! command -v checkov >/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-ci.txt
-fi
+echo "== Python tools (checkov, PyYAML, schemathesis), pinned in scripts/requirements-ci.txt"
+python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-ci.txt
 
 echo "== infra/flux agrees with the server (routes, headers, cluster names)"
 python3 scripts/check-flux.py
@@ -105,3 +104,6 @@ kill -TERM $server
 wait $server || { echo "server did not stop cleanly on SIGTERM"; cat "$work/server.log"; exit 1; }
 grep -q "stopped" "$work/server.log" || { echo "no graceful shutdown in the log"; cat "$work/server.log"; exit 1; }
 echo "newcomer: 1 passed, 0 failed"
+
+echo "== schemathesis: openapi.yaml against the running server (no 5xx, every answer matches its schema)"
+scripts/schemathesis.sh target/debug/fluxtrail

@@ -109,7 +109,14 @@ impl Dispatcher {
                             due = Some(due.map_or(at, |d| d.min(at)));
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "outbox pass failed; will retry"),
+                    Err(e) => {
+                        // The store failed mid-pass (full disk, outage): what that pass would
+                        // have scheduled is unknown, so look again soon rather than at the
+                        // next scan.
+                        let retry = tokio::time::Instant::now() + self.policy.base;
+                        due = Some(due.map_or(retry, |d| d.min(retry)));
+                        tracing::warn!(error = %e, retry_in = ?self.policy.base, "outbox pass failed; will retry");
+                    }
                 }
             }
         })

@@ -311,14 +311,20 @@ pub fn authenticate(
 
 /// Parses an authenticated delivery.
 pub fn parse(provider: Provider, d: &Delivery<'_>) -> Result<Parsed, ParseError> {
-    match provider {
+    let parsed = match provider {
         Provider::GitHub => github::parse(d),
         Provider::GitLab => gitlab::parse(d),
         Provider::AzureDevOps => azuredevops::parse(d),
         Provider::Bitbucket => bitbucket::parse(d),
         Provider::BitbucketServer => bitbucket_server::parse(d),
         Provider::Gitea | Provider::Forgejo => gitea::parse(d),
+    }?;
+    if matches!(parsed.event, GitEvent::Ignored { .. }) {
+        // Event types we do not model are answered without reading them, but a body that is
+        // not a JSON object is malformed whatever its event type says.
+        d.parse_json::<std::collections::HashMap<String, serde::de::IgnoredAny>>()?;
     }
+    Ok(parsed)
 }
 
 // ---- helpers shared by the host modules ------------------------------------------------

@@ -55,7 +55,6 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
-        .filter(|v| !v.is_empty())
 }
 
 pub(super) async fn objects(
@@ -64,7 +63,8 @@ pub(super) async fn objects(
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
     authorize(state, headers)?;
-    let cluster = query_param(query, "cluster");
+    // `cluster=` (empty) means every cluster, like no filter at all.
+    let cluster = query_param(query, "cluster").filter(|c| !c.is_empty());
     let objects = state.ledger.objects(cluster.as_deref()).await?;
     let items: Vec<serde_json::Value> = objects.iter().map(object_view).collect();
     Ok(json_response(StatusCode::OK, &json!({"objects": items})))

@@ -143,7 +143,21 @@ impl Ledger {
             }
             match self.store.batches(writes).await {
                 Ok(_) => {}
-                Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
+                Err(StoreError::Conflict) => {
+                    // Either another writer created the state first, or this very event
+                    // (same time, same body) is already in the history: then it is a retry
+                    // the state did not recognise, and trying again would conflict forever.
+                    if self
+                        .store
+                        .get(Table::Objects, &pk, &history.rk)
+                        .await?
+                        .is_some()
+                    {
+                        return Ok(Recorded::Duplicate);
+                    }
+                    continue;
+                }
+                Err(StoreError::PreconditionFailed) => continue,
                 Err(e) => return Err(e),
             }
             for u in &merged {
@@ -253,14 +267,16 @@ fn summary(event: &FluxEvent, class: Class, out: &core::Outcome) -> serde_json::
 }
 
 /// Every event is kept in its object's history: row `event|{time}|{fingerprint}`, keyed so a
-/// retry rewrites the same row. Long messages (Helm appends its logs) are cut.
+/// retry rewrites the same row. The time keeps its nanoseconds: two events of one second
+/// (or an event without a timestamp, which takes its arrival time, sent twice) are two rows.
+/// Long messages (Helm appends its logs) are cut.
 fn history_row(pk: &str, event: &FluxEvent, class: crate::flux::Class) -> crate::store::Entity {
     let message = crate::flux::cut(event.message.clone(), 8 * 1024);
     let rk = format!(
         "event|{}|{}",
         event
             .timestamp
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         event.fingerprint
     );
     tagged(

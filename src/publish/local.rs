@@ -28,6 +28,9 @@ struct Inner {
     file: File,
     ids: HashSet<String>,
     order: VecDeque<String>,
+    /// The file may end in a torn line (a failed write that could not be cut off, or a
+    /// crash mid-write): the next line starts with a newline.
+    torn: bool,
 }
 
 /// How many recent message ids the sink remembers (a re-hand-over follows its first within
@@ -37,6 +40,37 @@ const REMEMBERED: usize = 65_536;
 const TAIL_BYTES: u64 = 32 * 1024 * 1024;
 
 impl Inner {
+    /// Appends one line and syncs it. A write that fails part-way (disk full) is cut off
+    /// again, so the file only ever holds whole lines; if even that fails, the next line
+    /// starts on a fresh line so the torn one stays alone.
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let len = self.file.metadata()?.len();
+        let mut result = Ok(());
+        if self.torn {
+            result = self.file.write_all(b"\n");
+        }
+        result = result
+            .and_then(|_| self.file.write_all(line))
+            .and_then(|_| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.torn = false;
+                Ok(())
+            }
+            Err(e) => {
+                if self
+                    .file
+                    .set_len(len)
+                    .and_then(|_| self.file.sync_data())
+                    .is_err()
+                {
+                    self.torn = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
     fn remember(&mut self, id: String) {
         if self.ids.insert(id.clone()) {
             self.order.push_back(id);
@@ -81,10 +115,12 @@ impl LocalSink {
             .append(true)
             .open(path)
             .map_err(|e| PublishError::Configuration(format!("{}: {e}", path.display())))?;
+        let torn = ends_mid_line(path);
         let mut inner = Inner {
             file,
             ids: HashSet::new(),
             order: VecDeque::new(),
+            torn,
         };
         for id in inner_ids {
             inner.remember(id);
@@ -98,6 +134,16 @@ impl LocalSink {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Whether the file's last byte is not a newline (an empty or missing file is not).
+fn ends_mid_line(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::End(-1)).is_ok() && f.read_exact(&mut last).is_ok() && last[0] != b'\n'
 }
 
 #[async_trait]
@@ -114,9 +160,7 @@ impl Publisher for LocalSink {
             if g.ids.contains(&id) {
                 return Ok(());
             }
-            g.file
-                .write_all(line.as_bytes())
-                .and_then(|_| g.file.sync_data())
+            g.append(line.as_bytes())
                 .map_err(|e| PublishError::Unavailable(e.to_string()))?;
             g.remember(id);
             Ok(())
@@ -138,5 +182,50 @@ impl Publisher for LocalSink {
             .metadata()
             .map(|_| ())
             .map_err(|e| PublishError::Unavailable(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::MessageType;
+    use crate::flux::ObjectRef;
+
+    fn message(id: &str) -> Message {
+        Message {
+            id: id.into(),
+            kind: MessageType::ApplyFailed,
+            object: ObjectRef {
+                cluster: "c".into(),
+                kind: "Kustomization".into(),
+                namespace: "n".into(),
+                name: "a".into(),
+            },
+            time: chrono::Utc::now(),
+            revision: None,
+            sha: None,
+            reason: None,
+            message: None,
+            incident_id: None,
+            repository: None,
+        }
+    }
+
+    /// A line torn by a crash (or a full disk) stays alone: the next message starts on a
+    /// line of its own, and every complete line is a whole message.
+    #[tokio::test]
+    async fn a_torn_last_line_does_not_swallow_the_next_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("messages.jsonl");
+        std::fs::write(&path, "{\"id\":\"one\"}\n{\"id\":\"tw").unwrap();
+        let sink = LocalSink::open(&path).unwrap();
+        sink.publish(&message("three")).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[1], "{\"id\":\"tw");
+        let last: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+        assert_eq!(last["id"], "three");
+        assert!(text.ends_with('\n'));
     }
 }

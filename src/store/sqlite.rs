@@ -213,7 +213,12 @@ impl SqliteStore {
                         .map(|m| m.len() > WAL_LIMIT)
                         .unwrap_or(false);
                     let mode = if big { "TRUNCATE" } else { "PASSIVE" };
-                    let _ = checkpointer.execute_batch(&format!("PRAGMA wal_checkpoint({mode});"));
+                    if let Err(e) =
+                        checkpointer.execute_batch(&format!("PRAGMA wal_checkpoint({mode});"))
+                    {
+                        // Disk full, I/O error: the next round retries.
+                        tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+                    }
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;

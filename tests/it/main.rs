@@ -3,12 +3,14 @@
 
 mod approvals;
 mod fake_sb;
+mod faults;
 mod flux;
 mod helpers;
 mod hooks;
 mod hostile;
 mod hosting;
 mod ledger;
+mod openapi;
 mod outage;
 mod parsers;
 mod process;
