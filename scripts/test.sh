@@ -107,3 +107,6 @@ echo "newcomer: 1 passed, 0 failed"
 
 echo "== schemathesis: openapi.yaml against the running server (no 5xx, every answer matches its schema)"
 scripts/schemathesis.sh target/debug/fluxtrail
+
+echo "== SIGKILL in a loop under load (short run; RELIABILITY.md reports a long one)"
+python3 scripts/kill-loop.py --kills 8 --binary target/debug/fluxtrail

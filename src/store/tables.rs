@@ -150,6 +150,19 @@ fn location_and_credentials(
 /// query on the encoded prefix finds exactly the keys with the logical prefix. Keys longer
 /// than the limit keep their first part and a hash.
 pub fn encode_key(key: &str) -> String {
+    let out = escape_key(key);
+    if out.chars().count() > MAX_KEY {
+        let head: String = out.chars().take(KEPT_HEAD).collect();
+        let hash = hex::encode(Sha256::digest(key.as_bytes()));
+        return format!("{head}~{hash}");
+    }
+    out
+}
+
+/// How much of an over-long escaped key is kept before its hash.
+const KEPT_HEAD: usize = MAX_KEY - 80;
+
+fn escape_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for c in key.chars() {
         if matches!(c, '/' | '\\' | '#' | '?' | '%' | '\'') || c.is_control() {
@@ -161,10 +174,15 @@ pub fn encode_key(key: &str) -> String {
             out.push(c);
         }
     }
-    if out.chars().count() > MAX_KEY {
-        let head: String = out.chars().take(MAX_KEY - 80).collect();
-        let hash = hex::encode(Sha256::digest(key.as_bytes()));
-        out = format!("{head}~{hash}");
+    out
+}
+
+/// The stored-key prefix every key starting with `prefix` has: its escaping, cut to the part
+/// an over-long key keeps (the rest of such keys is a hash, so the caller filters).
+fn encode_prefix(prefix: &str) -> String {
+    let out = escape_key(prefix);
+    if out.chars().count() > KEPT_HEAD {
+        return out.chars().take(KEPT_HEAD).collect();
     }
     out
 }
@@ -401,7 +419,7 @@ impl Store for TableStore {
     ) -> Result<Vec<Entity>, StoreError> {
         let mut filter = format!("PartitionKey eq {}", literal(&encode_key(pk)));
         if let Some(prefix) = rk_prefix.filter(|p| !p.is_empty()) {
-            let lo = encode_key(prefix);
+            let lo = encode_prefix(prefix);
             let mut hi: Vec<char> = lo.chars().collect();
             let last = hi.pop().expect("non-empty");
             hi.push(char::from_u32(last as u32 + 1).unwrap_or(char::MAX));
@@ -413,6 +431,10 @@ impl Store for TableStore {
             ));
         }
         let mut rows = self.query(table, filter).await?;
+        if let Some(prefix) = rk_prefix {
+            // Over-long keys share a cut prefix in storage; their own keys tell them apart.
+            rows.retain(|r| r.rk.starts_with(prefix));
+        }
         rows.sort_by(|a, b| a.rk.cmp(&b.rk));
         Ok(rows)
     }

@@ -265,10 +265,79 @@ pub async fn conformance(store: Arc<dyn Store>) {
     );
 }
 
+/// Keys with every character Table Storage forbids or escaping could confuse, unicode in
+/// several normal forms, control characters and 1 KiB+ names: each key is its own row, reads
+/// back its own value, and no partition or prefix query reaches another key's rows.
+pub async fn hostile_keys(store: Arc<dyn Store>) {
+    let t = Table::Objects;
+    let long = "k".repeat(1024);
+    let longer = format!("{long}/{}", "é".repeat(300));
+    let keys: Vec<String> = vec![
+        "a'b".into(),
+        "a''b".into(),
+        "a/b".into(),
+        "a%2Fb".into(),
+        "a%2fb".into(),
+        "a_b".into(),
+        "a\\b".into(),
+        "a#b".into(),
+        "a?b".into(),
+        "a%b".into(),
+        "a%25b".into(),
+        "caf\u{e9}".into(),
+        "cafe\u{301}".into(),
+        "\u{1F511}\u{200F}\u{5D0}".into(),
+        "a\u{1}b\tc\nd".into(),
+        "a\u{7f}".into(),
+        " a ".into(),
+        "a".into(),
+        "a|b".into(),
+        long.clone(),
+        format!("{long}x"),
+        longer,
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        store
+            .insert(t, entity(k, k, i as i64))
+            .await
+            .unwrap_or_else(|e| panic!("{k:?}: {e}"));
+        store
+            .insert(t, entity(k, &format!("{k}|2"), i as i64))
+            .await
+            .unwrap_or_else(|e| panic!("{k:?}: {e}"));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let got = store
+            .get(t, k, k)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{k:?} lost"));
+        assert_eq!(got.props["v"], i as i64, "{k:?} read another row");
+        assert_eq!(got.pk, *k);
+        assert_eq!(got.rk, *k);
+        let rows = store.query_partition(t, k, None).await.unwrap();
+        let rks: Vec<&str> = rows.iter().map(|r| r.rk.as_str()).collect();
+        assert_eq!(rks.len(), 2, "{k:?}: {rks:?}");
+        assert!(
+            rows.iter().all(|r| r.pk == *k && r.props["v"] == i as i64),
+            "{k:?}"
+        );
+        let prefixed = store.query_partition(t, k, Some(k)).await.unwrap();
+        assert_eq!(prefixed.len(), 2, "{k:?}");
+        let exact = store
+            .query_partition(t, k, Some(&format!("{k}|")))
+            .await
+            .unwrap();
+        assert_eq!(exact.len(), 1, "{k:?}");
+    }
+}
+
 #[tokio::test]
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    conformance(Arc::new(SqliteStore::open(dir.path()).unwrap())).await;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    conformance(store.clone()).await;
+    hostile_keys(store).await;
 }
 
 #[tokio::test]
@@ -330,5 +399,7 @@ async fn table_store_conforms() {
     )
     .await
     .unwrap();
-    conformance(Arc::new(store)).await;
+    let store: Arc<dyn Store> = Arc::new(store);
+    conformance(store.clone()).await;
+    hostile_keys(store).await;
 }
