@@ -32,6 +32,10 @@ if cargo tree --locked -e normal,build -i openssl-sys >/dev/null 2>&1; then
   echo "openssl-sys is in the dependency tree"; cargo tree --locked -i openssl-sys; exit 1
 fi
 
+echo "== cargo deny: licenses, bans, sources (deny.toml; advisories need GitHub, see deny.toml)"
+command -v cargo-deny >/dev/null || cargo install cargo-deny --version 0.20.2 --locked
+cargo deny --offline --log-level error check licenses bans sources
+
 echo "== cargo test (embedded store, local sink)"
 cargo test --all-targets --locked
 
