@@ -41,6 +41,9 @@ struct Inner {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicU64,
     writer: std::sync::mpsc::SyncSender<Job>,
+    /// Why the last write failed (disk full, read-only, I/O error); cleared by the next
+    /// write that succeeds. `ping` reports it, so health turns 503 while writes fail.
+    write_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Drop for Inner {
@@ -223,9 +226,11 @@ impl SqliteStore {
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(WRITE_QUEUE);
+        let write_error = Arc::new(Mutex::new(None));
+        let last_error = write_error.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, &last_error))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -233,6 +238,7 @@ impl SqliteStore {
                 readers,
                 next_reader: AtomicU64::new(0),
                 writer: tx,
+                write_error,
             }),
         })
     }
@@ -299,7 +305,11 @@ impl SqliteStore {
 }
 
 /// The writer thread: group commit (see the module note).
-fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: std::sync::mpsc::Receiver<Job>,
+    last_error: &Mutex<Option<String>>,
+) {
     let etags = EtagSource::new();
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -310,6 +320,16 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
             }
         }
         let outcome = commit_group(&mut conn, &etags, &jobs);
+        let failure = match &outcome {
+            Err(e) => Some(e.to_string()),
+            Ok(results) => results.iter().find_map(|r| match r {
+                Err(StoreError::Unavailable(e)) => Some(e.clone()),
+                _ => None,
+            }),
+        };
+        if let Ok(mut last) = last_error.lock() {
+            *last = failure;
+        }
         match outcome {
             Ok(results) => {
                 for (job, result) in jobs.into_iter().zip(results) {
@@ -657,8 +677,23 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    /// Reads answer; and if the last write failed, a probe write tells whether writes work
+    /// again (nothing is written while they do).
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
-            .await
+            .await?;
+        let failing = self
+            .inner
+            .write_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or(None);
+        if let Some(why) = failing {
+            let probe = Entity::from_record("health", "probe", &serde_json::json!({}));
+            self.upsert(Table::Deliveries, probe)
+                .await
+                .map_err(|_| StoreError::Unavailable(format!("writes are failing: {why}")))?;
+        }
+        Ok(())
     }
 }

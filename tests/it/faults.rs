@@ -154,6 +154,16 @@ async fn wait_messages(client: &reqwest::Client, port: u16, sink: &Path, n: usiz
     }
 }
 
+async fn health_status(client: &reqwest::Client, port: u16) -> u16 {
+    client
+        .get(format!("http://127.0.0.1:{port}/api/health"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn integrity(db: &Path) {
     // Read-write: a read-only open of a WAL database through /proc/<pid>/root cannot map its
     // shared memory. The check itself writes nothing.
@@ -230,9 +240,15 @@ async fn a_full_disk_is_503_and_recovers_without_a_restart() {
         "disk full: {accepted} accepted (into space the store already had), {} refused with 503",
         refused.len()
     );
-    assert!(refused.len() > 30, "only {} refused", refused.len());
+    assert!(refused.len() >= 15, "only {} refused", refused.len());
 
+    // (Health may still be 200 here: small writes can fit where these events do not.)
     std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        health_status(&client, port).await,
+        200,
+        "health once there is room"
+    );
     // The same process, the same deliveries re-sent.
     resend_until_accepted(&client, port, &refused).await;
     let (objects, _) = ledger(&client, port, &sink).await;
@@ -302,7 +318,13 @@ async fn a_read_only_store_is_503_and_recovers_without_a_restart() {
         .status();
     chattr("-i", &files);
     assert_eq!(refused.len(), 30);
+    assert_eq!(health, 503, "health while writes fail");
     eprintln!("read-only: 30 refused with 503, health {health}");
+    assert_eq!(
+        health_status(&client, port).await,
+        200,
+        "health once writes work"
+    );
 
     resend_until_accepted(&client, port, &refused).await;
     let (objects, _) = ledger(&client, port, &sink).await;

@@ -115,6 +115,22 @@ fn configuration_errors_exit_2_with_a_message() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // The insecure switch under the Functions host: refused before anything listens.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxtrail"))
+        .arg("serve")
+        .env_clear()
+        .env("FLUXTRAIL_DATA_DIR", dir.path())
+        .env("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED", "true")
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED") && stderr.contains("Functions host"),
+        "{stderr}"
+    );
 }
 
 /// Contract §1: secrets, signatures, `code` query values and `x-functions-key` never appear in
