@@ -23,8 +23,19 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn server(program: &str, args: &[&str], dir: &Path, port: u16) -> Child {
-    Command::new(program)
+/// The server process, killed when the test ends however it ends (a failed assertion must not
+/// leave it running).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn server(program: &str, args: &[&str], dir: &Path, port: u16) -> Server {
+    let child = Command::new(program)
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -40,7 +51,8 @@ fn server(program: &str, args: &[&str], dir: &Path, port: u16) -> Child {
             None => Stdio::null(),
         })
         .spawn()
-        .unwrap()
+        .unwrap();
+    Server(child)
 }
 
 async fn wait_ready(client: &reqwest::Client, port: u16) {
@@ -201,12 +213,12 @@ async fn a_full_disk_is_503_and_recovers_without_a_restart() {
         bin = env!("CARGO_BIN_EXE_fluxtrail")
     );
     // A user and mount namespace of the server's own: no privilege needed for the tmpfs.
-    let mut child = server("unshare", &["-rm", "sh", "-c", &script], &data, port);
+    let child = server("unshare", &["-rm", "sh", "-c", &script], &data, port);
     let client = reqwest::Client::new();
     wait_ready(&client, port).await;
     // The server's view of its data directory (the tmpfs), from outside its namespace.
     let inside: PathBuf =
-        PathBuf::from(format!("/proc/{}/root", child.id())).join(data.strip_prefix("/").unwrap());
+        PathBuf::from(format!("/proc/{}/root", child.0.id())).join(data.strip_prefix("/").unwrap());
     let sink = inside.join("messages.jsonl");
 
     let bodies: Vec<Vec<u8>> = (0..50).map(failure).collect();
@@ -260,8 +272,7 @@ async fn a_full_disk_is_503_and_recovers_without_a_restart() {
     wait_messages(&client, port, &sink, 50).await;
     integrity(&inside.join("ledger.db"));
 
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }
 
 fn chattr(flag: &str, files: &[PathBuf]) {
@@ -277,7 +288,7 @@ fn chattr(flag: &str, files: &[PathBuf]) {
 async fn a_read_only_store_is_503_and_recovers_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = server(
+    let child = server(
         env!("CARGO_BIN_EXE_fluxtrail"),
         &["serve"],
         dir.path(),
@@ -331,6 +342,5 @@ async fn a_read_only_store_is_503_and_recovers_without_a_restart() {
     assert_eq!(objects.len(), 40);
     wait_messages(&client, port, &sink, 40).await;
     integrity(&dir.path().join("ledger.db"));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }
