@@ -6,6 +6,12 @@ use fluxtrail::config::Settings;
 use fluxtrail::startup::{shutdown_signal, Application};
 use fluxtrail::telemetry;
 
+/// mimalloc rather than glibc's malloc: rows are allocated on the store's threads and freed on
+/// the runtime's, and glibc's per-thread arenas fragmented under that until resident memory
+/// grew with every event (BENCHMARKS.md: one million events).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: fluxtrail [serve]
 
 Runs the fluxtrail HTTP server. Configuration comes from the environment
