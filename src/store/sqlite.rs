@@ -174,7 +174,6 @@ impl SqliteStore {
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
-                 PRAGMA busy_timeout = 5000;
                  PRAGMA wal_autocheckpoint = 0;
                  CREATE TABLE IF NOT EXISTS entities (
                      tbl TEXT NOT NULL,
@@ -186,20 +185,18 @@ impl SqliteStore {
                  ) WITHOUT ROWID;",
             )
             .map_err(map_err)?;
+        writer.busy_handler(Some(wait_5s)).map_err(map_err)?;
         let mut readers = Vec::new();
         for _ in 0..2 {
             let r = Connection::open(&path).map_err(map_err)?;
-            r.execute_batch("PRAGMA busy_timeout = 5000;")
-                .map_err(map_err)?;
+            r.busy_handler(Some(wait_5s)).map_err(map_err)?;
             readers.push(Mutex::new(r));
         }
         // Checkpoints copy the WAL into the database and fsync it: done here, off the writer
         // thread (PASSIVE never blocks it), instead of inside whichever commit crosses the
         // auto-checkpoint threshold — that commit's requests used to wait for it.
         let checkpointer = Connection::open(&path).map_err(map_err)?;
-        checkpointer
-            .execute_batch("PRAGMA busy_timeout = 2000;")
-            .map_err(map_err)?;
+        checkpointer.busy_handler(Some(wait_2s)).map_err(map_err)?;
         let checkpoint_path = path.clone();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
@@ -302,6 +299,25 @@ impl SqliteStore {
     ) -> Result<Vec<Etag>, StoreError> {
         Ok(self.write(vec![(table, pk, ops)]).await?.remove(0))
     }
+}
+
+/// Busy handlers that retry every 250 µs. SQLite's own `busy_timeout` sleeps in growing steps
+/// (up to 100 ms each): when the checkpointer briefly holds the WAL for a TRUNCATE, the writer
+/// used to sleep far past the moment it was free, and every request of that group waited.
+fn wait_5s(attempt: i32) -> bool {
+    busy_wait(attempt, 20_000)
+}
+
+fn wait_2s(attempt: i32) -> bool {
+    busy_wait(attempt, 8_000)
+}
+
+fn busy_wait(attempt: i32, max: i32) -> bool {
+    if attempt >= max {
+        return false;
+    }
+    std::thread::sleep(std::time::Duration::from_micros(250));
+    true
 }
 
 /// The writer thread: group commit (see the module note).
