@@ -39,6 +39,10 @@ cargo deny --offline --log-level error check licenses bans sources
 echo "== cargo test (embedded store, local sink)"
 cargo test --all-targets --locked
 
+echo "== the integration suite at RUST_LOG=trace, its log searched for secrets, signatures and keys"
+FLUXTRAIL_TEST_LOG="$work/trace.log" RUST_LOG=trace cargo test --locked --test it -q 2>&1 | tail -3
+python3 scripts/check-trace-log.py "$work/trace.log"
+
 echo "== the Flux suite again, publishing to Service Bus (a local stand-in) instead of the local sink"
 FLUXTRAIL_TEST_PUBLISHER=servicebus cargo test --locked --test it flux::
 

@@ -1,8 +1,10 @@
 -- wrk script: replays pre-signed requests from REQUESTS (a file written by events.py), each
--- once, cycling if the run outlasts them. DELAY_MS paces each connection (rate-limited runs).
+-- once, cycling if the run outlasts them. DELAY_MS paces each connection (rate-limited runs);
+-- OFFSET skips that many requests first (a long run split over several wrk invocations
+-- continues where the previous one stopped instead of replaying it).
 local file = os.getenv("REQUESTS")
 local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
-local reqs, n, i = {}, 0, 0
+local reqs, n, i = {}, 0, tonumber(os.getenv("OFFSET") or "0")
 
 local function decode_headers(s)
   local h = {}

@@ -86,7 +86,25 @@ pub async fn spawn_with_service_bus(mut vars: HashMap<String, String>) -> TestAp
     app
 }
 
+/// `FLUXTRAIL_TEST_LOG=<file>`: every server the suite starts logs there, at `RUST_LOG`'s level
+/// (the test command runs the whole suite at `trace` and searches the file for secrets).
+fn trace_to_file() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(path) = std::env::var_os("FLUXTRAIL_TEST_LOG") else {
+            return;
+        };
+        let file = std::fs::File::create(path).expect("FLUXTRAIL_TEST_LOG is writable");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 pub async fn spawn_with(mut vars: HashMap<String, String>) -> TestApp {
+    trace_to_file();
     // `FLUXTRAIL_TEST_STORE=tables`: the same suite on Table Storage (Azurite), each app with
     // tables of its own (kept across `restart`).
     if std::env::var("FLUXTRAIL_TEST_STORE").as_deref() == Ok("tables") {
