@@ -15,14 +15,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The server process, killed when the test ends however it ends (a failed assertion must not
 /// leave it running).
 struct Server(Child);
@@ -53,19 +45,6 @@ fn server(program: &str, args: &[&str], dir: &Path, port: u16) -> Server {
         .spawn()
         .unwrap();
     Server(child)
-}
-
-async fn wait_ready(client: &reqwest::Client, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("http://127.0.0.1:{port}/"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "server did not become ready");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// A failure of object `n` (its own incident, one `apply.failed`), with a long message so the

@@ -320,3 +320,28 @@ pub fn sign(provider: &str, body: &[u8]) -> Vec<(String, String)> {
         _ => vec![],
     }
 }
+
+/// A port nobody listens on now (for servers started as processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `GET /` like the Functions host (every 25 ms) until a server process answers.
+pub async fn wait_ready(client: &reqwest::Client, port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/")).send().await {
+            assert_eq!(r.status(), reqwest::StatusCode::OK);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not become ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -8,14 +8,6 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_fluxtrail"))
         .arg("serve")
@@ -29,19 +21,6 @@ fn start(dir: &std::path::Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// Polls `GET /` like the Functions host (every 25 ms) until it answers.
-async fn wait_ready(client: &reqwest::Client, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/")).send().await {
-            assert_eq!(r.status(), StatusCode::OK);
-            return;
-        }
-        assert!(Instant::now() < deadline, "server did not become ready");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test]
