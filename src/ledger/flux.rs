@@ -85,12 +85,51 @@ impl Ledger {
             if let Some(sha) = &latest {
                 out.state.commit = commit.clone().filter(|c| &c.sha == sha);
             }
+            // Rows the object did not write last are read now and merged, and written in the
+            // same commit as the object's transaction, each conditional on what was read (a
+            // concurrent push or event makes the commit fail and the whole event retry).
+            let mut read_merged: Vec<(
+                core::TargetUpdate,
+                TargetRecord,
+                Option<crate::store::Etag>,
+            )> = Vec::new();
+            for u in &merged {
+                if let Some((_, row, _)) = read_merged
+                    .iter_mut()
+                    .find(|(m, _, _)| m.sha == u.sha && m.object == u.object)
+                {
+                    *row = TargetRecord::merge(Some(row.clone()), u);
+                    continue;
+                }
+                let stored = self
+                    .store
+                    .get(
+                        Table::Commits,
+                        u.sha.as_str(),
+                        &TargetRecord::row_key(&u.object),
+                    )
+                    .await?;
+                let (record, etag) = match stored {
+                    Some(e) => (Some(e.record::<TargetRecord>()?), e.etag.clone()),
+                    None => (None, None),
+                };
+                read_merged.push((u.clone(), TargetRecord::merge(record, u), etag));
+            }
             // The state remembers the row it is about to write for its latest commit.
-            if let Some((sha, row)) = blind.iter().find(|(sha, _)| Some(sha) == latest.as_ref()) {
-                out.state.current_target = Some(core::CurrentTarget {
-                    sha: sha.clone(),
-                    row: row.clone(),
+            let own_latest = blind
+                .iter()
+                .find(|(sha, _)| Some(sha) == latest.as_ref())
+                .cloned()
+                .or_else(|| {
+                    read_merged
+                        .iter()
+                        .find(|(u, _, _)| {
+                            Some(&u.sha) == latest.as_ref() && u.object == event.object
+                        })
+                        .map(|(u, row, _)| (u.sha.clone(), row.clone()))
                 });
+            if let Some((sha, row)) = own_latest {
+                out.state.current_target = Some(core::CurrentTarget { sha, row });
             }
             let mut ops = Vec::with_capacity(2 + out.incidents.len() + out.messages.len());
             let state_row = tagged(&pk, "state", &out.state, &[("rowType", ROW_STATE)]);
@@ -129,8 +168,9 @@ impl Ledger {
                     &[("rowType", ROW_OUTBOX), ("delivery", "pending")],
                 )));
             }
-            // The object's transaction and the blind target rows in one call: one commit on
-            // SQLite; on Table Storage the object's transaction first, then the rows.
+            // The object's transaction, its target rows and a new follows row in one call:
+            // one commit on SQLite; on Table Storage the object's transaction first, then the
+            // rows (a failure after it is finished by the retry, which sees a duplicate).
             let mut writes = vec![(Table::Objects, pk.clone(), ops)];
             for (sha, row) in &blind {
                 let entity =
@@ -141,17 +181,51 @@ impl Ledger {
                     vec![BatchOp::Upsert(entity)],
                 ));
             }
+            for (u, row, etag) in &read_merged {
+                let entity =
+                    Entity::from_record(u.sha.as_str(), TargetRecord::row_key(&u.object), row);
+                let op = match etag {
+                    Some(etag) => BatchOp::Update(entity, etag.clone()),
+                    None => BatchOp::Insert(entity),
+                };
+                writes.push((Table::Commits, u.sha.to_string(), vec![op]));
+            }
+            let new_follow = out
+                .state
+                .follows
+                .as_ref()
+                .filter(|f| previous_follow.as_ref() != Some(*f));
+            if let Some(f) = new_follow {
+                let follow_pk = super::records::PushRecord::partition(&f.repository, &f.git_ref);
+                writes.push((
+                    Table::Follows,
+                    follow_pk.clone(),
+                    vec![BatchOp::Upsert(Entity::from_record(
+                        &follow_pk,
+                        &pk,
+                        &out.state.object,
+                    ))],
+                ));
+            }
             match self.store.batches(writes).await {
                 Ok(_) => {}
                 Err(StoreError::Conflict) => {
-                    // Either another writer created the state first, or this very event
-                    // (same time, same body) is already in the history: then it is a retry
-                    // the state did not recognise, and trying again would conflict forever.
-                    if self
+                    // Another writer created the state or a target row first (retry), or —
+                    // with the state as it was — this very event (same time, same body) is
+                    // already in the history: a retry the state did not recognise, and
+                    // trying again would conflict forever.
+                    let unchanged = self
                         .store
-                        .get(Table::Objects, &pk, &history.rk)
+                        .get(Table::Objects, &pk, "state")
                         .await?
-                        .is_some()
+                        .map(|row| row.etag)
+                        == Some(etag.clone());
+                    if unchanged
+                        && self
+                            .store
+                            .get(Table::Objects, &pk, &history.rk)
+                            .await?
+                            .is_some()
                     {
                         return Ok(Recorded::Duplicate);
                     }
@@ -159,33 +233,6 @@ impl Ledger {
                 }
                 Err(StoreError::PreconditionFailed) => continue,
                 Err(e) => return Err(e),
-            }
-            for u in &merged {
-                let row = self.merge_target(u, false).await?;
-                if Some(&u.sha) == latest.as_ref() && u.object == event.object {
-                    // First report of this commit by the object: remember the row for the
-                    // next event (one more write, on this first event only).
-                    self.cache_current_target(
-                        &pk,
-                        Some(core::CurrentTarget {
-                            sha: u.sha.clone(),
-                            row,
-                        }),
-                    )
-                    .await?;
-                }
-            }
-            if let Some(f) = &out.state.follows {
-                if previous_follow.as_ref() != Some(f) {
-                    let follow_pk =
-                        super::records::PushRecord::partition(&f.repository, &f.git_ref);
-                    self.store
-                        .upsert(
-                            Table::Follows,
-                            Entity::from_record(&follow_pk, &pk, &out.state.object),
-                        )
-                        .await?;
-                }
             }
             if !out.messages.is_empty() {
                 self.notify_outbox(&pk);
@@ -226,29 +273,6 @@ impl Ledger {
             repository: c.repository,
             refs: c.refs,
         }))
-    }
-
-    /// Stores the freshly written row of the latest commit in the object's state, when the
-    /// state is still the one that wrote it (a concurrent newer event wins).
-    async fn cache_current_target(
-        &self,
-        pk: &str,
-        current: Option<core::CurrentTarget>,
-    ) -> Result<(), StoreError> {
-        let Some(row) = self.store.get(Table::Objects, pk, "state").await? else {
-            return Ok(());
-        };
-        let mut state: ObjectState = row.record()?;
-        state.current_target = current;
-        let entity = tagged(pk, "state", &state, &[("rowType", ROW_STATE)]);
-        match self
-            .store
-            .update(Table::Objects, entity, row.etag.as_ref().expect("etag"))
-            .await
-        {
-            Ok(_) | Err(StoreError::PreconditionFailed) => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 }
 

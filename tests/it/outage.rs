@@ -57,11 +57,21 @@ impl Azurite {
     }
 
     /// SIGINT: Azurite saves its data folder on SIGINT (its store otherwise saves on an
-    /// interval, and SIGTERM or SIGKILL lose the last writes — the emulator's, not ours).
+    /// interval, and SIGTERM or SIGKILL lose the last writes — the emulator's, not ours). It
+    /// saves at once, but its process only ends when every client connection has closed, and
+    /// an idle pooled connection of the app under test may stay open (it hung the test now and
+    /// then): after a grace period it is killed.
     fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
