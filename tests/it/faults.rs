@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fluxtrail::git::signature::sign_sha256_hex;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -37,11 +36,8 @@ fn server(program: &str, args: &[&str], dir: &Path, port: u16) -> Server {
         .env("FLUXTRAIL_PUBLISH_RETRY_BASE", "100ms")
         .env("FLUXTRAIL_PUBLISH_MAX_ATTEMPTS", "1000")
         .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .stdout(match std::env::var_os("FAULTS_LOG") {
-            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
-            None => Stdio::null(),
-        })
         .spawn()
         .unwrap();
     Server(child)
@@ -57,17 +53,14 @@ fn failure(n: usize) -> Vec<u8> {
 }
 
 async fn post(client: &reqwest::Client, port: u16, body: &[u8]) -> u16 {
-    let resp = client
-        .post(format!("http://127.0.0.1:{port}/api/hooks/flux/prod-eu"))
-        .header("content-type", "application/json")
-        .header(
-            "x-signature",
-            format!("sha256={}", sign_sha256_hex(FLUX_HMAC_KEY.as_bytes(), body)),
-        )
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let resp = flux_request(
+        client,
+        &format!("http://127.0.0.1:{port}/api/hooks/flux/prod-eu"),
+        body,
+    )
+    .send()
+    .await
+    .unwrap();
     let status = resp.status().as_u16();
     if status == 503 {
         assert!(resp.headers().contains_key("retry-after"));
@@ -77,16 +70,20 @@ async fn post(client: &reqwest::Client, port: u16, body: &[u8]) -> u16 {
     status
 }
 
-/// Objects in the ledger, and the message ids in the sink (asserting none twice).
-async fn ledger(client: &reqwest::Client, port: u16, sink: &Path) -> (BTreeSet<String>, usize) {
-    let v: Value = client
-        .get(format!("http://127.0.0.1:{port}/api/objects"))
+async fn get(client: &reqwest::Client, port: u16, path: &str) -> Value {
+    client
+        .get(format!("http://127.0.0.1:{port}{path}"))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Objects in the ledger, and the message ids in the sink (asserting none twice).
+async fn ledger(client: &reqwest::Client, port: u16, sink: &Path) -> (BTreeSet<String>, usize) {
+    let v = get(client, port, "/api/objects").await;
     let objects = v["objects"]
         .as_array()
         .unwrap()
@@ -119,15 +116,7 @@ async fn wait_messages(client: &reqwest::Client, port: u16, sink: &Path, n: usiz
         if Instant::now() > deadline {
             let mut outbox = Vec::new();
             for d in ["pending", "dead"] {
-                let v: Value = client
-                    .get(format!("http://127.0.0.1:{port}/api/outbox?delivery={d}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                outbox.push(v);
+                outbox.push(get(client, port, &format!("/api/outbox?delivery={d}")).await);
             }
             let brief: Vec<String> = outbox
                 .iter()

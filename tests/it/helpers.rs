@@ -200,15 +200,7 @@ impl TestApp {
 
     /// POSTs a Flux event to `path` (`/api/hooks/flux[/cluster]`), signed like `generic-hmac`.
     pub async fn post_flux(&self, path: &str, body: &[u8]) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .header("gotk-component", "kustomize-controller")
-            .header(
-                "x-signature",
-                format!("sha256={}", sign_sha256_hex(FLUX_HMAC_KEY.as_bytes(), body)),
-            )
-            .body(body.to_vec())
+        flux_request(&self.client, &self.url(path), body)
             .send()
             .await
             .unwrap()
@@ -344,4 +336,17 @@ pub async fn wait_ready(client: &reqwest::Client, port: u16) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
+}
+
+/// A Flux event POST to `url`, signed like NC's `generic-hmac` provider.
+pub fn flux_request(client: &reqwest::Client, url: &str, body: &[u8]) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("gotk-component", "kustomize-controller")
+        .header(
+            "x-signature",
+            format!("sha256={}", sign_sha256_hex(FLUX_HMAC_KEY.as_bytes(), body)),
+        )
+        .body(body.to_vec())
 }

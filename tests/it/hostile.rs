@@ -55,6 +55,15 @@ async fn still_serving(app: &TestApp) {
     );
 }
 
+async fn nothing_recorded(app: &TestApp) {
+    let (_, objects) = app.get_json("/api/objects").await;
+    assert_eq!(
+        objects["objects"].as_array().map(Vec::len),
+        Some(0),
+        "{objects}"
+    );
+}
+
 fn signed_flux_head(body_len: usize, extra: &str) -> String {
     format!(
         "POST /api/hooks/flux HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
@@ -137,12 +146,7 @@ async fn a_trickled_body_gets_408_and_the_connection_is_closed() {
     assert!(answer.to_ascii_lowercase().contains("connection: close"));
     assert!(started.elapsed() < Duration::from_secs(3));
     // Nothing of it was recorded.
-    let (_, objects) = app.get_json("/api/objects").await;
-    assert_eq!(
-        objects["objects"].as_array().map(Vec::len),
-        Some(0),
-        "{objects}"
-    );
+    nothing_recorded(&app).await;
     still_serving(&app).await;
 }
 
@@ -267,12 +271,7 @@ async fn bodies_that_are_not_what_they_claim_get_400_and_nothing_is_recorded() {
             assert_eq!(resp.status(), 400, "{provider}");
         }
     }
-    let (_, objects) = app.get_json("/api/objects").await;
-    assert_eq!(
-        objects["objects"].as_array().map(Vec::len),
-        Some(0),
-        "{objects}"
-    );
+    nothing_recorded(&app).await;
     still_serving(&app).await;
 }
 

@@ -8,6 +8,14 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
+fn sigterm(child: &Child) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
 fn start(dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_fluxtrail"))
         .arg("serve")
@@ -63,12 +71,7 @@ async fn acknowledged_deliveries_survive_sigkill_and_sigterm_exits_cleanly() {
     assert_eq!(ev["commit"]["refs"], serde_json::json!(["refs/heads/main"]));
 
     // SIGTERM: graceful shutdown, exit status 0.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&child);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -175,12 +178,7 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
         .send()
         .await
         .unwrap();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&child);
     child.wait().unwrap();
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(
