@@ -209,29 +209,8 @@ impl Ledger {
             }
             match self.store.batches(writes).await {
                 Ok(_) => {}
-                Err(StoreError::Conflict) => {
-                    // Another writer created the state or a target row first (retry), or —
-                    // with the state as it was — this very event (same time, same body) is
-                    // already in the history: a retry the state did not recognise, and
-                    // trying again would conflict forever.
-                    let unchanged = self
-                        .store
-                        .get(Table::Objects, &pk, "state")
-                        .await?
-                        .map(|row| row.etag)
-                        == Some(etag.clone());
-                    if unchanged
-                        && self
-                            .store
-                            .get(Table::Objects, &pk, &history.rk)
-                            .await?
-                            .is_some()
-                    {
-                        return Ok(Recorded::Duplicate);
-                    }
-                    continue;
-                }
-                Err(StoreError::PreconditionFailed) => continue,
+                // Another writer changed the state or a target row first: read again.
+                Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
                 Err(e) => return Err(e),
             }
             if !out.messages.is_empty() {
