@@ -22,10 +22,13 @@ impl Ledger {
         let pk = object_partition(&event.object);
         let history = history_row(&pk, event, class);
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let row = self.store.get(Table::Objects, &pk, "state").await?;
-            let (state, etag) = match &row {
-                Some(e) => (Some(e.record::<ObjectState>()?), e.etag.clone()),
-                None => (None, None),
+            // The state this process wrote last, else the stored one.
+            let (state, etag) = match self.states.take(&pk) {
+                Some((state, etag)) => (Some(state), Some(etag)),
+                None => match self.store.get(Table::Objects, &pk, "state").await? {
+                    Some(e) => (Some(e.record::<ObjectState>()?), e.etag.clone()),
+                    None => (None, None),
+                },
             };
             let commit = self.commit_info(event, state.as_ref()).await?;
             let follow = core::follow_of(event, commit.as_ref())
@@ -52,17 +55,27 @@ impl Ledger {
             let mut out = core::apply_event(state, event, class, &ctx, received_at);
             match out.disposition {
                 Disposition::Duplicate => {
+                    // Unchanged: it goes back to the cache before the target rows, which
+                    // need not be (and are not) in the same commit.
+                    let targets = std::mem::take(&mut out.targets);
+                    if let Some(etag) = etag {
+                        self.states.put(&pk, out.state, etag);
+                    }
                     // A retry: its first attempt may have stopped before the target rows.
-                    for u in &out.targets {
+                    for u in &targets {
                         self.merge_target(u, true).await?;
                     }
                     return Ok(Recorded::Duplicate);
                 }
                 Disposition::Stale => {
+                    let answer = summary(event, class, &out);
+                    if let Some(etag) = etag {
+                        self.states.put(&pk, out.state, etag);
+                    }
                     // Outdated for the state, still part of the object's history; its
                     // history row tells a byte-identical retry apart.
                     return match self.store.insert(Table::Objects, history).await {
-                        Ok(_) => Ok(Recorded::Accepted(summary(event, class, &out))),
+                        Ok(_) => Ok(Recorded::Accepted(answer)),
                         Err(StoreError::Conflict) => Ok(Recorded::Duplicate),
                         Err(e) => Err(e),
                     };
@@ -207,16 +220,20 @@ impl Ledger {
                     ))],
                 ));
             }
-            match self.store.batches(writes).await {
-                Ok(_) => {}
+            let state_etag = match self.store.batches(writes).await {
+                Ok(tags) => tags.into_iter().next().and_then(|t| t.into_iter().next()),
                 // Another writer changed the state or a target row first: read again.
                 Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
                 Err(e) => return Err(e),
-            }
+            };
             if !out.messages.is_empty() {
                 self.notify_outbox(&pk);
             }
-            return Ok(Recorded::Accepted(summary(event, class, &out)));
+            let answer = summary(event, class, &out);
+            if let Some(etag) = state_etag {
+                self.states.put(&pk, out.state, etag);
+            }
+            return Ok(Recorded::Accepted(answer));
         }
         Err(StoreError::Unavailable(
             "object state kept changing under concurrent writers".into(),

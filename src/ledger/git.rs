@@ -267,6 +267,9 @@ impl Ledger {
         received_at: DateTime<Utc>,
     ) -> Result<Option<Vec<core::TargetUpdate>>, StoreError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
+            // A state cached by the Flux path would be stale after this write (its write
+            // would fail and retry): drop it now.
+            self.states.forget(pk);
             let Some(row) = self.store.get(Table::Objects, pk, "state").await? else {
                 return Ok(None);
             };

@@ -17,6 +17,7 @@ pub mod evidence;
 mod flux;
 mod git;
 pub mod records;
+mod states;
 
 use std::sync::Arc;
 
@@ -53,6 +54,8 @@ pub struct Ledger {
     store: Arc<dyn Store>,
     /// Partitions with new outbox messages, for the outbox dispatcher.
     outbox_tx: Option<mpsc::Sender<String>>,
+    /// The object states this process wrote last (see `states.rs`).
+    states: Arc<states::StateCache>,
 }
 
 impl Ledger {
@@ -60,6 +63,7 @@ impl Ledger {
         Ledger {
             store,
             outbox_tx: None,
+            states: Arc::default(),
         }
     }
 

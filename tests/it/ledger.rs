@@ -509,6 +509,49 @@ async fn flux_events_interrupted_at_any_write_end_in_the_uninterrupted_state() {
     );
 }
 
+/// Two instances on one store (Functions scale-out), each with its own cache of the object
+/// states it wrote last: the push goes to one, the events alternate between them, then every
+/// one is redelivered to both — the end state is the one-instance state. Each
+/// instance's cached state is stale after the other wrote, so this only holds because a
+/// cached state is written conditionally on its etag and re-read when that fails.
+#[tokio::test]
+async fn two_instances_on_one_store_end_in_the_one_instance_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = Ledger::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    run_flux_story(&clean, false).await;
+    let want = flux_snapshot(&clean).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let (a, b) = (Ledger::new(store.clone()), Ledger::new(store));
+    let (id, push) = parse(
+        Provider::GitHub,
+        "github/push-forced.json",
+        &[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "f")],
+    );
+    b.record_git(Provider::GitHub, &id, &push, at())
+        .await
+        .unwrap();
+    let story = flux_story();
+    for (i, e) in story.iter().enumerate() {
+        let instance = if i % 2 == 0 { &a } else { &b };
+        assert!(matches!(
+            instance.record_flux(e, at()).await.unwrap(),
+            Recorded::Accepted(_)
+        ));
+    }
+    for e in &story {
+        for instance in [&a, &b] {
+            assert_eq!(
+                instance.record_flux(e, at()).await.unwrap(),
+                Recorded::Duplicate
+            );
+        }
+    }
+    assert_eq!(flux_snapshot(&a).await, want);
+    assert_eq!(flux_snapshot(&b).await, want);
+}
+
 #[tokio::test]
 async fn flux_events_are_kept_in_the_object_history_even_when_stale() {
     let dir = tempfile::tempdir().unwrap();

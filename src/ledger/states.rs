@@ -1,0 +1,139 @@
+//! The object states this process wrote last, with the etags the store gave them: a Flux
+//! event for an object whose state is here skips the state read (one storage round trip, and
+//! on SQLite one hop to a read connection, fewer per event).
+//!
+//! Safe with any number of writers, here or in other instances: the state is only ever
+//! written conditionally on its etag, so a state that someone else changed since it was
+//! cached fails its write (`PreconditionFailed`), and the event is read again from the store
+//! and retried (the entry was taken out of the cache when the event started). An entry is
+//! taken, not copied, so two events of one object in flight at once never both use it: the
+//! second reads the store.
+//!
+//! Bounded: `CAPACITY` entries (a state is ~2.4 KB as JSON, a few KB in memory) in `SHARDS`
+//! independently locked shards, so no single lock is on every request's path; when a shard is
+//! full, an arbitrary entry of it makes room.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+
+use crate::core::ObjectState;
+use crate::store::Etag;
+
+const SHARDS: usize = 16;
+/// States kept: enough for a few thousand busy objects in a few MB.
+pub const CAPACITY: usize = 4096;
+
+#[derive(Debug)]
+pub struct StateCache {
+    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<String, (ObjectState, Etag)>>>,
+    per_shard: usize,
+}
+
+impl Default for StateCache {
+    fn default() -> Self {
+        Self::with_capacity(CAPACITY)
+    }
+}
+
+impl StateCache {
+    pub fn with_capacity(capacity: usize) -> Self {
+        StateCache {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(SHARDS),
+        }
+    }
+
+    fn shard(&self, pk: &str) -> &Mutex<HashMap<String, (ObjectState, Etag)>> {
+        &self.shards[self.hasher.hash_one(pk) as usize % SHARDS]
+    }
+
+    /// Takes the object's state out, if this process wrote it last.
+    pub fn take(&self, pk: &str) -> Option<(ObjectState, Etag)> {
+        self.shard(pk).lock().ok()?.remove(pk)
+    }
+
+    /// Remembers the state just written (or read and left unchanged) with its etag.
+    pub fn put(&self, pk: &str, state: ObjectState, etag: Etag) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let Ok(mut shard) = self.shard(pk).lock() else {
+            return;
+        };
+        if shard.len() >= self.per_shard && !shard.contains_key(pk) {
+            if let Some(victim) = shard.keys().next().cloned() {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(pk.to_string(), (state, etag));
+    }
+
+    /// Forgets the object's state (written elsewhere in this process).
+    pub fn forget(&self, pk: &str) {
+        if let Ok(mut shard) = self.shard(pk).lock() {
+            shard.remove(pk);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.len()).unwrap_or(0))
+            .sum()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flux::ObjectRef;
+
+    fn state(name: &str) -> ObjectState {
+        ObjectState::new(ObjectRef {
+            cluster: "c".into(),
+            kind: "Kustomization".into(),
+            namespace: "flux-system".into(),
+            name: name.into(),
+        })
+    }
+
+    #[test]
+    fn an_entry_is_taken_once() {
+        let cache = StateCache::default();
+        cache.put("a", state("a"), Etag("1".into()));
+        let (s, e) = cache.take("a").expect("cached");
+        assert_eq!(s.object.name, "a");
+        assert_eq!(e, Etag("1".into()));
+        assert!(cache.take("a").is_none(), "a second event reads the store");
+    }
+
+    #[test]
+    fn it_stays_within_its_capacity() {
+        let cache = StateCache::with_capacity(64);
+        for i in 0..10_000 {
+            let pk = format!("o{i}");
+            cache.put(&pk, state(&pk), Etag(i.to_string()));
+        }
+        assert!(cache.len() <= 64, "{} entries", cache.len());
+        assert!(cache.len() >= 32, "{} entries", cache.len());
+        cache.put("x", state("x"), Etag("1".into()));
+        cache.forget("x");
+        assert!(cache.take("x").is_none());
+    }
+
+    #[test]
+    fn zero_capacity_keeps_nothing() {
+        let cache = StateCache::with_capacity(0);
+        cache.put("a", state("a"), Etag("1".into()));
+        assert!(cache.is_empty());
+    }
+}
