@@ -120,6 +120,6 @@ if [ "${MILLION:-0}" = 1 ]; then
     part=$((part + 1))
     out=$(REQUESTS="$work/million.txt" OFFSET=$sent wrk -t1 -c"$conns" -d60s --timeout 5s -s scripts/bench/replay.lua "http://127.0.0.1:$fp" | grep '^RESULT')
     sent=$((sent + $(echo "$out" | field requests)))
-    echo "million part $part: $out sent_total=$sent rss_kib=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)"
+    echo "million part $part: $out sent_total=$sent rss_kib=$(awk '/VmRSS/ {print $2}' /proc/$pid/status) wal_mib=$(( $(stat -c %s "$work/million/ledger.db-wal" 2>/dev/null || echo 0) / 1048576 ))"
   done
 fi
