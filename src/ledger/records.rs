@@ -21,7 +21,8 @@ pub struct DeliveryRecord {
     pub delivery_id: String,
     pub state: DeliveryState,
     pub received_at: DateTime<Utc>,
-    /// The normalised delivery ([`Journaled`] as JSON text).
+    /// The normalised delivery ([`Journaled`] as JSON text) while `pending`; empty once
+    /// `done`.
     pub event: String,
 }
 
