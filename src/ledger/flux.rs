@@ -59,7 +59,7 @@ impl Ledger {
                     // need not be (and are not) in the same commit.
                     let targets = std::mem::take(&mut out.targets);
                     if let Some(etag) = etag {
-                        self.states.put(&pk, out.state, etag);
+                        self.states.put(&pk, &out.state, etag);
                     }
                     // A retry: its first attempt may have stopped before the target rows.
                     for u in &targets {
@@ -70,7 +70,7 @@ impl Ledger {
                 Disposition::Stale => {
                     let answer = summary(event, class, &out);
                     if let Some(etag) = etag {
-                        self.states.put(&pk, out.state, etag);
+                        self.states.put(&pk, &out.state, etag);
                     }
                     // Outdated for the state, still part of the object's history; its
                     // history row tells a byte-identical retry apart.
@@ -231,7 +231,7 @@ impl Ledger {
             }
             let answer = summary(event, class, &out);
             if let Some(etag) = state_etag {
-                self.states.put(&pk, out.state, etag);
+                self.states.put(&pk, &out.state, etag);
             }
             return Ok(Recorded::Accepted(answer));
         }

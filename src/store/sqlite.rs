@@ -180,6 +180,11 @@ impl SqliteStore {
         for _ in 0..2 {
             let r = Connection::open(&path).map_err(map_err)?;
             r.busy_handler(Some(wait_5s)).map_err(map_err)?;
+            // A reader's page cache is dropped whenever a commit changed the WAL since its
+            // last read — under load, before nearly every read — so a big one only holds
+            // memory: 512 KiB, not SQLite's 2 MiB.
+            r.execute_batch("PRAGMA cache_size = -512;")
+                .map_err(map_err)?;
             readers.push(Mutex::new(r));
         }
         // Checkpoints copy the WAL into the database and fsync it: done here, off the writer
@@ -187,6 +192,10 @@ impl SqliteStore {
         // auto-checkpoint threshold — that commit's requests used to wait for it.
         let checkpointer = Connection::open(&path).map_err(map_err)?;
         checkpointer.busy_handler(Some(wait_2s)).map_err(map_err)?;
+        // It copies frames, it does not read through its cache.
+        checkpointer
+            .execute_batch("PRAGMA cache_size = -128;")
+            .map_err(map_err)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::Builder::new()
