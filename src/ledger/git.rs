@@ -13,18 +13,24 @@ use crate::store::{BatchOp, Entity, StoreError, Table};
 
 impl Ledger {
     /// Writes every projection of a Git event. Idempotent.
+    /// `inserted`: the rows of `push_inserts` were written already (with the journal entry).
     pub(super) async fn project_git(
         &self,
         provider: Provider,
         event: &GitEvent,
         received_at: DateTime<Utc>,
+        inserted: bool,
     ) -> Result<serde_json::Value, StoreError> {
         match event {
             GitEvent::Push { pushes } => {
                 let mut commits = 0;
                 let mut refs = Vec::new();
                 for push in pushes {
-                    commits += self.project_push(provider, push, received_at).await?;
+                    commits += if inserted {
+                        push.commits.len()
+                    } else {
+                        self.project_push(provider, push, received_at).await?
+                    };
                     self.expect_on_followers(push, received_at).await?;
                     refs.push(push.git_ref.clone());
                 }
@@ -46,46 +52,70 @@ impl Ledger {
         }
     }
 
+    /// The rows a push adds when it and its commits are new: its push row and one row per
+    /// commit, all inserts. One call (one commit on SQLite); if any was seen before (another
+    /// ref, a redelivery), the call fails as a whole on SQLite — or stops there on Table
+    /// Storage — and `project_push` merges instead.
+    pub(super) fn push_inserts(
+        provider: Provider,
+        push: &Push,
+        received_at: DateTime<Utc>,
+    ) -> Vec<(Table, String, Vec<BatchOp>)> {
+        let record = PushRecord::new(provider, push, received_at);
+        let pk = PushRecord::partition(&record.repository, &record.git_ref);
+        let mut inserts = vec![(
+            Table::Pushes,
+            pk.clone(),
+            vec![BatchOp::Insert(Entity::from_record(
+                &pk,
+                record.row(),
+                &record,
+            ))],
+        )];
+        inserts.extend(push.commits.iter().map(|c| {
+            let r = CommitRecord::from_push(provider, push, c, received_at);
+            (
+                Table::Commits,
+                r.sha.clone(),
+                vec![BatchOp::Insert(Entity::from_record(&r.sha, "commit", &r))],
+            )
+        }));
+        inserts
+    }
+
     async fn project_push(
         &self,
         provider: Provider,
         push: &Push,
         received_at: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
+        match self
+            .store
+            .batches(Self::push_inserts(provider, push, received_at))
+            .await
+        {
+            Ok(_) => return Ok(push.commits.len()),
+            Err(StoreError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
         let record = PushRecord::new(provider, push, received_at);
         let pk = PushRecord::partition(&record.repository, &record.git_ref);
-        let push_row = Entity::from_record(&pk, record.row(), &record);
-        // Most pushes and their commits are new: the push row and every commit inserted in
-        // one call (one commit on SQLite). If any was seen before (another ref, a
-        // redelivery), the call fails as a whole on SQLite — or stops there on Table
-        // Storage — and the push row is inserted if absent and each commit merged with what
-        // is stored.
+        match self
+            .store
+            .insert(
+                Table::Pushes,
+                Entity::from_record(&pk, record.row(), &record),
+            )
+            .await
+        {
+            Ok(_) | Err(StoreError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
         let records: Vec<CommitRecord> = push
             .commits
             .iter()
             .map(|c| CommitRecord::from_push(provider, push, c, received_at))
             .collect();
-        let mut inserts = vec![(
-            Table::Pushes,
-            pk.clone(),
-            vec![BatchOp::Insert(push_row.clone())],
-        )];
-        inserts.extend(records.iter().map(|r| {
-            (
-                Table::Commits,
-                r.sha.clone(),
-                vec![BatchOp::Insert(Entity::from_record(&r.sha, "commit", r))],
-            )
-        }));
-        match self.store.batches(inserts).await {
-            Ok(_) => return Ok(push.commits.len()),
-            Err(StoreError::Conflict) => {}
-            Err(e) => return Err(e),
-        }
-        match self.store.insert(Table::Pushes, push_row).await {
-            Ok(_) | Err(StoreError::Conflict) => {}
-            Err(e) => return Err(e),
-        }
         for incoming in records {
             let sha = incoming.sha.clone();
             self.modify(

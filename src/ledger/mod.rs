@@ -32,7 +32,7 @@ use crate::core::{BranchGraph, IncidentState, ObjectState};
 use crate::domain::{CommitSha, RepoKey};
 use crate::flux::{FluxEvent, ObjectRef};
 use crate::git::{GitEvent, Provider};
-use crate::store::{Entity, Store, StoreError, Table};
+use crate::store::{BatchOp, Entity, Store, StoreError, Table};
 pub use evidence::Evidence;
 use records::{DeliveryRecord, DeliveryState, Journaled, PushRecord, ROW_INCIDENT, ROW_STATE};
 
@@ -120,14 +120,43 @@ impl Ledger {
             received_at,
             event: serde_json::to_string(payload).expect("deliveries serialise"),
         };
-        let (journal, etag) = match self
-            .store
-            .insert(
-                Table::Deliveries,
-                Entity::from_record(&pk, delivery_id, &journal),
-            )
-            .await
-        {
+        let entry = Entity::from_record(&pk, delivery_id, &journal);
+        // A delivery of one push: its journal entry and the push's rows (when all new) in one
+        // call — one commit on SQLite instead of two; on Table Storage the entry is still
+        // written first. Anything not new fails the call, and the steps below run one by one.
+        let single_push = match payload {
+            Journaled::Git {
+                provider,
+                event: GitEvent::Push { pushes },
+            } if pushes.len() == 1 => Some(Self::push_inserts(*provider, &pushes[0], received_at)),
+            _ => None,
+        };
+        let mut inserted = false;
+        let first = match single_push {
+            Some(rows) => {
+                let mut writes = vec![(
+                    Table::Deliveries,
+                    pk.clone(),
+                    vec![BatchOp::Insert(entry.clone())],
+                )];
+                writes.extend(rows);
+                match self.store.batches(writes).await {
+                    Ok(tags) => {
+                        inserted = true;
+                        tags.into_iter()
+                            .next()
+                            .and_then(|t| t.into_iter().next())
+                            .ok_or_else(|| {
+                                StoreError::Unavailable("no etag for the journal".into())
+                            })
+                    }
+                    Err(StoreError::Conflict) => self.store.insert(Table::Deliveries, entry).await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => self.store.insert(Table::Deliveries, entry).await,
+        };
+        let (journal, etag) = match first {
             Ok(etag) => (journal, etag),
             Err(StoreError::Conflict) => {
                 let Some(stored) = self.store.get(Table::Deliveries, &pk, delivery_id).await?
@@ -150,7 +179,7 @@ impl Ledger {
             .map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))?;
         let summary = match &payload {
             Journaled::Git { provider, event } => {
-                self.project_git(*provider, event, journal.received_at)
+                self.project_git(*provider, event, journal.received_at, inserted)
                     .await?
             }
         };
