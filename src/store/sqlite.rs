@@ -8,8 +8,9 @@
 //! why it is a rowid table).
 //!
 //! Writes go through one writer thread with **group commit**: it takes every write waiting in
-//! its queue, applies each in its own SAVEPOINT (a failed insert or stale etag rolls back that
-//! write alone), commits them together with one fsync, then answers each. Durability is the
+//! its queue, applies them (a failed insert or stale etag rolls back that write alone: the
+//! group is then applied again with a SAVEPOINT per write, see `commit_group`), commits them
+//! together with one fsync, then answers each. Durability is the
 //! same (nothing is answered before its commit), but under load one fsync serves many
 //! requests. The queue is bounded: when it is full a write fails at once as `Unavailable`
 //! (503 + `Retry-After`) instead of piling up memory.
@@ -411,17 +412,66 @@ fn writer_loop(
     }
 }
 
-/// Applies every job in its own savepoint inside one transaction, then commits once.
-#[allow(clippy::type_complexity)]
+type JobResult = Result<Vec<Vec<Etag>>, StoreError>;
+
+/// Applies every job and commits once. First without savepoints: a savepoint copies every
+/// page a job touches into the statement journal (for a push of 20 commits that was ~11% of
+/// the writer's time), and jobs rarely fail. When one does, the transaction is rolled back
+/// and the group applied again with a savepoint per job, so the failed job is rolled back
+/// alone and the others stay.
 fn commit_group(
     conn: &mut Connection,
     etags: &EtagSource,
     jobs: &[Job],
-) -> Result<Vec<Result<Vec<Vec<Etag>>, StoreError>>, StoreError> {
+) -> Result<Vec<JobResult>, StoreError> {
+    match commit_plain(conn, etags, jobs)? {
+        Some(results) => Ok(results),
+        None => commit_with_savepoints(conn, etags, jobs),
+    }
+}
+
+fn apply_job(conn: &Connection, etags: &EtagSource, job: &Job) -> JobResult {
+    let mut tags = Vec::with_capacity(job.parts.len());
+    for (table, pk, ops) in &job.parts {
+        let part = ops
+            .iter()
+            .map(|op| apply(conn, etags, *table, pk, op))
+            .collect::<Result<Vec<_>, _>>()?;
+        tags.push(part);
+    }
+    Ok(tags)
+}
+
+/// `None` when a job of several failed (everything was rolled back).
+fn commit_plain(
+    conn: &mut Connection,
+    etags: &EtagSource,
+    jobs: &[Job],
+) -> Result<Option<Vec<JobResult>>, StoreError> {
     let tx = conn.transaction().map_err(map_err)?;
     let mut results = Vec::with_capacity(jobs.len());
-    // One savepoint per job, from cached statements (rusqlite's `Savepoint` parses its SQL
-    // each time: twice per job, on the one thread every write waits for).
+    for job in jobs {
+        match apply_job(&tx, etags, job) {
+            Ok(tags) => results.push(Ok(tags)),
+            // Dropping the transaction rolls it back; a job alone needs no second pass.
+            Err(e) if jobs.len() == 1 => return Ok(Some(vec![Err(e)])),
+            Err(_) => return Ok(None),
+        }
+    }
+    tx.commit().map_err(map_err)?;
+    Ok(Some(results))
+}
+
+/// Every job in its own savepoint inside one transaction, then one commit.
+fn commit_with_savepoints(
+    conn: &mut Connection,
+    etags: &EtagSource,
+    jobs: &[Job],
+) -> Result<Vec<JobResult>, StoreError> {
+    let tx = conn.transaction().map_err(map_err)?;
+    let mut results = Vec::with_capacity(jobs.len());
+    // Savepoints from cached statements (rusqlite's `Savepoint` parses its SQL each time:
+    // twice per job, on the one thread every write waits for).
     let run = |sql: &str| {
         tx.prepare_cached(sql)
             .and_then(|mut s| s.execute([]))
@@ -429,29 +479,14 @@ fn commit_group(
     };
     for job in jobs {
         run("SAVEPOINT job")?;
-        let mut tags = Vec::with_capacity(job.parts.len());
-        let mut failed = None;
-        'parts: for (table, pk, ops) in &job.parts {
-            let mut part = Vec::with_capacity(ops.len());
-            for op in ops {
-                match apply(&tx, etags, *table, pk, op) {
-                    Ok(t) => part.push(t),
-                    Err(e) => {
-                        failed = Some(e);
-                        break 'parts;
-                    }
-                }
-            }
-            tags.push(part);
-        }
-        match failed {
+        match apply_job(&tx, etags, job) {
             // Rolled back alone: the group's other jobs stay.
-            Some(e) => {
+            Err(e) => {
                 run("ROLLBACK TO job")?;
                 run("RELEASE job")?;
                 results.push(Err(e));
             }
-            None => {
+            Ok(tags) => {
                 run("RELEASE job")?;
                 results.push(Ok(tags));
             }
@@ -834,5 +869,90 @@ mod tests {
             )
             .unwrap();
         assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+    }
+
+    /// Many writes at once share commits; the ones that fail (a key that exists, a stale
+    /// etag — in the middle of a multi-part write too) are rolled back alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_a_group_a_failed_write_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let row = |pk: &str, rk: &str, v: i64| {
+            Entity::from_record(pk, rk, &serde_json::json!({ "v": v }))
+        };
+        for i in 0..20 {
+            store
+                .insert(Table::Commits, row(&format!("taken{i}"), "r", -1))
+                .await
+                .unwrap();
+        }
+        let mut calls = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            calls.push(tokio::spawn(async move {
+                let fresh = (
+                    Table::Commits,
+                    format!("p{i}"),
+                    vec![BatchOp::Insert(row(&format!("p{i}"), "r", i))],
+                );
+                let parts = match i % 10 {
+                    // A write whose second part fails: its first part must not stay.
+                    0 => {
+                        let taken = format!("taken{}", i / 10);
+                        vec![
+                            fresh,
+                            (
+                                Table::Commits,
+                                taken.clone(),
+                                vec![BatchOp::Insert(row(&taken, "r", i))],
+                            ),
+                        ]
+                    }
+                    // A stale etag.
+                    1 => vec![(
+                        Table::Commits,
+                        format!("taken{}", i / 10),
+                        vec![BatchOp::Update(
+                            row(&format!("taken{}", i / 10), "r", i),
+                            Etag("stale".into()),
+                        )],
+                    )],
+                    _ => vec![fresh],
+                };
+                (i, store.batches(parts).await)
+            }));
+        }
+        for call in calls {
+            let (i, result) = call.await.unwrap();
+            let stored = store
+                .get(Table::Commits, &format!("p{i}"), "r")
+                .await
+                .unwrap();
+            match i % 10 {
+                0 => {
+                    assert!(
+                        matches!(result, Err(StoreError::Conflict)),
+                        "{i}: {result:?}"
+                    );
+                    assert!(
+                        stored.is_none(),
+                        "{i}: the first part of a failed write stayed"
+                    );
+                }
+                1 => assert!(matches!(result, Err(StoreError::PreconditionFailed)), "{i}"),
+                _ => {
+                    assert!(result.is_ok(), "{i}: {result:?}");
+                    assert_eq!(stored.unwrap().props["v"], i, "{i}");
+                }
+            }
+        }
+        for i in 0..20 {
+            let kept = store
+                .get(Table::Commits, &format!("taken{i}"), "r")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(kept.props["v"], -1, "taken{i} was overwritten");
+        }
     }
 }
