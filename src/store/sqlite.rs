@@ -15,9 +15,9 @@
 //! requests. The queue is bounded: when it is full a write fails at once as `Unavailable`
 //! (503 + `Retry-After`) instead of piling up memory.
 //!
-//! Reads use their own connections (WAL lets readers run beside the writer) on tokio's
-//! blocking pool; each sits behind a std `Mutex` that is only locked inside a blocking call,
-//! never across an `.await`.
+//! Reads use their own connections (WAL lets readers run beside the writer), each owned by
+//! a reader thread that runs whatever reads are queued in one read transaction
+//! (`reader_loop`); the queue is bounded like the writer's.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,8 +40,8 @@ pub struct SqliteStore {
 struct Inner {
     /// Tells the checkpoint thread to end when the store goes away.
     stop: Arc<std::sync::atomic::AtomicBool>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicU64,
+    /// Reads waiting for a reader thread.
+    reads: std::sync::mpsc::SyncSender<ReadJob>,
     writer: std::sync::mpsc::SyncSender<Job>,
     /// Why the last write failed (disk full, read-only, I/O error); cleared by the next
     /// write that succeeds. `ping` reports it, so health turns 503 while writes fail.
@@ -177,16 +177,21 @@ impl SqliteStore {
             .map_err(map_err)?;
         create_schema(&mut writer)?;
         writer.busy_handler(Some(wait_5s)).map_err(map_err)?;
-        let mut readers = Vec::new();
-        for _ in 0..2 {
+        let (reads, queued) = std::sync::mpsc::sync_channel::<ReadJob>(READ_QUEUE);
+        let queued = Arc::new(Mutex::new(queued));
+        for i in 0..READERS {
             let r = Connection::open(&path).map_err(map_err)?;
             r.busy_handler(Some(wait_5s)).map_err(map_err)?;
             // A reader's page cache is dropped whenever a commit changed the WAL since its
-            // last read — under load, before nearly every read — so a big one only holds
-            // memory: 512 KiB, not SQLite's 2 MiB.
+            // last read transaction — under load, before nearly every one — so a big one only
+            // holds memory: 512 KiB, not SQLite's 2 MiB.
             r.execute_batch("PRAGMA cache_size = -512;")
                 .map_err(map_err)?;
-            readers.push(Mutex::new(r));
+            let queued = queued.clone();
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{i}"))
+                .spawn(move || reader_loop(r, &queued))
+                .map_err(|e| StoreError::Unavailable(format!("cannot start a reader: {e}")))?;
         }
         // Checkpoints copy the WAL into the database and fsync it: done here, off the writer
         // thread (PASSIVE never blocks it), instead of inside whichever commit crosses the
@@ -241,31 +246,34 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 stop,
-                readers,
-                next_reader: AtomicU64::new(0),
+                reads,
                 writer: tx,
                 write_error,
             }),
         })
     }
 
-    /// Runs a read on one of the read connections, on the blocking pool.
+    /// Queues a read for the reader threads and waits for its answer.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let n =
-                inner.next_reader.fetch_add(1, Ordering::Relaxed) as usize % inner.readers.len();
-            let conn = inner.readers[n]
-                .lock()
-                .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
-            f(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        self.inner.reads.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => {
+                StoreError::Unavailable("the store's read queue is full".into())
+            }
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                StoreError::Unavailable("the store's readers stopped".into())
+            }
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("a store read failed".into()))?
     }
 
     /// Queues a write for the writer and waits for its commit.
@@ -350,6 +358,46 @@ fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(CREATE).map_err(map_err)?;
     }
     tx.commit().map_err(map_err)
+}
+
+/// One read: a closure run on a reader's connection (it sends its own answer).
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+/// Reader threads, each with its own connection.
+const READERS: usize = 2;
+/// How many reads may wait before new ones are refused (backpressure, like writes).
+const READ_QUEUE: usize = 4096;
+/// The most reads one read transaction carries.
+const READ_GROUP: usize = 64;
+
+/// A reader thread: takes every read waiting (up to `READ_GROUP`) and runs them in one read
+/// transaction. Under load that is one check of the WAL (and, since a commit changed it, one
+/// rebuild of the page cache: root and inner pages read once, not once per read) and one
+/// wake-up for many reads, where a blocking-pool task per read paid both every time. The
+/// snapshot is taken by the first read, after every read of the group was queued, so no
+/// read sees an older ledger than when it was asked.
+fn reader_loop(conn: Connection, queued: &Mutex<std::sync::mpsc::Receiver<ReadJob>>) {
+    loop {
+        let group = {
+            let Ok(rx) = queued.lock() else { return };
+            let Ok(first) = rx.recv() else { return };
+            let mut group = vec![first];
+            while group.len() < READ_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        let grouped = group.len() > 1 && conn.execute_batch("BEGIN").is_ok();
+        for job in group {
+            // A panicking read drops its reply (the caller gets an error); the thread stays.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn)));
+        }
+        if grouped {
+            let _ = conn.execute_batch("COMMIT");
+        }
+    }
 }
 
 /// Busy handlers that retry every 250 µs. SQLite's own `busy_timeout` sleeps in growing steps
