@@ -197,7 +197,9 @@ impl SqliteStore {
         // thread (PASSIVE never blocks it), instead of inside whichever commit crosses the
         // auto-checkpoint threshold — that commit's requests used to wait for it.
         let checkpointer = Connection::open(&path).map_err(map_err)?;
-        checkpointer.busy_handler(Some(wait_2s)).map_err(map_err)?;
+        checkpointer
+            .busy_handler(Some(wait_checkpoint))
+            .map_err(map_err)?;
         // It copies frames, it does not read through its cache.
         checkpointer
             .execute_batch("PRAGMA cache_size = -128;")
@@ -222,9 +224,19 @@ impl SqliteStore {
                         });
                     let result = match frames {
                         Ok(frames) if frames.saturating_mul(PAGE) > WAL_LIMIT as i64 => {
-                            checkpointer
-                                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-                                .map_err(|e| ("RESTART", e))
+                            // (busy, frames, copied): busy = 1 when it gave up waiting.
+                            let outcome =
+                                checkpointer.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                                    r.get::<_, i64>(0)
+                                });
+                            let wait = if matches!(outcome, Ok(0)) {
+                                CHECKPOINT_WAIT_MIN
+                            } else {
+                                (CHECKPOINT_WAIT.load(Ordering::Relaxed) * 2)
+                                    .min(CHECKPOINT_WAIT_MAX)
+                            };
+                            CHECKPOINT_WAIT.store(wait, Ordering::Relaxed);
+                            outcome.map(|_| ()).map_err(|e| ("RESTART", e))
                         }
                         Ok(_) => Ok(()),
                         Err(e) => Err(("PASSIVE", e)),
@@ -407,8 +419,17 @@ fn wait_5s(attempt: i32) -> bool {
     busy_wait(attempt, 20_000)
 }
 
-fn wait_2s(attempt: i32) -> bool {
-    busy_wait(attempt, 8_000)
+/// How long (in 250 µs steps) a RESTART may wait. It holds the writer lock while it waits —
+/// for the writer's current group, and for readers still on the old WAL, such as a long scan —
+/// so every write waits with it: it starts at 25 ms and, each time it gives up, doubles for the
+/// next attempt (500 ms later), up to 2 s, so the WAL is still restarted under constant load.
+static CHECKPOINT_WAIT: std::sync::atomic::AtomicI32 =
+    std::sync::atomic::AtomicI32::new(CHECKPOINT_WAIT_MIN);
+const CHECKPOINT_WAIT_MIN: i32 = 100;
+const CHECKPOINT_WAIT_MAX: i32 = 8_000;
+
+fn wait_checkpoint(attempt: i32) -> bool {
+    busy_wait(attempt, CHECKPOINT_WAIT.load(Ordering::Relaxed))
 }
 
 fn busy_wait(attempt: i32, max: i32) -> bool {
