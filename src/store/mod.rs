@@ -201,6 +201,24 @@ pub trait Store: Send + Sync + fmt::Debug {
         prop: &str,
         value: &str,
     ) -> Result<Vec<Entity>, StoreError>;
+    /// The partitions (each once, in order) holding an entity whose string property `prop`
+    /// equals `value`: a scan like `query_where`, without carrying every entity back. The
+    /// default keeps only the keys of a `query_where`; SQLite returns only the keys.
+    async fn partitions_where(
+        &self,
+        table: Table,
+        prop: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut pks: Vec<String> = self
+            .query_where(table, prop, value)
+            .await?
+            .into_iter()
+            .map(|e| e.pk)
+            .collect();
+        pks.dedup();
+        Ok(pks)
+    }
     /// At most `limit` entities of a table whose string property `prop` equals `value` and
     /// whose RFC 3339 property `time_prop` is earlier than `before` (retention: filtered by the
     /// store, so a sweep never loads the whole history). The default filters a `query_where`.

@@ -852,6 +852,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn partitions_where(
+        &self,
+        table: Table,
+        prop: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let path = format!("$.\"{}\"", prop.replace('"', ""));
+        let value = value.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT DISTINCT pk FROM entities
+                     WHERE tbl = ?1 AND json_extract(props, ?2) = ?3 ORDER BY pk",
+                )
+                .map_err(map_err)?;
+            let pks = stmt
+                .query_map(params![table.name(), path, value], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(map_err)?;
+            pks.map(|pk| pk.map_err(map_err)).collect()
+        })
+        .await
+    }
+
     fn backend(&self) -> &'static str {
         "sqlite"
     }

@@ -201,6 +201,28 @@ pub async fn conformance(store: Arc<dyn Store>) {
             .len(),
         1
     );
+    // Only the partitions, each once, in order.
+    for (pk, rk, state) in [
+        ("e", "1", "pending"),
+        ("c", "1", "pending"),
+        ("e", "2", "pending"),
+        ("f", "1", "done"),
+    ] {
+        store
+            .insert(
+                Table::Deliveries,
+                Entity::from_record(pk, rk, &json!({ "state": state })),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .partitions_where(Table::Deliveries, "state", "pending")
+            .await
+            .unwrap(),
+        ["c", "d", "e"]
+    );
     // The value is data, never query syntax.
     assert!(store
         .query_where(Table::Deliveries, "state", "pending' or '1'='1")
