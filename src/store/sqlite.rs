@@ -275,14 +275,10 @@ impl SqliteStore {
         let job: ReadJob = Box::new(move |conn| {
             let _ = reply.send(f(conn));
         });
-        self.inner.reads.try_send(job).map_err(|e| match e {
-            std::sync::mpsc::TrySendError::Full(_) => {
-                StoreError::Unavailable("the store's read queue is full".into())
-            }
-            std::sync::mpsc::TrySendError::Disconnected(_) => {
-                StoreError::Unavailable("the store's readers stopped".into())
-            }
-        })?;
+        self.inner
+            .reads
+            .try_send(job)
+            .map_err(|e| refused(e, "read queue is full", "readers stopped"))?;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("a store read failed".into()))?
@@ -307,14 +303,7 @@ impl SqliteStore {
         self.inner
             .writer
             .try_send(Job { parts, reply })
-            .map_err(|e| match e {
-                std::sync::mpsc::TrySendError::Full(_) => {
-                    StoreError::Unavailable("the store's write queue is full".into())
-                }
-                std::sync::mpsc::TrySendError::Disconnected(_) => {
-                    StoreError::Unavailable("the store's writer stopped".into())
-                }
-            })?;
+            .map_err(|e| refused(e, "write queue is full", "writer stopped"))?;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
@@ -370,6 +359,16 @@ fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(CREATE).map_err(map_err)?;
     }
     tx.commit().map_err(map_err)
+}
+
+/// Why a bounded queue refused a job: full (backpressure: 503 + `Retry-After`) or its thread
+/// is gone.
+fn refused<T>(e: std::sync::mpsc::TrySendError<T>, full: &str, gone: &str) -> StoreError {
+    let why = match e {
+        std::sync::mpsc::TrySendError::Full(_) => full,
+        std::sync::mpsc::TrySendError::Disconnected(_) => gone,
+    };
+    StoreError::Unavailable(format!("the store's {why}"))
 }
 
 /// One read: a closure run on a reader's connection (it sends its own answer).
