@@ -55,27 +55,24 @@ impl Ledger {
             let mut out = core::apply_event(state, event, class, &ctx, received_at);
             match out.disposition {
                 Disposition::Duplicate => {
-                    // Unchanged: it goes back to the cache before the target rows, which
-                    // need not be (and are not) in the same commit.
-                    let targets = std::mem::take(&mut out.targets);
+                    // Unchanged: it goes back to the cache as it was taken.
                     if let Some(etag) = etag {
                         self.states.put(&pk, &out.state, etag);
                     }
                     // A retry: its first attempt may have stopped before the target rows.
-                    for u in &targets {
+                    for u in &out.targets {
                         self.merge_target(u, true).await?;
                     }
                     return Ok(Recorded::Duplicate);
                 }
                 Disposition::Stale => {
-                    let answer = summary(event, class, &out);
                     if let Some(etag) = etag {
                         self.states.put(&pk, &out.state, etag);
                     }
                     // Outdated for the state, still part of the object's history; its
                     // history row tells a byte-identical retry apart.
                     return match self.store.insert(Table::Objects, history).await {
-                        Ok(_) => Ok(Recorded::Accepted(answer)),
+                        Ok(_) => Ok(Recorded::Accepted(summary(event, class, &out))),
                         Err(StoreError::Conflict) => Ok(Recorded::Duplicate),
                         Err(e) => Err(e),
                     };
@@ -229,11 +226,10 @@ impl Ledger {
             if !out.messages.is_empty() {
                 self.notify_outbox(&pk);
             }
-            let answer = summary(event, class, &out);
             if let Some(etag) = state_etag {
                 self.states.put(&pk, &out.state, etag);
             }
-            return Ok(Recorded::Accepted(answer));
+            return Ok(Recorded::Accepted(summary(event, class, &out)));
         }
         Err(StoreError::Unavailable(
             "object state kept changing under concurrent writers".into(),

@@ -412,7 +412,7 @@ fn reader_loop(conn: Connection, queued: &Mutex<std::sync::mpsc::Receiver<ReadJo
 }
 
 /// Busy handlers that retry every 250 µs. SQLite's own `busy_timeout` sleeps in growing steps
-/// (up to 100 ms each): when the checkpointer briefly holds the WAL for a TRUNCATE, the writer
+/// (up to 100 ms each): when the checkpointer briefly holds the WAL for a RESTART, the writer
 /// used to sleep far past the moment it was free, and every request of that group waited.
 fn wait_5s(attempt: i32) -> bool {
     busy_wait(attempt, 20_000)
@@ -570,6 +570,11 @@ fn map_err(e: rusqlite::Error) -> StoreError {
         // Disk full, read-only, I/O errors, busy: the caller answers 503 and is retried.
         _ => StoreError::Unavailable(e.to_string()),
     }
+}
+
+/// The JSON path of a top-level property, for `json_extract` (quotes dropped: a name is data).
+fn prop_path(prop: &str) -> String {
+    format!("$.\"{}\"", prop.replace('"', ""))
 }
 
 fn encode(props: &Map<String, Value>) -> String {
@@ -811,8 +816,8 @@ impl Store for SqliteStore {
         before: &str,
         limit: usize,
     ) -> Result<Vec<Entity>, StoreError> {
-        let path = format!("$.\"{}\"", prop.replace('"', ""));
-        let time_path = format!("$.\"{}\"", time_prop.replace('"', ""));
+        let path = prop_path(prop);
+        let time_path = prop_path(time_prop);
         let (value, before) = (value.to_string(), before.to_string());
         self.read(move |conn| {
             // RFC 3339 UTC timestamps compare as text (to the second).
@@ -837,7 +842,7 @@ impl Store for SqliteStore {
         prop: &str,
         value: &str,
     ) -> Result<Vec<Entity>, StoreError> {
-        let path = format!("$.\"{}\"", prop.replace('"', ""));
+        let path = prop_path(prop);
         let value = value.to_string();
         self.read(move |conn| {
             let mut stmt = conn
@@ -857,7 +862,7 @@ impl Store for SqliteStore {
         prop: &str,
         value: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let path = format!("$.\"{}\"", prop.replace('"', ""));
+        let path = prop_path(prop);
         let value = value.to_string();
         self.read(move |conn| {
             let mut stmt = conn
