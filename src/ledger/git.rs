@@ -11,25 +11,37 @@ use crate::domain::{CommitSha, Revision};
 use crate::git::{GitEvent, Provider, PullRequest, Push};
 use crate::store::{BatchOp, Entity, StoreError, Table};
 
+/// What the journal step already learnt of a push's rows (`push_inserts`), written in one
+/// call with the journal entry when a delivery holds one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PushRows {
+    /// They were inserted with the entry.
+    Inserted,
+    /// The call failed while the entry alone was new: some row was seen before, so they are
+    /// merged without trying to insert them again.
+    NotNew,
+    /// Nothing known (several pushes, or an entry an earlier attempt left).
+    Unknown,
+}
+
 impl Ledger {
     /// Writes every projection of a Git event. Idempotent.
-    /// `inserted`: the rows of `push_inserts` were written already (with the journal entry).
     pub(super) async fn project_git(
         &self,
         provider: Provider,
         event: &GitEvent,
         received_at: DateTime<Utc>,
-        inserted: bool,
+        rows: PushRows,
     ) -> Result<serde_json::Value, StoreError> {
         match event {
             GitEvent::Push { pushes } => {
                 let mut commits = 0;
                 let mut refs = Vec::new();
                 for push in pushes {
-                    commits += if inserted {
-                        push.commits.len()
-                    } else {
-                        self.project_push(provider, push, received_at).await?
+                    commits += match rows {
+                        PushRows::Inserted => push.commits.len(),
+                        PushRows::NotNew => self.merge_push(provider, push, received_at).await?,
+                        PushRows::Unknown => self.project_push(provider, push, received_at).await?,
                     };
                     self.expect_on_followers(push, received_at).await?;
                     refs.push(push.git_ref.clone());
@@ -94,10 +106,20 @@ impl Ledger {
             .batches(Self::push_inserts(provider, push, received_at))
             .await
         {
-            Ok(_) => return Ok(push.commits.len()),
-            Err(StoreError::Conflict) => {}
-            Err(e) => return Err(e),
+            Ok(_) => Ok(push.commits.len()),
+            Err(StoreError::Conflict) => self.merge_push(provider, push, received_at).await,
+            Err(e) => Err(e),
         }
+    }
+
+    /// A push some of whose rows exist: the push row inserted if absent, each commit merged
+    /// with what is stored.
+    async fn merge_push(
+        &self,
+        provider: Provider,
+        push: &Push,
+        received_at: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         let record = PushRecord::new(provider, push, received_at);
         let pk = PushRecord::partition(&record.repository, &record.git_ref);
         match self

@@ -34,6 +34,7 @@ use crate::flux::{FluxEvent, ObjectRef};
 use crate::git::{GitEvent, Provider};
 use crate::store::{BatchOp, Entity, Store, StoreError, Table};
 pub use evidence::Evidence;
+use git::PushRows;
 use records::{DeliveryRecord, DeliveryState, Journaled, PushRecord, ROW_INCIDENT, ROW_STATE};
 
 /// How often a read-modify-write retries when another writer got there first.
@@ -120,7 +121,7 @@ impl Ledger {
             received_at,
             event: serde_json::to_string(payload).expect("deliveries serialise"),
         };
-        let entry = Entity::from_record(&pk, delivery_id, &journal);
+        let entry = || Entity::from_record(&pk, delivery_id, &journal);
         // A delivery of one push: its journal entry and the push's rows (when all new) in one
         // call — one commit on SQLite instead of two; on Table Storage the entry is still
         // written first. Anything not new fails the call, and the steps below run one by one.
@@ -131,18 +132,18 @@ impl Ledger {
             } if pushes.len() == 1 => Some(Self::push_inserts(*provider, &pushes[0], received_at)),
             _ => None,
         };
-        let mut inserted = false;
+        let mut rows = PushRows::Unknown;
         let first = match single_push {
-            Some(rows) => {
+            Some(push_rows) => {
                 let mut writes = vec![(
                     Table::Deliveries,
                     pk.clone(),
-                    vec![BatchOp::Insert(entry.clone())],
+                    vec![BatchOp::Insert(entry())],
                 )];
-                writes.extend(rows);
+                writes.extend(push_rows);
                 match self.store.batches(writes).await {
                     Ok(tags) => {
-                        inserted = true;
+                        rows = PushRows::Inserted;
                         tags.into_iter()
                             .next()
                             .and_then(|t| t.into_iter().next())
@@ -150,11 +151,17 @@ impl Ledger {
                                 StoreError::Unavailable("no etag for the journal".into())
                             })
                     }
-                    Err(StoreError::Conflict) => self.store.insert(Table::Deliveries, entry).await,
+                    Err(StoreError::Conflict) => {
+                        let alone = self.store.insert(Table::Deliveries, entry()).await;
+                        if alone.is_ok() {
+                            rows = PushRows::NotNew;
+                        }
+                        alone
+                    }
                     Err(e) => Err(e),
                 }
             }
-            None => self.store.insert(Table::Deliveries, entry).await,
+            None => self.store.insert(Table::Deliveries, entry()).await,
         };
         let (journal, etag, fresh) = match first {
             Ok(etag) => (journal, etag, true),
@@ -194,7 +201,7 @@ impl Ledger {
         };
         let summary = match payload {
             Journaled::Git { provider, event } => {
-                self.project_git(*provider, event, journal.received_at, inserted)
+                self.project_git(*provider, event, journal.received_at, rows)
                     .await?
             }
         };
