@@ -20,14 +20,19 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::core::Message;
 use crate::ledger::records::{OutboxRecord, ROW_OUTBOX};
 use crate::publish::{PublishError, Publisher};
-use crate::store::{Entity, Store, StoreError, Table};
+use crate::store::{BatchOp, Entity, Etag, Store, StoreError, Table};
 
 /// How often undelivered messages are looked for without a wake-up.
 const SCAN_INTERVAL: Duration = Duration::from_secs(30);
 /// The longest wait between two attempts of one message.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How many objects one pass reads and delivers together.
+const PASS_PARTITIONS: usize = 256;
+/// Table Storage's limit of operations in one entity group transaction.
+const MAX_BATCH: usize = 100;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -92,7 +97,20 @@ impl Dispatcher {
             loop {
                 let pass = tokio::select! {
                     pk = wake.recv() => match pk {
-                        Some(pk) => self.deliver_partition(&pk, Utc::now()).await,
+                        Some(pk) => {
+                            // Every object woken meanwhile goes in the same pass.
+                            let mut pks = BTreeSet::from([pk]);
+                            while pks.len() < PASS_PARTITIONS {
+                                match wake.try_recv() {
+                                    Ok(pk) => {
+                                        pks.insert(pk);
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            let pks: Vec<String> = pks.into_iter().collect();
+                            self.deliver_partitions(&pks, Utc::now()).await
+                        }
                         None => break,
                     },
                     _ = scan.tick() => self.deliver_all(Utc::now()).await,
@@ -126,90 +144,164 @@ impl Dispatcher {
     pub async fn deliver_all(&self, now: DateTime<Utc>) -> Result<Pass, StoreError> {
         // Only the partitions: at full speed thousands of messages can be pending, and
         // loading them whole made resident memory jump by tens of MB every scan.
-        let partitions: BTreeSet<String> = self
+        let partitions: Vec<String> = self
             .store
             .partitions_where(Table::Objects, "delivery", "pending")
             .await?
             .into_iter()
+            .collect::<BTreeSet<String>>()
+            .into_iter()
             .collect();
         let mut pass = Pass::default();
-        for pk in partitions {
-            pass.add(self.deliver_partition(&pk, now).await?);
+        for chunk in partitions.chunks(PASS_PARTITIONS) {
+            pass.add(self.deliver_partitions(chunk, now).await?);
         }
         Ok(pass)
     }
 
-    /// Delivers one object's due messages in order; stops at the first that cannot go yet, so
-    /// a later message never overtakes an earlier one.
-    pub async fn deliver_partition(
+    /// Delivers the due messages of several objects: read in one query, handed to the
+    /// publisher together (the local sink syncs once for all of them), marked in one write.
+    /// Per object in order: an object's messages stop at the first that cannot go yet (still
+    /// waiting out its backoff, or failing now), so a later message never overtakes an
+    /// earlier one; a message parked as dead does not hold the next back.
+    pub async fn deliver_partitions(
         &self,
-        pk: &str,
+        pks: &[String],
         now: DateTime<Utc>,
     ) -> Result<Pass, StoreError> {
-        let rows = self
+        let partitions = self
             .store
-            .query_partition(Table::Objects, pk, Some("outbox|"))
+            .query_partitions(Table::Objects, pks, Some("outbox|"))
             .await?;
         let mut pass = Pass::default();
-        for row in rows {
-            let mut rec: OutboxRecord = row.record()?;
-            if rec.delivery != "pending" {
-                continue;
-            }
-            if let Some(at) = rec.next_attempt_at.filter(|at| *at > now) {
-                pass.next_due = Some(at);
-                break;
-            }
-            let result = self.publisher.publish(&rec.message).await;
-            rec.attempts += 1;
-            let delivered = match result {
-                Ok(()) => {
-                    rec.delivery = "delivered".into();
-                    rec.delivered_at = Some(now);
-                    rec.next_attempt_at = None;
-                    rec.last_error = None;
-                    pass.delivered += 1;
-                    true
+        let mut rest: Vec<Due> = Vec::new();
+        for (part, rows) in partitions.into_iter().enumerate() {
+            for row in rows {
+                let rec: OutboxRecord = row.record()?;
+                if rec.delivery != "pending" {
+                    continue;
                 }
-                Err(e) => {
-                    rec.last_error = Some(e.to_string());
-                    let give_up = matches!(e, PublishError::Rejected(_))
-                        || rec.attempts >= self.policy.max_attempts;
-                    if give_up {
-                        rec.delivery = "dead".into();
-                        rec.next_attempt_at = None;
-                        tracing::error!(id = %rec.message.id, attempts = rec.attempts, error = %e, "message parked as dead; re-drive with POST /api/outbox/redrive");
-                    } else {
-                        let at = now
-                            + chrono::Duration::from_std(
-                                self.policy.backoff(rec.attempts, &rec.message.id),
-                            )
-                            .unwrap_or_default();
-                        rec.next_attempt_at = Some(at);
-                        pass.next_due = Some(at);
-                        tracing::warn!(id = %rec.message.id, attempts = rec.attempts, error = %e, retry_at = %at, "message not delivered yet");
-                    }
-                    false
+                if let Some(at) = rec.next_attempt_at.filter(|at| *at > now) {
+                    pass.add(Pass {
+                        delivered: 0,
+                        next_due: Some(at),
+                    });
+                    break;
                 }
-            };
-            let entity = Entity::from_record(pk, &row.rk, &rec)
-                .with_tag("rowType", ROW_OUTBOX)
-                .with_tag("delivery", &rec.delivery);
-            match self
-                .store
-                .update(Table::Objects, entity, row.etag.as_ref().expect("etag"))
-                .await
-            {
-                // Someone else (another instance, a sweep) handled it meanwhile.
-                Ok(_) | Err(StoreError::PreconditionFailed) => {}
-                Err(e) => return Err(e),
-            }
-            if !delivered && rec.delivery == "pending" {
-                break;
+                let etag = row.etag.ok_or_else(|| {
+                    StoreError::Corrupt(format!("{}/{}: read without an etag", row.pk, row.rk))
+                })?;
+                rest.push(Due {
+                    part,
+                    rk: row.rk,
+                    etag,
+                    rec,
+                });
             }
         }
+        // Handed over in order; after a failure, the failed message's object waits and the
+        // others go on.
+        let mut handled: Vec<Due> = Vec::with_capacity(rest.len());
+        while !rest.is_empty() {
+            let messages: Vec<Message> = rest.iter().map(|d| d.rec.message.clone()).collect();
+            let (accepted, failure) = match self.publisher.publish_all(&messages).await {
+                Ok(()) => (rest.len(), None),
+                Err((n, e)) => (n, Some(e)),
+            };
+            let mut it = rest.into_iter();
+            for mut d in it.by_ref().take(accepted) {
+                d.rec.attempts += 1;
+                d.rec.delivery = "delivered".into();
+                d.rec.delivered_at = Some(now);
+                d.rec.next_attempt_at = None;
+                d.rec.last_error = None;
+                pass.delivered += 1;
+                handled.push(d);
+            }
+            let (Some(e), Some(mut d)) = (failure, it.next()) else {
+                break;
+            };
+            d.rec.attempts += 1;
+            d.rec.last_error = Some(e.to_string());
+            let give_up = matches!(e, PublishError::Rejected(_))
+                || d.rec.attempts >= self.policy.max_attempts;
+            let waits = if give_up {
+                d.rec.delivery = "dead".into();
+                d.rec.next_attempt_at = None;
+                tracing::error!(id = %d.rec.message.id, attempts = d.rec.attempts, error = %e, "message parked as dead; re-drive with POST /api/outbox/redrive");
+                None
+            } else {
+                let at = now
+                    + chrono::Duration::from_std(
+                        self.policy.backoff(d.rec.attempts, &d.rec.message.id),
+                    )
+                    .unwrap_or_default();
+                d.rec.next_attempt_at = Some(at);
+                pass.add(Pass {
+                    delivered: 0,
+                    next_due: Some(at),
+                });
+                tracing::warn!(id = %d.rec.message.id, attempts = d.rec.attempts, error = %e, retry_at = %at, "message not delivered yet");
+                Some(d.part)
+            };
+            handled.push(d);
+            rest = it.filter(|d| Some(d.part) != waits).collect();
+        }
+        self.mark(pks, handled).await?;
         Ok(pass)
     }
+
+    /// Writes what happened to each handled message: one batch per object (Table Storage
+    /// takes at most 100 operations in one), all in one call. A row someone else changed
+    /// meanwhile (another instance, a sweep) makes that call fail as a whole; then each row is
+    /// written alone and the changed ones are left as they are.
+    async fn mark(&self, pks: &[String], handled: Vec<Due>) -> Result<(), StoreError> {
+        let mut writes: Vec<(Table, String, Vec<BatchOp>)> = Vec::new();
+        let mut last: Option<usize> = None;
+        for d in handled {
+            let pk = &pks[d.part];
+            let entity = Entity::from_record(pk, &d.rk, &d.rec)
+                .with_tag("rowType", ROW_OUTBOX)
+                .with_tag("delivery", &d.rec.delivery);
+            let op = BatchOp::Update(entity, d.etag);
+            match writes.last_mut() {
+                Some((_, _, ops)) if last == Some(d.part) && ops.len() < MAX_BATCH => ops.push(op),
+                _ => writes.push((Table::Objects, pk.clone(), vec![op])),
+            }
+            last = Some(d.part);
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let retry = writes.clone();
+        match self.store.batches(writes).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::PreconditionFailed | StoreError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
+        for (_, _, ops) in retry {
+            for op in ops {
+                let BatchOp::Update(entity, etag) = op else {
+                    continue;
+                };
+                match self.store.update(Table::Objects, entity, &etag).await {
+                    Ok(_) | Err(StoreError::PreconditionFailed) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A message due now, with where it is stored.
+#[derive(Debug)]
+struct Due {
+    /// Its object: an index into the pass's partitions.
+    part: usize,
+    rk: String,
+    etag: Etag,
+    rec: OutboxRecord,
 }
 
 async fn sleep_until(due: Option<tokio::time::Instant>) {
@@ -222,6 +314,151 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::MessageType;
+    use crate::flux::ObjectRef;
+    use crate::store::sqlite::SqliteStore;
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+
+    /// Records what it accepted; fails the ids it is told to, once each.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        accepted: Mutex<Vec<String>>,
+        fail_once: Mutex<Vec<(String, bool)>>,
+    }
+
+    #[async_trait]
+    impl Publisher for Scripted {
+        async fn publish(&self, m: &Message) -> Result<(), PublishError> {
+            let mut fail = self.fail_once.lock().unwrap();
+            if let Some(i) = fail.iter().position(|(id, _)| *id == m.id) {
+                let (_, rejected) = fail.remove(i);
+                return Err(if rejected {
+                    PublishError::Rejected("too large".into())
+                } else {
+                    PublishError::Unavailable("throttled".into())
+                });
+            }
+            self.accepted.lock().unwrap().push(m.id.clone());
+            Ok(())
+        }
+        fn backend(&self) -> &'static str {
+            "scripted"
+        }
+        async fn check(&self) -> Result<(), PublishError> {
+            Ok(())
+        }
+    }
+
+    fn message(object: &str, id: &str) -> Message {
+        Message {
+            id: id.into(),
+            kind: MessageType::ApplyFailed,
+            object: ObjectRef {
+                cluster: "c".into(),
+                kind: "Kustomization".into(),
+                namespace: "n".into(),
+                name: object.into(),
+            },
+            time: Utc::now(),
+            revision: None,
+            sha: None,
+            reason: None,
+            message: None,
+            incident_id: None,
+            repository: None,
+        }
+    }
+
+    async fn pending(store: &dyn Store, pk: &str, seq: u32, id: &str) {
+        let rec = OutboxRecord {
+            message: message(pk, id),
+            delivery: "pending".into(),
+            attempts: 0,
+            delivered_at: None,
+            next_attempt_at: None,
+            last_error: None,
+        };
+        let e = Entity::from_record(pk, format!("outbox|{seq:012}|00|{id}"), &rec)
+            .with_tag("rowType", ROW_OUTBOX)
+            .with_tag("delivery", "pending");
+        store.insert(Table::Objects, e).await.unwrap();
+    }
+
+    async fn states(store: &dyn Store, pk: &str) -> Vec<(String, String, u32)> {
+        store
+            .query_partition(Table::Objects, pk, Some("outbox|"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let r: OutboxRecord = e.record().unwrap();
+                (r.message.id, r.delivery, r.attempts)
+            })
+            .collect()
+    }
+
+    /// One pass over several objects: a failure holds back only its own object's later
+    /// messages (order per object), a rejected message is parked and does not hold back the
+    /// next, and every outcome is written.
+    #[tokio::test]
+    async fn a_pass_over_several_objects_keeps_each_objects_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        for (pk, ids) in [
+            ("a", ["a1", "a2"]),
+            ("b", ["b1", "b2"]),
+            ("c", ["c1", "c2"]),
+        ] {
+            for (i, id) in ids.iter().enumerate() {
+                pending(store.as_ref(), pk, i as u32, id).await;
+            }
+        }
+        let publisher = Arc::new(Scripted::default());
+        publisher
+            .fail_once
+            .lock()
+            .unwrap()
+            .extend([("b1".to_string(), false), ("c1".to_string(), true)]);
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            max_attempts: 5,
+        };
+        let d = Dispatcher::new(store.clone(), publisher.clone(), policy);
+        let now = Utc::now();
+        let pks: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let pass = d.deliver_partitions(&pks, now).await.unwrap();
+        assert_eq!(*publisher.accepted.lock().unwrap(), ["a1", "a2", "c2"]);
+        assert_eq!(pass.delivered, 3);
+        assert!(pass.next_due.is_some_and(|at| at > now));
+        let s = |id: &str, d: &str, n: u32| (id.to_string(), d.to_string(), n);
+        assert_eq!(
+            states(store.as_ref(), "a").await,
+            [s("a1", "delivered", 1), s("a2", "delivered", 1)]
+        );
+        assert_eq!(
+            states(store.as_ref(), "b").await,
+            [s("b1", "pending", 1), s("b2", "pending", 0)]
+        );
+        assert_eq!(
+            states(store.as_ref(), "c").await,
+            [s("c1", "dead", 1), s("c2", "delivered", 1)]
+        );
+        // Not before its backoff; then in order.
+        let pass = d.deliver_partitions(&pks, now).await.unwrap();
+        assert_eq!(pass.delivered, 0);
+        let later = now + chrono::Duration::hours(1);
+        let pass = d.deliver_all(later).await.unwrap();
+        assert_eq!(pass.delivered, 2);
+        assert_eq!(
+            *publisher.accepted.lock().unwrap(),
+            ["a1", "a2", "c2", "b1", "b2"]
+        );
+        assert_eq!(
+            states(store.as_ref(), "b").await,
+            [s("b1", "delivered", 2), s("b2", "delivered", 1)]
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_bounded_jitter_and_a_cap() {

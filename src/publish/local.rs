@@ -40,7 +40,7 @@ const REMEMBERED: usize = 65_536;
 const TAIL_BYTES: u64 = 32 * 1024 * 1024;
 
 impl Inner {
-    /// Appends one line and syncs it. A write that fails part-way (disk full) is cut off
+    /// Appends whole lines and syncs them. A write that fails part-way (disk full) is cut off
     /// again, so the file only ever holds whole lines; if even that fails, the next line
     /// starts on a fresh line so the torn one stays alone.
     fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
@@ -149,24 +149,53 @@ fn ends_mid_line(path: &Path) -> bool {
 #[async_trait]
 impl Publisher for LocalSink {
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        self.publish_all(std::slice::from_ref(message))
+            .await
+            .map_err(|(_, e)| e)
+    }
+
+    /// All of them in one append and one sync: the sync is the cost of a message (an
+    /// outbox pass at full load hands over hundreds at once). All or none: a failed append
+    /// is cut off again, so nothing of it was delivered.
+    async fn publish_all(&self, messages: &[Message]) -> Result<(), (usize, PublishError)> {
         let inner = self.inner.clone();
-        let id = message.id.clone();
-        let mut line = message.to_cloudevent().to_string();
-        line.push('\n');
+        let lines: Vec<(String, String)> = messages
+            .iter()
+            .map(|m| {
+                let mut line = m.to_cloudevent().to_string();
+                line.push('\n');
+                (m.id.clone(), line)
+            })
+            .collect();
         tokio::task::spawn_blocking(move || {
             let mut g = inner
                 .lock()
                 .map_err(|_| PublishError::Unavailable("sink lock poisoned".into()))?;
-            if g.ids.contains(&id) {
+            let mut text = String::new();
+            let mut new_ids: Vec<String> = Vec::new();
+            let mut batch: HashSet<&str> = HashSet::new();
+            for (id, line) in &lines {
+                // Handed over before (or twice in this batch): already in the file.
+                if g.ids.contains(id) || !batch.insert(id) {
+                    continue;
+                }
+                text.push_str(line);
+                new_ids.push(id.clone());
+            }
+            if text.is_empty() {
                 return Ok(());
             }
-            g.append(line.as_bytes())
+            g.append(text.as_bytes())
                 .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-            g.remember(id);
+            for id in new_ids {
+                g.remember(id);
+            }
             Ok(())
         })
         .await
-        .map_err(|e| PublishError::Unavailable(e.to_string()))?
+        .map_err(|e| PublishError::Unavailable(e.to_string()))
+        .and_then(|r| r)
+        .map_err(|e| (0, e))
     }
 
     fn backend(&self) -> &'static str {
@@ -209,6 +238,39 @@ mod tests {
             incident_id: None,
             repository: None,
         }
+    }
+
+    /// Several messages in one hand-over: each once, in order, whether it was handed over
+    /// before or twice in the same batch.
+    #[tokio::test]
+    async fn a_batch_appends_each_new_message_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("messages.jsonl");
+        let sink = LocalSink::open(&path).unwrap();
+        sink.publish(&message("one")).await.unwrap();
+        sink.publish_all(&[
+            message("two"),
+            message("one"),
+            message("three"),
+            message("two"),
+        ])
+        .await
+        .unwrap();
+        sink.publish_all(&[]).await.unwrap();
+        let ids = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
+                .collect()
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(ids(&text), ["\"one\"", "\"two\"", "\"three\""]);
+        // Across a restart too.
+        let sink = LocalSink::open(&path).unwrap();
+        sink.publish_all(&[message("three"), message("four")])
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(ids(&text), ["\"one\"", "\"two\"", "\"three\"", "\"four\""]);
     }
 
     /// A line torn by a crash (or a full disk) stays alone: the next message starts on a

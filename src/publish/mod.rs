@@ -26,6 +26,16 @@ pub enum PublishError {
 pub trait Publisher: Send + Sync + std::fmt::Debug {
     /// Delivers one message. Delivering the same message id twice must be harmless.
     async fn publish(&self, message: &Message) -> Result<(), PublishError>;
+    /// Delivers messages in order, stopping at the first that fails: `Err((n, e))` means the
+    /// first `n` were delivered, message `n` failed with `e`, and the rest were not tried.
+    /// The default publishes one by one; a publisher that can hand over several at once for
+    /// the price of one (the local sink: one sync) overrides it.
+    async fn publish_all(&self, messages: &[Message]) -> Result<(), (usize, PublishError)> {
+        for (i, m) in messages.iter().enumerate() {
+            self.publish(m).await.map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
     /// A short name for health and logs.
     fn backend(&self) -> &'static str;
     /// Cheap check for `/api/health`.

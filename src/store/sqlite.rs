@@ -659,6 +659,25 @@ fn apply(
     }
 }
 
+/// The least string greater than every string starting with `prefix` (keys compare as UTF-8
+/// bytes, i.e. by code point): the prefix with its last character raised by one. `None` when
+/// there is none (an empty prefix, or one made only of U+10FFFF).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // The next scalar value (surrogates are not characters).
+        let next = match last as u32 {
+            0xD7FF => Some('\u{E000}'),
+            c => char::from_u32(c + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// Runs a query selecting `pk, rk, etag, props` and decodes its rows.
 fn entities(
     stmt: &mut rusqlite::CachedStatement<'_>,
@@ -748,31 +767,11 @@ impl Store for SqliteStore {
         pk: &str,
         rk_prefix: Option<&str>,
     ) -> Result<Vec<Entity>, StoreError> {
-        let pk = pk.to_string();
-        let prefix = rk_prefix.unwrap_or("").to_string();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT rk, etag, props FROM entities
-                     WHERE tbl = ?1 AND pk = ?2 AND substr(rk, 1, length(?3)) = ?3 ORDER BY rk",
-                )
-                .map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![table.name(), pk, prefix], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(map_err)?;
-            rows.map(|row| {
-                let (rk, etag, p) = row.map_err(map_err)?;
-                decode(pk.clone(), rk, etag, &p)
-            })
-            .collect()
-        })
-        .await
+        Ok(self
+            .query_partitions(table, &[pk.to_string()], rk_prefix)
+            .await?
+            .pop()
+            .unwrap_or_default())
     }
 
     async fn query_partitions(
@@ -787,17 +786,47 @@ impl Store for SqliteStore {
         let pks = pks.to_vec();
         let prefix = rk_prefix.unwrap_or("").to_string();
         self.read(move |conn| {
-            // json_each turns the list into a table: one statement, whatever the count.
-            let list = Value::Array(pks.iter().cloned().map(Value::String).collect()).to_string();
-            let mut stmt = conn
-                .prepare_cached(
+            // The row keys with the prefix are one range of the key index: only they are read
+            // (an object's outbox, not its whole history). A prefix without an end (empty, or
+            // ending in U+10FFFF) is filtered instead.
+            let end = prefix_end(&prefix);
+            let sql = match (pks.len(), end.is_some()) {
+                (1, true) => {
+                    "SELECT pk, rk, etag, props FROM entities
+                     WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3 AND rk < ?4 ORDER BY rk"
+                }
+                (1, false) => {
+                    "SELECT pk, rk, etag, props FROM entities
+                     WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3
+                       AND substr(rk, 1, length(?3)) = ?3 ORDER BY rk"
+                }
+                // json_each turns the list into a table: one statement, whatever the count.
+                (_, true) => {
                     "SELECT pk, rk, etag, props FROM entities
                      WHERE tbl = ?1 AND pk IN (SELECT value FROM json_each(?2))
-                       AND substr(rk, 1, length(?3)) = ?3 ORDER BY pk, rk",
-                )
-                .map_err(map_err)?;
+                       AND rk >= ?3 AND rk < ?4 ORDER BY pk, rk"
+                }
+                (_, false) => {
+                    "SELECT pk, rk, etag, props FROM entities
+                     WHERE tbl = ?1 AND pk IN (SELECT value FROM json_each(?2))
+                       AND rk >= ?3 AND substr(rk, 1, length(?3)) = ?3 ORDER BY pk, rk"
+                }
+            };
+            let keys = if pks.len() == 1 {
+                pks[0].clone()
+            } else {
+                Value::Array(pks.iter().cloned().map(Value::String).collect()).to_string()
+            };
+            let mut stmt = conn.prepare_cached(sql).map_err(map_err)?;
+            let rows = match &end {
+                Some(end) => entities(&mut stmt, params![table.name(), keys, prefix, end])?,
+                None => entities(&mut stmt, params![table.name(), keys, prefix])?,
+            };
+            if pks.len() == 1 {
+                return Ok(vec![rows]);
+            }
             let mut by_pk: HashMap<String, Vec<Entity>> = HashMap::new();
-            for e in entities(&mut stmt, params![table.name(), list, prefix])? {
+            for e in rows {
                 by_pk.entry(e.pk.clone()).or_default().push(e);
             }
             Ok(pks

@@ -354,11 +354,83 @@ pub async fn hostile_keys(store: Arc<dyn Store>) {
     }
 }
 
+/// A prefix query returns exactly the row keys that start with the prefix, at the edges of
+/// the range too (the next character, the last character there is, keys of other
+/// partitions), for one partition and for several at once.
+pub async fn prefix_edges(store: Arc<dyn Store>) {
+    let t = Table::Objects;
+    let rks = [
+        "p",
+        "p|",
+        "p|a",
+        "p|\u{10FFFF}",
+        "p}",
+        "p{",
+        "p\u{10FFFF}",
+        "p\u{10FFFF}a",
+        "q",
+        "\u{10FFFF}",
+        "\u{10FFFF}\u{10FFFF}x",
+        "é|1",
+        "é}",
+        "e|",
+        "p\u{FFFF}",
+        "p\u{FFFF}\u{10000}",
+        "p\u{1F511}|",
+        "p\u{1F511}}",
+        "p\u{1F512}",
+    ];
+    for (i, pk) in ["edge-1", "edge-2"].iter().enumerate() {
+        for rk in rks {
+            store.insert(t, entity(pk, rk, i as i64)).await.unwrap();
+        }
+    }
+    store.insert(t, entity("edge-3", "p|x", 9)).await.unwrap();
+    for prefix in [
+        "p|",
+        "p",
+        "p\u{10FFFF}",
+        "\u{10FFFF}",
+        "\u{10FFFF}\u{10FFFF}",
+        "é|",
+        "",
+        "p\u{FFFF}",
+        "p\u{1F511}",
+        "p\u{1F511}|",
+    ] {
+        let mut want: Vec<&str> = rks
+            .iter()
+            .copied()
+            .filter(|rk| rk.starts_with(prefix))
+            .collect();
+        want.sort();
+        let got: Vec<String> = store
+            .query_partition(t, "edge-1", Some(prefix))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.rk)
+            .collect();
+        assert_eq!(got, want, "prefix {prefix:?}");
+        let both = store
+            .query_partitions(t, &["edge-2".into(), "edge-1".into()], Some(prefix))
+            .await
+            .unwrap();
+        assert_eq!(both.len(), 2);
+        for (rows, (pk, v)) in both.iter().zip([("edge-2", 1), ("edge-1", 0)]) {
+            let got: Vec<&str> = rows.iter().map(|e| e.rk.as_str()).collect();
+            assert_eq!(got, want, "prefix {prefix:?} in {pk}");
+            assert!(rows.iter().all(|e| e.pk == pk && e.props["v"] == v));
+        }
+    }
+}
+
 #[tokio::test]
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
     conformance(store.clone()).await;
+    prefix_edges(store.clone()).await;
     hostile_keys(store).await;
 }
 
@@ -423,5 +495,6 @@ async fn table_store_conforms() {
     .unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
     conformance(store.clone()).await;
+    prefix_edges(store.clone()).await;
     hostile_keys(store).await;
 }
