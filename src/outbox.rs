@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::core::Message;
 use crate::ledger::records::{OutboxRecord, ROW_OUTBOX};
 use crate::publish::{PublishError, Publisher};
-use crate::store::{BatchOp, Entity, Etag, Store, StoreError, Table};
+use crate::store::{BatchOp, Etag, Row, Store, StoreError, Table};
 
 /// How often undelivered messages are looked for without a wake-up.
 const SCAN_INTERVAL: Duration = Duration::from_secs(30);
@@ -260,9 +260,8 @@ impl Dispatcher {
         let mut last: Option<usize> = None;
         for d in handled {
             let pk = &pks[d.part];
-            let entity = Entity::from_record(pk, &d.rk, &d.rec)
-                .with_tag("rowType", ROW_OUTBOX)
-                .with_tag("delivery", &d.rec.delivery);
+            // Its `delivery` is a top-level string already: the tag scans look for.
+            let entity = Row::from_record(pk, &d.rk, &d.rec).with_tag("rowType", ROW_OUTBOX);
             let op = BatchOp::Update(entity, d.etag);
             match writes.last_mut() {
                 Some((_, _, ops)) if last == Some(d.part) && ops.len() < MAX_BATCH => ops.push(op),
@@ -379,9 +378,8 @@ mod tests {
             next_attempt_at: None,
             last_error: None,
         };
-        let e = Entity::from_record(pk, format!("outbox|{seq:012}|00|{id}"), &rec)
-            .with_tag("rowType", ROW_OUTBOX)
-            .with_tag("delivery", "pending");
+        let e = Row::from_record(pk, format!("outbox|{seq:012}|00|{id}"), &rec)
+            .with_tag("rowType", ROW_OUTBOX);
         store.insert(Table::Objects, e).await.unwrap();
     }
 

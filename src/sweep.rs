@@ -27,7 +27,7 @@ use crate::flux::ObjectRef;
 use crate::ledger::records::{OutboxRecord, ROW_OUTBOX, ROW_STATE};
 use crate::ledger::{object_partition, Ledger};
 use crate::outbox::Dispatcher;
-use crate::store::{BatchOp, Entity, StoreError, Table};
+use crate::store::{BatchOp, Entity, Row, StoreError, Table};
 
 /// The most rows of each kind one sweep deletes.
 const RETENTION_BATCH: usize = 5_000;
@@ -174,9 +174,8 @@ async fn stall(
             next_attempt_at: None,
             last_error: None,
         };
-        let entity = Entity::from_record(&pk, format!("outbox|stalled|{}", message.id), &outbox)
-            .with_tag("rowType", ROW_OUTBOX)
-            .with_tag("delivery", "pending");
+        let entity = Row::from_record(&pk, format!("outbox|stalled|{}", message.id), &outbox)
+            .with_tag("rowType", ROW_OUTBOX);
         let announced = match store.insert(Table::Objects, entity).await {
             Ok(_) => true,
             Err(StoreError::Conflict) => false, // another sweep, or an earlier one that stopped
@@ -184,7 +183,7 @@ async fn stall(
         };
         let mut marked = target.clone();
         marked.state = TargetState::Stalled;
-        let entity = Entity::from_record(&row.pk, &row.rk, &marked);
+        let entity = Row::from_record(&row.pk, &row.rk, &marked);
         match store
             .update(Table::Commits, entity, row.etag.as_ref().expect("etag"))
             .await

@@ -4,13 +4,14 @@
 //! partition, then the target rows in the commits' partitions.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::json;
 
 use super::records::{CommitRecord, OutboxRecord, ROW_EVENT, ROW_INCIDENT, ROW_OUTBOX, ROW_STATE};
 use super::{object_partition, tagged, Ledger, Recorded, MAX_CONFLICT_RETRIES};
 use crate::core::{self, CommitInfo, Context, Disposition, ObjectState, TargetRecord};
 use crate::flux::{classify, Class, FluxEvent};
-use crate::store::{BatchOp, Entity, StoreError, Table};
+use crate::store::{BatchOp, Row, StoreError, Table};
 
 impl Ledger {
     pub(super) async fn project_flux(
@@ -57,7 +58,7 @@ impl Ledger {
                 Disposition::Duplicate => {
                     // Unchanged: it goes back to the cache as it was taken.
                     if let Some(etag) = etag {
-                        self.states.put(&pk, &out.state, etag);
+                        self.states.put_state(&pk, &out.state, etag);
                     }
                     // A retry: its first attempt may have stopped before the target rows.
                     for u in &out.targets {
@@ -67,7 +68,7 @@ impl Ledger {
                 }
                 Disposition::Stale => {
                     if let Some(etag) = etag {
-                        self.states.put(&pk, &out.state, etag);
+                        self.states.put_state(&pk, &out.state, etag);
                     }
                     // Outdated for the state, still part of the object's history; its
                     // history row tells a byte-identical retry apart.
@@ -143,21 +144,20 @@ impl Ledger {
             }
             let mut ops = Vec::with_capacity(2 + out.incidents.len() + out.messages.len());
             let state_row = tagged(&pk, "state", &out.state, &[("rowType", ROW_STATE)]);
+            // The cache keeps the row's text: the state is encoded once.
+            let state_json = state_row.json().to_owned();
             ops.push(match &etag {
                 Some(etag) => BatchOp::Update(state_row, etag.clone()),
                 None => BatchOp::Insert(state_row),
             });
             ops.push(BatchOp::Insert(history.clone()));
             for inc in &out.incidents {
-                let state = match inc.state {
-                    core::IncidentState::Open => "open",
-                    core::IncidentState::Resolved => "resolved",
-                };
+                // Its `state` (`open`, `resolved`) is a top-level string already: a tag.
                 ops.push(BatchOp::Upsert(tagged(
                     &pk,
                     &format!("incident|{}", inc.id),
                     inc,
-                    &[("rowType", ROW_INCIDENT), ("state", state)],
+                    &[("rowType", ROW_INCIDENT)],
                 )));
             }
             for (i, m) in out.messages.iter().enumerate() {
@@ -175,7 +175,7 @@ impl Ledger {
                     &pk,
                     &rk,
                     &rec,
-                    &[("rowType", ROW_OUTBOX), ("delivery", "pending")],
+                    &[("rowType", ROW_OUTBOX)],
                 )));
             }
             // The object's transaction, its target rows and a new follows row in one call:
@@ -184,7 +184,7 @@ impl Ledger {
             let mut writes = vec![(Table::Objects, pk.clone(), ops)];
             for (sha, row) in &blind {
                 let entity =
-                    Entity::from_record(sha.as_str(), TargetRecord::row_key(&event.object), row);
+                    Row::from_record(sha.as_str(), TargetRecord::row_key(&event.object), row);
                 writes.push((
                     Table::Commits,
                     sha.to_string(),
@@ -193,7 +193,7 @@ impl Ledger {
             }
             for (u, row, etag) in &read_merged {
                 let entity =
-                    Entity::from_record(u.sha.as_str(), TargetRecord::row_key(&u.object), row);
+                    Row::from_record(u.sha.as_str(), TargetRecord::row_key(&u.object), row);
                 let op = match etag {
                     Some(etag) => BatchOp::Update(entity, etag.clone()),
                     None => BatchOp::Insert(entity),
@@ -210,7 +210,7 @@ impl Ledger {
                 writes.push((
                     Table::Follows,
                     follow_pk.clone(),
-                    vec![BatchOp::Upsert(Entity::from_record(
+                    vec![BatchOp::Upsert(Row::from_record(
                         &follow_pk,
                         &pk,
                         &out.state.object,
@@ -227,7 +227,7 @@ impl Ledger {
                 self.notify_outbox(&pk);
             }
             if let Some(etag) = state_etag {
-                self.states.put(&pk, &out.state, etag);
+                self.states.put(&pk, state_json, etag);
             }
             return Ok(Recorded::Accepted(summary(event, class, &out)));
         }
@@ -286,7 +286,19 @@ fn summary(event: &FluxEvent, class: Class, out: &core::Outcome) -> serde_json::
 /// retry rewrites the same row. The time keeps its nanoseconds: two events of one second
 /// (or an event without a timestamp, which takes its arrival time, sent twice) are two rows.
 /// Long messages (Helm appends its logs) are cut.
-fn history_row(pk: &str, event: &FluxEvent, class: crate::flux::Class) -> crate::store::Entity {
+fn history_row(pk: &str, event: &FluxEvent, class: Class) -> Row {
+    /// The row's properties, borrowed from the event: serialised straight to text.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct History<'a> {
+        timestamp: &'a DateTime<Utc>,
+        reason: &'a str,
+        severity: &'a crate::flux::Severity,
+        class: Class,
+        message: &'a str,
+        revision: Option<&'a str>,
+        reporting_controller: &'a Option<String>,
+    }
     let message = crate::flux::cut(event.message.clone(), 8 * 1024);
     let rk = format!(
         "event|{}|{}",
@@ -295,18 +307,14 @@ fn history_row(pk: &str, event: &FluxEvent, class: crate::flux::Class) -> crate:
             .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         event.fingerprint
     );
-    tagged(
-        pk,
-        &rk,
-        &json!({
-            "timestamp": event.timestamp,
-            "reason": event.reason,
-            "severity": event.severity,
-            "class": class,
-            "message": message,
-            "revision": event.revision(),
-            "reportingController": event.reporting_controller,
-        }),
-        &[("rowType", ROW_EVENT)],
-    )
+    let history = History {
+        timestamp: &event.timestamp,
+        reason: &event.reason,
+        severity: &event.severity,
+        class,
+        message: &message,
+        revision: event.revision(),
+        reporting_controller: &event.reporting_controller,
+    };
+    tagged(pk, &rk, &history, &[("rowType", ROW_EVENT)])
 }

@@ -9,7 +9,7 @@ use super::{object_partition, tagged, Ledger, MAX_CONFLICT_RETRIES};
 use crate::core::{self, Follow, ObjectState, TargetRecord};
 use crate::domain::{CommitSha, Revision};
 use crate::git::{GitEvent, Provider, PullRequest, Push};
-use crate::store::{BatchOp, Entity, StoreError, Table};
+use crate::store::{BatchOp, Entity, Row, StoreError, Table};
 
 /// What the journal step already learnt of a push's rows (`push_inserts`), written in one
 /// call with the journal entry when a delivery holds one push.
@@ -78,7 +78,7 @@ impl Ledger {
         let mut inserts = vec![(
             Table::Pushes,
             pk.clone(),
-            vec![BatchOp::Insert(Entity::from_record(
+            vec![BatchOp::Insert(Row::from_record(
                 &pk,
                 record.row(),
                 &record,
@@ -89,7 +89,7 @@ impl Ledger {
             (
                 Table::Commits,
                 r.sha.clone(),
-                vec![BatchOp::Insert(Entity::from_record(&r.sha, "commit", &r))],
+                vec![BatchOp::Insert(Row::from_record(&r.sha, "commit", &r))],
             )
         }));
         inserts
@@ -124,10 +124,7 @@ impl Ledger {
         let pk = PushRecord::partition(&record.repository, &record.git_ref);
         match self
             .store
-            .insert(
-                Table::Pushes,
-                Entity::from_record(&pk, record.row(), &record),
-            )
+            .insert(Table::Pushes, Row::from_record(&pk, record.row(), &record))
             .await
         {
             Ok(_) | Err(StoreError::Conflict) => {}
@@ -205,7 +202,7 @@ impl Ledger {
                 .store
                 .get(Table::Commits, &merge.sha, "approval")
                 .await?;
-            let entity = Entity::from_record(&merge.sha, "approval", &approval);
+            let entity = Row::from_record(&merge.sha, "approval", &approval);
             let result = match &stored {
                 Some(s) if s.record::<ApprovalRecord>().ok().as_ref() == Some(&approval) => {
                     return Ok(())
@@ -354,7 +351,7 @@ impl Ledger {
                     self.store
                         .upsert(
                             Table::Follows,
-                            Entity::from_record(follow_pk, pk, &state.object),
+                            Row::from_record(follow_pk, pk, &state.object),
                         )
                         .await?;
                     return Ok(Some(core::on_push(

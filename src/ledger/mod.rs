@@ -32,7 +32,7 @@ use crate::core::{BranchGraph, IncidentState, ObjectState};
 use crate::domain::{CommitSha, RepoKey};
 use crate::flux::{FluxEvent, ObjectRef};
 use crate::git::{GitEvent, Provider};
-use crate::store::{BatchOp, Entity, Store, StoreError, Table};
+use crate::store::{BatchOp, Entity, Row, Store, StoreError, Table};
 pub use evidence::Evidence;
 use git::PushRows;
 use records::{DeliveryRecord, DeliveryState, Journaled, PushRecord, ROW_INCIDENT, ROW_STATE};
@@ -121,7 +121,7 @@ impl Ledger {
             received_at,
             event: serde_json::to_string(payload).expect("deliveries serialise"),
         };
-        let entry = || Entity::from_record(&pk, delivery_id, &journal);
+        let entry = || Row::from_record(&pk, delivery_id, &journal);
         // A delivery of one push: its journal entry and the push's rows (when all new) in one
         // call — one commit on SQLite instead of two; on Table Storage the entry is still
         // written first. Anything not new fails the call, and the steps below run one by one.
@@ -217,7 +217,7 @@ impl Ledger {
             .store
             .update(
                 Table::Deliveries,
-                Entity::from_record(&pk, delivery_id, &done),
+                Row::from_record(&pk, delivery_id, &done),
                 &etag,
             )
             .await
@@ -278,7 +278,7 @@ impl Ledger {
             if before.as_ref() == Some(&new) {
                 return Ok(());
             }
-            let entity = Entity::from_record(pk, rk, &new);
+            let entity = Row::from_record(pk, rk, &new);
             let result = match &etag {
                 Some(etag) => self.store.update(table, entity, etag).await,
                 None => self.store.insert(table, entity).await,
@@ -416,9 +416,8 @@ impl Ledger {
             rec.delivery = "pending".into();
             rec.attempts = 0;
             rec.next_attempt_at = None;
-            let entity = Entity::from_record(&row.pk, &row.rk, &rec)
-                .with_tag("rowType", records::ROW_OUTBOX)
-                .with_tag("delivery", "pending");
+            let entity =
+                Row::from_record(&row.pk, &row.rk, &rec).with_tag("rowType", records::ROW_OUTBOX);
             match self
                 .store
                 .update(Table::Objects, entity, row.etag.as_ref().expect("etag"))
@@ -442,9 +441,9 @@ pub fn object_partition(o: &ObjectRef) -> String {
 }
 
 /// An entity of a record plus top-level string properties for `query_where`.
-fn tagged<T: Serialize>(pk: &str, rk: &str, record: &T, tags: &[(&str, &str)]) -> Entity {
+fn tagged<T: Serialize>(pk: &str, rk: &str, record: &T, tags: &[(&str, &str)]) -> Row {
     tags.iter()
-        .fold(Entity::from_record(pk, rk, record), |e, (k, v)| {
+        .fold(Row::from_record(pk, rk, record), |e, (k, v)| {
             e.with_tag(k, v)
         })
 }

@@ -61,14 +61,19 @@ impl StateCache {
         serde_json::from_str(&json).ok().map(|state| (state, etag))
     }
 
-    /// Remembers the state just written (or read and left unchanged) with its etag.
-    pub fn put(&self, pk: &str, state: &ObjectState, etag: Etag) {
+    /// Remembers a state read and left unchanged, with its etag.
+    pub fn put_state(&self, pk: &str, state: &ObjectState, etag: Etag) {
+        if let Ok(json) = serde_json::to_string(state) {
+            self.put(pk, json, etag);
+        }
+    }
+
+    /// Remembers the state just written, as the JSON text of its row (the text the store
+    /// was given: encoded once for both), with its etag.
+    pub fn put(&self, pk: &str, json: String, etag: Etag) {
         if self.per_shard == 0 {
             return;
         }
-        let Ok(json) = serde_json::to_string(state) else {
-            return;
-        };
         let Ok(mut shard) = self.shard(pk).lock() else {
             return;
         };
@@ -118,7 +123,7 @@ mod tests {
     #[test]
     fn an_entry_is_taken_once() {
         let cache = StateCache::default();
-        cache.put("a", &state("a"), Etag("1".into()));
+        cache.put_state("a", &state("a"), Etag("1".into()));
         let (s, e) = cache.take("a").expect("cached");
         assert_eq!(s.object.name, "a");
         assert_eq!(e, Etag("1".into()));
@@ -130,11 +135,11 @@ mod tests {
         let cache = StateCache::with_capacity(64);
         for i in 0..10_000 {
             let pk = format!("o{i}");
-            cache.put(&pk, &state(&pk), Etag(i.to_string()));
+            cache.put_state(&pk, &state(&pk), Etag(i.to_string()));
         }
         assert!(cache.len() <= 64, "{} entries", cache.len());
         assert!(cache.len() >= 32, "{} entries", cache.len());
-        cache.put("x", &state("x"), Etag("1".into()));
+        cache.put_state("x", &state("x"), Etag("1".into()));
         cache.forget("x");
         assert!(cache.take("x").is_none());
     }
@@ -142,7 +147,7 @@ mod tests {
     #[test]
     fn zero_capacity_keeps_nothing() {
         let cache = StateCache::with_capacity(0);
-        cache.put("a", &state("a"), Etag("1".into()));
+        cache.put_state("a", &state("a"), Etag("1".into()));
         assert!(cache.is_empty());
     }
 }

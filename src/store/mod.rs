@@ -66,7 +66,7 @@ impl Table {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Etag(pub String);
 
-/// One row: partition key, row key, flat properties.
+/// One row as read: partition key, row key, its properties, its etag.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entity {
     pub pk: String,
@@ -77,32 +77,6 @@ pub struct Entity {
 }
 
 impl Entity {
-    /// Builds an entity from any serialisable record (it must serialise to a JSON object).
-    pub fn from_record<T: Serialize>(
-        pk: impl Into<String>,
-        rk: impl Into<String>,
-        record: &T,
-    ) -> Self {
-        let props = match serde_json::to_value(record) {
-            Ok(Value::Object(m)) => m,
-            Ok(other) => panic!("records serialise to JSON objects, got {other}"),
-            Err(e) => panic!("records always serialise: {e}"),
-        };
-        Entity {
-            pk: pk.into(),
-            rk: rk.into(),
-            props,
-            etag: None,
-        }
-    }
-
-    /// Adds a top-level string property (a tag `query_where` can find).
-    pub fn with_tag(mut self, name: &str, value: &str) -> Self {
-        self.props
-            .insert(name.to_string(), Value::String(value.to_string()));
-        self
-    }
-
     /// Reads the properties back as a record.
     pub fn record<T: DeserializeOwned>(&self) -> Result<T, StoreError> {
         // Straight from the map, without copying it into a `Value` first.
@@ -111,13 +85,90 @@ impl Entity {
     }
 }
 
+/// One row to write: its keys and its properties, already encoded as one JSON object — the
+/// form both backends store (SQLite a `props` column, Table Storage the `d…` properties), so
+/// a record is serialised once, straight to text, with no map of values built in between.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub pk: String,
+    pub rk: String,
+    json: String,
+}
+
+impl Row {
+    /// The row of any serialisable record (it must serialise to a JSON object).
+    pub fn from_record<T: Serialize>(
+        pk: impl Into<String>,
+        rk: impl Into<String>,
+        record: &T,
+    ) -> Self {
+        let json = match serde_json::to_string(record) {
+            Ok(json) => json,
+            Err(e) => panic!("records always serialise: {e}"),
+        };
+        assert!(
+            json.starts_with('{') && json.ends_with('}'),
+            "records serialise to JSON objects, got {json}"
+        );
+        Row {
+            pk: pk.into(),
+            rk: rk.into(),
+            json,
+        }
+    }
+
+    /// Adds a top-level string property (a tag `query_where` can find). The record must not
+    /// have a property of that name (checked in debug builds): where it has, it is the tag.
+    pub fn with_tag(mut self, name: &str, value: &str) -> Self {
+        debug_assert!(
+            !self.props().contains_key(name),
+            "{}/{}: the record has its own {name:?}",
+            self.pk,
+            self.rk
+        );
+        self.json.pop();
+        if self.json.len() > 1 {
+            self.json.push(',');
+        }
+        // Strings always serialise.
+        self.json
+            .push_str(&serde_json::to_string(name).unwrap_or_default());
+        self.json.push(':');
+        self.json
+            .push_str(&serde_json::to_string(value).unwrap_or_default());
+        self.json.push('}');
+        self
+    }
+
+    /// The properties as JSON text (an object).
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Partition key, row key and the properties' JSON text.
+    pub fn into_parts(self) -> (String, String, String) {
+        (self.pk, self.rk, self.json)
+    }
+
+    /// The properties as a map (for a backend that stores some of them apart).
+    pub fn props(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.json).unwrap_or_default()
+    }
+}
+
+impl From<Entity> for Row {
+    fn from(e: Entity) -> Self {
+        Row::from_record(e.pk, e.rk, &e.props)
+    }
+}
+
 /// One operation of an atomic batch.
 #[derive(Debug, Clone)]
 pub enum BatchOp {
-    Insert(Entity),
-    Upsert(Entity),
+    Insert(Row),
+    Upsert(Row),
     /// Replace only if the stored etag still matches.
-    Update(Entity, Etag),
+    Update(Row, Etag),
     Delete {
         rk: String,
         etag: Option<Etag>,
@@ -145,11 +196,11 @@ pub enum StoreError {
 pub trait Store: Send + Sync + fmt::Debug {
     async fn get(&self, table: Table, pk: &str, rk: &str) -> Result<Option<Entity>, StoreError>;
     /// Insert if absent; `Conflict` if the key exists.
-    async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError>;
+    async fn insert(&self, table: Table, row: Row) -> Result<Etag, StoreError>;
     /// Replace if the stored etag equals `etag`; `PreconditionFailed` otherwise.
-    async fn update(&self, table: Table, entity: Entity, etag: &Etag) -> Result<Etag, StoreError>;
+    async fn update(&self, table: Table, row: Row, etag: &Etag) -> Result<Etag, StoreError>;
     /// Insert or replace.
-    async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError>;
+    async fn upsert(&self, table: Table, row: Row) -> Result<Etag, StoreError>;
     /// All operations on one partition, atomically: all apply or none does.
     async fn batch(
         &self,

@@ -27,9 +27,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{BatchOp, Entity, Etag, Store, StoreError, Table};
+use super::{BatchOp, Entity, Etag, Row, Store, StoreError, Table};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -95,38 +95,28 @@ enum Prepared {
 
 impl Prepared {
     fn from_op(op: BatchOp, pk: &str) -> Result<Self, StoreError> {
-        let check = |e: &Entity| {
-            if e.pk == pk {
-                Ok(())
+        let check = |row: Row| {
+            let (row_pk, rk, props) = row.into_parts();
+            if row_pk == pk {
+                Ok((rk, props))
             } else {
                 Err(StoreError::Corrupt(format!(
-                    "a batch spans one partition only ({})",
-                    e.pk
+                    "a batch spans one partition only ({row_pk})"
                 )))
             }
         };
         Ok(match op {
-            BatchOp::Insert(e) => {
-                check(&e)?;
-                Prepared::Insert {
-                    props: encode(&e.props),
-                    rk: e.rk,
-                }
+            BatchOp::Insert(row) => {
+                let (rk, props) = check(row)?;
+                Prepared::Insert { rk, props }
             }
-            BatchOp::Upsert(e) => {
-                check(&e)?;
-                Prepared::Upsert {
-                    props: encode(&e.props),
-                    rk: e.rk,
-                }
+            BatchOp::Upsert(row) => {
+                let (rk, props) = check(row)?;
+                Prepared::Upsert { rk, props }
             }
-            BatchOp::Update(e, etag) => {
-                check(&e)?;
-                Prepared::Update {
-                    props: encode(&e.props),
-                    rk: e.rk,
-                    etag,
-                }
+            BatchOp::Update(row, etag) => {
+                let (rk, props) = check(row)?;
+                Prepared::Update { rk, props, etag }
             }
             BatchOp::Delete { rk, etag } => Prepared::Delete { rk, etag },
         })
@@ -577,11 +567,6 @@ fn prop_path(prop: &str) -> String {
     format!("$.\"{}\"", prop.replace('"', ""))
 }
 
-fn encode(props: &Map<String, Value>) -> String {
-    // Straight from the map: no copy into a `Value` first.
-    serde_json::to_string(props).expect("a JSON map always serialises")
-}
-
 fn decode(pk: String, rk: String, etag: String, props: &str) -> Result<Entity, StoreError> {
     match serde_json::from_str(props) {
         Ok(Value::Object(props)) => Ok(Entity {
@@ -721,26 +706,26 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        let pk = entity.pk.clone();
+    async fn insert(&self, table: Table, row: Row) -> Result<Etag, StoreError> {
+        let pk = row.pk.clone();
         let mut tags = self
-            .write_one(table, pk, vec![BatchOp::Insert(entity)])
+            .write_one(table, pk, vec![BatchOp::Insert(row)])
             .await?;
         Ok(tags.remove(0))
     }
 
-    async fn update(&self, table: Table, entity: Entity, etag: &Etag) -> Result<Etag, StoreError> {
-        let pk = entity.pk.clone();
+    async fn update(&self, table: Table, row: Row, etag: &Etag) -> Result<Etag, StoreError> {
+        let pk = row.pk.clone();
         let mut tags = self
-            .write_one(table, pk, vec![BatchOp::Update(entity, etag.clone())])
+            .write_one(table, pk, vec![BatchOp::Update(row, etag.clone())])
             .await?;
         Ok(tags.remove(0))
     }
 
-    async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        let pk = entity.pk.clone();
+    async fn upsert(&self, table: Table, row: Row) -> Result<Etag, StoreError> {
+        let pk = row.pk.clone();
         let mut tags = self
-            .write_one(table, pk, vec![BatchOp::Upsert(entity)])
+            .write_one(table, pk, vec![BatchOp::Upsert(row)])
             .await?;
         Ok(tags.remove(0))
     }
@@ -926,7 +911,7 @@ impl Store for SqliteStore {
             .map(|e| e.clone())
             .unwrap_or(None);
         if let Some(why) = failing {
-            let probe = Entity::from_record("health", "probe", &serde_json::json!({}));
+            let probe = Row::from_record("health", "probe", &serde_json::json!({}));
             self.upsert(Table::Deliveries, probe)
                 .await
                 .map_err(|_| StoreError::Unavailable(format!("writes are failing: {why}")))?;
@@ -963,7 +948,7 @@ mod tests {
         assert_eq!(got.props["status"], "ready");
         assert_eq!(got.etag, Some(Etag("e1".into())));
         // Its etag still guards it, and its key is still unique.
-        let e = Entity::from_record("o", "state", &serde_json::json!({"status": "failed"}));
+        let e = Row::from_record("o", "state", &serde_json::json!({"status": "failed"}));
         assert!(matches!(
             store
                 .update(Table::Objects, e.clone(), &Etag("old".into()))
@@ -1004,9 +989,8 @@ mod tests {
     async fn in_a_group_a_failed_write_is_rolled_back_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let row = |pk: &str, rk: &str, v: i64| {
-            Entity::from_record(pk, rk, &serde_json::json!({ "v": v }))
-        };
+        let row =
+            |pk: &str, rk: &str, v: i64| Row::from_record(pk, rk, &serde_json::json!({ "v": v }));
         for i in 0..20 {
             store
                 .insert(Table::Commits, row(&format!("taken{i}"), "r", -1))

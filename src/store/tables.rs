@@ -32,7 +32,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{BatchOp, Entity, Etag, Store, StoreError, Table};
+use super::{BatchOp, Entity, Etag, Row, Store, StoreError, Table};
 
 const CHUNK: usize = 30_000;
 const MAX_KEY: usize = 400;
@@ -212,21 +212,21 @@ fn is_identifier(k: &str) -> bool {
         && k.len() < 200
 }
 
-fn to_wire(pk: &str, rk: &str, props: &Map<String, Value>) -> Value {
+fn to_wire(row: &Row) -> Value {
+    let (pk, rk) = (&row.pk, &row.rk);
     let mut m = Map::new();
     m.insert("PartitionKey".into(), Value::String(encode_key(pk)));
     m.insert("RowKey".into(), Value::String(encode_key(rk)));
     m.insert("lpk".into(), Value::String(pk.to_string()));
     m.insert("lrk".into(), Value::String(rk.to_string()));
-    for (k, v) in props {
-        if let (true, Value::String(s)) = (is_identifier(k), v) {
+    for (k, v) in row.props() {
+        if let (true, Value::String(s)) = (is_identifier(&k), &v) {
             if s.len() <= 1024 {
-                m.insert(format!("p_{k}"), v.clone());
+                m.insert(format!("p_{k}"), v);
             }
         }
     }
-    let json = Value::Object(props.clone()).to_string();
-    let chars: Vec<char> = json.chars().collect();
+    let chars: Vec<char> = row.json().chars().collect();
     let chunks: Vec<String> = chars.chunks(CHUNK).map(|c| c.iter().collect()).collect();
     m.insert("dn".into(), Value::String(chunks.len().to_string()));
     for (i, c) in chunks.into_iter().enumerate() {
@@ -323,8 +323,8 @@ impl Store for TableStore {
         }
     }
 
-    async fn insert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        let wire = to_wire(&entity.pk, &entity.rk, &entity.props);
+    async fn insert(&self, table: Table, row: Row) -> Result<Etag, StoreError> {
+        let wire = to_wire(&row);
         let resp = self
             .table(table)
             .insert::<_, Map<String, Value>>(wire)
@@ -335,12 +335,12 @@ impl Store for TableStore {
         Ok(Etag(resp.etag.to_string()))
     }
 
-    async fn update(&self, table: Table, entity: Entity, etag: &Etag) -> Result<Etag, StoreError> {
-        let wire = to_wire(&entity.pk, &entity.rk, &entity.props);
+    async fn update(&self, table: Table, row: Row, etag: &Etag) -> Result<Etag, StoreError> {
+        let wire = to_wire(&row);
         let client = self
             .table(table)
-            .partition_key_client(encode_key(&entity.pk))
-            .entity_client(encode_key(&entity.rk));
+            .partition_key_client(encode_key(&row.pk))
+            .entity_client(encode_key(&row.rk));
         match client
             .update(wire, IfMatchCondition::Etag(azure_etag(etag)))
             .map_err(map_err)?
@@ -354,12 +354,12 @@ impl Store for TableStore {
         }
     }
 
-    async fn upsert(&self, table: Table, entity: Entity) -> Result<Etag, StoreError> {
-        let wire = to_wire(&entity.pk, &entity.rk, &entity.props);
+    async fn upsert(&self, table: Table, row: Row) -> Result<Etag, StoreError> {
+        let wire = to_wire(&row);
         let client = self
             .table(table)
-            .partition_key_client(encode_key(&entity.pk))
-            .entity_client(encode_key(&entity.rk));
+            .partition_key_client(encode_key(&row.pk))
+            .entity_client(encode_key(&row.rk));
         let resp = client
             .insert_or_replace(wire)
             .map_err(map_err)?
@@ -379,13 +379,11 @@ impl Store for TableStore {
         let n = ops.len();
         for op in ops {
             tx = match op {
-                BatchOp::Insert(e) => tx.insert(to_wire(&e.pk, &e.rk, &e.props)),
-                BatchOp::Upsert(e) => {
-                    tx.insert_or_replace(encode_key(&e.rk), to_wire(&e.pk, &e.rk, &e.props))
-                }
+                BatchOp::Insert(e) => tx.insert(to_wire(&e)),
+                BatchOp::Upsert(e) => tx.insert_or_replace(encode_key(&e.rk), to_wire(&e)),
                 BatchOp::Update(e, etag) => tx.update(
                     encode_key(&e.rk),
-                    to_wire(&e.pk, &e.rk, &e.props),
+                    to_wire(&e),
                     Some(IfMatchCondition::Etag(azure_etag(&etag))),
                 ),
                 BatchOp::Delete { rk, etag } => tx.delete(
@@ -528,7 +526,7 @@ mod tests {
             serde_json::json!({"a": [1, 2, {"b": "c"}]}),
         );
         props.insert("big".into(), Value::String("é".repeat(70_000)));
-        let wire = to_wire("p/1", "r#2", &props);
+        let wire = to_wire(&Row::from_record("p/1", "r#2", &props));
         let m = wire.as_object().unwrap();
         assert_eq!(m["p_state"], "pending");
         assert!(m.get("p_big").is_none(), "long strings are not promoted");

@@ -11,7 +11,7 @@ use fluxtrail::domain::CommitSha;
 use fluxtrail::git::{self, Delivery, GitEvent, Provider};
 use fluxtrail::ledger::{Ledger, Recorded};
 use fluxtrail::store::sqlite::SqliteStore;
-use fluxtrail::store::{BatchOp, Entity, Etag, Store, StoreError, Table};
+use fluxtrail::store::{BatchOp, Entity, Etag, Row, Store, StoreError, Table};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::HeaderMap;
 
@@ -41,15 +41,15 @@ impl Store for Faulty {
     async fn get(&self, t: Table, pk: &str, rk: &str) -> Result<Option<Entity>, StoreError> {
         self.inner.get(t, pk, rk).await
     }
-    async fn insert(&self, t: Table, e: Entity) -> Result<Etag, StoreError> {
+    async fn insert(&self, t: Table, e: Row) -> Result<Etag, StoreError> {
         self.check()?;
         self.inner.insert(t, e).await
     }
-    async fn update(&self, t: Table, e: Entity, etag: &Etag) -> Result<Etag, StoreError> {
+    async fn update(&self, t: Table, e: Row, etag: &Etag) -> Result<Etag, StoreError> {
         self.check()?;
         self.inner.update(t, e, etag).await
     }
-    async fn upsert(&self, t: Table, e: Entity) -> Result<Etag, StoreError> {
+    async fn upsert(&self, t: Table, e: Row) -> Result<Etag, StoreError> {
         self.check()?;
         self.inner.upsert(t, e).await
     }
@@ -608,15 +608,15 @@ impl Store for Counting {
         self.tick();
         self.inner.get(t, pk, rk).await
     }
-    async fn insert(&self, t: Table, e: Entity) -> Result<Etag, StoreError> {
+    async fn insert(&self, t: Table, e: Row) -> Result<Etag, StoreError> {
         self.tick();
         self.inner.insert(t, e).await
     }
-    async fn update(&self, t: Table, e: Entity, etag: &Etag) -> Result<Etag, StoreError> {
+    async fn update(&self, t: Table, e: Row, etag: &Etag) -> Result<Etag, StoreError> {
         self.tick();
         self.inner.update(t, e, etag).await
     }
-    async fn upsert(&self, t: Table, e: Entity) -> Result<Etag, StoreError> {
+    async fn upsert(&self, t: Table, e: Row) -> Result<Etag, StoreError> {
         self.tick();
         self.inner.upsert(t, e).await
     }

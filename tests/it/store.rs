@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use fluxtrail::store::sqlite::SqliteStore;
-use fluxtrail::store::{BatchOp, Entity, Store, StoreError, Table};
+use fluxtrail::store::{BatchOp, Row, Store, StoreError, Table};
 use serde_json::json;
 
-fn entity(pk: &str, rk: &str, v: i64) -> Entity {
-    Entity::from_record(pk, rk, &json!({"v": v, "name": format!("{pk}/{rk}")}))
+fn entity(pk: &str, rk: &str, v: i64) -> Row {
+    Row::from_record(pk, rk, &json!({"v": v, "name": format!("{pk}/{rk}")}))
 }
 
 pub async fn conformance(store: Arc<dyn Store>) {
@@ -136,14 +136,14 @@ pub async fn conformance(store: Arc<dyn Store>) {
     store
         .insert(
             Table::Deliveries,
-            Entity::from_record("d", "1", &json!({"state": "pending"})),
+            Row::from_record("d", "1", &json!({"state": "pending"})),
         )
         .await
         .unwrap();
     store
         .insert(
             Table::Deliveries,
-            Entity::from_record("d", "2", &json!({"state": "done"})),
+            Row::from_record("d", "2", &json!({"state": "done"})),
         )
         .await
         .unwrap();
@@ -157,7 +157,7 @@ pub async fn conformance(store: Arc<dyn Store>) {
     store
         .insert(
             Table::Deliveries,
-            Entity::from_record(
+            Row::from_record(
                 "d",
                 "3",
                 &json!({"state": "done", "receivedAt": "2026-01-01T00:00:00Z"}),
@@ -168,7 +168,7 @@ pub async fn conformance(store: Arc<dyn Store>) {
     store
         .insert(
             Table::Deliveries,
-            Entity::from_record(
+            Row::from_record(
                 "d",
                 "4",
                 &json!({"state": "done", "receivedAt": "2026-06-01T00:00:00.5Z"}),
@@ -211,7 +211,7 @@ pub async fn conformance(store: Arc<dyn Store>) {
         store
             .insert(
                 Table::Deliveries,
-                Entity::from_record(pk, rk, &json!({ "state": state })),
+                Row::from_record(pk, rk, &json!({ "state": state })),
             )
             .await
             .unwrap();
