@@ -3,6 +3,8 @@
 //! writes its outcome: state + incidents + outbox in one atomic batch of the object's
 //! partition, then the target rows in the commits' partitions.
 
+use std::time::Instant;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
@@ -252,11 +254,17 @@ impl Ledger {
         {
             return Ok(Some(c.clone()));
         }
+        // Not pushed a moment ago: not looked up again yet.
+        if self.missing.known_missing(sha.as_str(), Instant::now()) {
+            return Ok(None);
+        }
+        let epoch = self.missing.epoch();
         let Some(row) = self
             .store
             .get(Table::Commits, sha.as_str(), "commit")
             .await?
         else {
+            self.missing.note(sha.as_str(), epoch, Instant::now());
             return Ok(None);
         };
         let c: CommitRecord = row.record()?;

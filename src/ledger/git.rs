@@ -43,6 +43,9 @@ impl Ledger {
                         PushRows::NotNew => self.merge_push(provider, push, received_at).await?,
                         PushRows::Unknown => self.project_push(provider, push, received_at).await?,
                     };
+                    // Its commits are stored now: Flux events look them up again.
+                    self.missing
+                        .pushed(push.commits.iter().map(|c| c.sha.as_str()));
                     self.expect_on_followers(push, received_at).await?;
                     refs.push(push.git_ref.clone());
                 }

@@ -16,6 +16,7 @@
 pub mod evidence;
 mod flux;
 mod git;
+mod missing;
 pub mod records;
 mod states;
 
@@ -57,6 +58,8 @@ pub struct Ledger {
     outbox_tx: Option<mpsc::Sender<String>>,
     /// The object states this process wrote last (see `states.rs`).
     states: Arc<states::StateCache>,
+    /// Commits recently looked up and not found (see `missing.rs`).
+    missing: Arc<missing::MissingCommits>,
 }
 
 impl Ledger {
@@ -65,6 +68,7 @@ impl Ledger {
             store,
             outbox_tx: None,
             states: Arc::default(),
+            missing: Arc::default(),
         }
     }
 

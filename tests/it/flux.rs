@@ -262,6 +262,34 @@ async fn flux_before_the_push_is_linked_when_the_push_arrives() {
     assert_eq!(earlier["targets"][0]["state"], "superseded");
 }
 
+/// A commit looked up and not found is not looked up again for a few seconds — but a push
+/// recorded meanwhile is seen by the very next event: another object applying the same
+/// commit (one the push did not link, having no target on it yet) follows its branch at once.
+#[tokio::test]
+async fn the_next_event_after_the_push_sees_the_commit() {
+    let app = spawn_app().await;
+    let r = app
+        .post_flux(
+            "/api/hooks/flux/prod-eu",
+            &flux_event("kustomization-succeeded.json", |_| {}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    push_main(&app).await;
+    let r = app
+        .post_flux(
+            "/api/hooks/flux/prod-us",
+            &flux_event("kustomization-succeeded.json", |_| {}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (_, objects) = app.get_json("/api/objects?cluster=prod-us").await;
+    assert_eq!(
+        objects["objects"][0]["follows"],
+        json!({"repository": "github.com/acme/fleet-infra", "gitRef": "refs/heads/main"})
+    );
+}
+
 #[tokio::test]
 async fn failure_incident_and_recovery_with_one_message_each() {
     let app = spawn_app().await;
