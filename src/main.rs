@@ -12,12 +12,38 @@ use fluxtrail::telemetry;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc 3 keeps freed memory committed for 1 s before returning it to the OS (its
+/// `purge_delay`; version 2 waited 10 ms). Under full load that second holds a burst's
+/// garbage: resident memory sampled every 0.5 s through 3 × 8 s of full load, p90 72–83 MB
+/// and peaks 84–93 MB; with 10 ms, p90 61–64 MB and peaks 66–76 MB (medians 61–63 → 57–59),
+/// throughput unchanged. Set here, before any work, through mimalloc's C API (the Rust crate
+/// does not wrap it).
+fn return_freed_memory_sooner() {
+    // `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (libmimalloc-sys 0.1.49).
+    const PURGE_DELAY: std::ffi::c_int = 15;
+    const DEFAULT_MS: std::ffi::c_long = 1000;
+    const WANTED_MS: std::ffi::c_long = 10;
+    extern "C" {
+        fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    // SAFETY: plain reads and writes of mimalloc's option table, which it allows at any time.
+    // The option is only set if it still has its known default, so another mimalloc whose
+    // options are numbered differently is left alone.
+    unsafe {
+        if mi_option_get(PURGE_DELAY) == DEFAULT_MS {
+            mi_option_set(PURGE_DELAY, WANTED_MS);
+        }
+    }
+}
+
 const USAGE: &str = "usage: fluxtrail [serve]
 
 Runs the fluxtrail HTTP server. Configuration comes from the environment
 (FLUXTRAIL_LISTEN, FLUXTRAIL_DATA_DIR, FLUXTRAIL_*_SECRET, ...; see README.md).";
 
 fn main() -> ExitCode {
+    return_freed_memory_sooner();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()

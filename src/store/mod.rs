@@ -244,6 +244,22 @@ pub trait Store: Send + Sync + fmt::Debug {
         }
         Ok(out)
     }
+    /// `query_partitions` keeping only the entities whose string property `prop` equals
+    /// `value`, filtered by the store (the outbox reads an object's pending messages, not its
+    /// delivered history). The default filters `query_partitions`.
+    async fn query_partitions_where(
+        &self,
+        table: Table,
+        pks: &[String],
+        rk_prefix: Option<&str>,
+        (prop, value): (&str, &str),
+    ) -> Result<Vec<Vec<Entity>>, StoreError> {
+        let mut out = self.query_partitions(table, pks, rk_prefix).await?;
+        for rows in &mut out {
+            rows.retain(|e| e.props.get(prop).and_then(Value::as_str) == Some(value));
+        }
+        Ok(out)
+    }
     /// Every entity of a table whose string property `prop` equals `value` (a scan: for
     /// sweeps and recovery, never on a request path).
     async fn query_where(

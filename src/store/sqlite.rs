@@ -274,6 +274,81 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("a store read failed".into()))?
     }
 
+    /// The entities of several partitions whose row keys start with `prefix` — one key range
+    /// each, read in one statement (an object's outbox, not its whole history) — optionally
+    /// only those whose string property equals a value; results in the order of `pks`.
+    async fn partitions(
+        &self,
+        table: Table,
+        pks: &[String],
+        rk_prefix: Option<&str>,
+        filter: Option<(&str, &str)>,
+    ) -> Result<Vec<Vec<Entity>>, StoreError> {
+        use rusqlite::types::Value as Sql;
+        if pks.is_empty() {
+            return Ok(vec![]);
+        }
+        let pks = pks.to_vec();
+        let prefix = rk_prefix.unwrap_or("").to_string();
+        let filter = filter.map(|(prop, value)| (prop_path(prop), value.to_string()));
+        self.read(move |conn| {
+            let single = pks.len() == 1;
+            // A prefix without an end (empty, or only U+10FFFF) is checked row by row.
+            let end = prefix_end(&prefix);
+            let mut sql = String::from("SELECT pk, rk, etag, props FROM entities WHERE tbl = ?1");
+            sql.push_str(if single {
+                " AND pk = ?2"
+            } else {
+                // json_each turns the list into a table: one statement, whatever the count.
+                " AND pk IN (SELECT value FROM json_each(?2))"
+            });
+            sql.push_str(if end.is_some() {
+                " AND rk >= ?3 AND rk < ?4"
+            } else {
+                " AND rk >= ?3 AND substr(rk, 1, length(?3)) = ?3"
+            });
+            if filter.is_some() {
+                sql.push_str(" AND json_extract(props, ?5) = ?6");
+            }
+            sql.push_str(if single {
+                " ORDER BY rk"
+            } else {
+                " ORDER BY pk, rk"
+            });
+            let keys = if single {
+                pks[0].clone()
+            } else {
+                Value::Array(pks.iter().cloned().map(Value::String).collect()).to_string()
+            };
+            let mut params = vec![
+                Sql::Text(table.name().to_string()),
+                Sql::Text(keys),
+                Sql::Text(prefix),
+            ];
+            if end.is_some() || filter.is_some() {
+                params.push(end.map_or(Sql::Null, Sql::Text));
+            }
+            if let Some((path, value)) = filter {
+                params.push(Sql::Text(path));
+                params.push(Sql::Text(value));
+            }
+            let mut stmt = conn.prepare_cached(&sql).map_err(map_err)?;
+            let rows = entities(&mut stmt, rusqlite::params_from_iter(params))?;
+            if single {
+                return Ok(vec![rows]);
+            }
+            let mut by_pk: HashMap<String, Vec<Entity>> = HashMap::new();
+            for e in rows {
+                by_pk.entry(e.pk.clone()).or_default().push(e);
+            }
+            Ok(pks
+                .iter()
+                .map(|pk| by_pk.remove(pk).unwrap_or_default())
+                .collect())
+        })
+        .await
+    }
+
     /// Queues a write for the writer and waits for its commit.
     async fn write(
         &self,
@@ -765,61 +840,17 @@ impl Store for SqliteStore {
         pks: &[String],
         rk_prefix: Option<&str>,
     ) -> Result<Vec<Vec<Entity>>, StoreError> {
-        if pks.is_empty() {
-            return Ok(vec![]);
-        }
-        let pks = pks.to_vec();
-        let prefix = rk_prefix.unwrap_or("").to_string();
-        self.read(move |conn| {
-            // The row keys with the prefix are one range of the key index: only they are read
-            // (an object's outbox, not its whole history). A prefix without an end (empty, or
-            // ending in U+10FFFF) is filtered instead.
-            let end = prefix_end(&prefix);
-            let sql = match (pks.len(), end.is_some()) {
-                (1, true) => {
-                    "SELECT pk, rk, etag, props FROM entities
-                     WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3 AND rk < ?4 ORDER BY rk"
-                }
-                (1, false) => {
-                    "SELECT pk, rk, etag, props FROM entities
-                     WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3
-                       AND substr(rk, 1, length(?3)) = ?3 ORDER BY rk"
-                }
-                // json_each turns the list into a table: one statement, whatever the count.
-                (_, true) => {
-                    "SELECT pk, rk, etag, props FROM entities
-                     WHERE tbl = ?1 AND pk IN (SELECT value FROM json_each(?2))
-                       AND rk >= ?3 AND rk < ?4 ORDER BY pk, rk"
-                }
-                (_, false) => {
-                    "SELECT pk, rk, etag, props FROM entities
-                     WHERE tbl = ?1 AND pk IN (SELECT value FROM json_each(?2))
-                       AND rk >= ?3 AND substr(rk, 1, length(?3)) = ?3 ORDER BY pk, rk"
-                }
-            };
-            let keys = if pks.len() == 1 {
-                pks[0].clone()
-            } else {
-                Value::Array(pks.iter().cloned().map(Value::String).collect()).to_string()
-            };
-            let mut stmt = conn.prepare_cached(sql).map_err(map_err)?;
-            let rows = match &end {
-                Some(end) => entities(&mut stmt, params![table.name(), keys, prefix, end])?,
-                None => entities(&mut stmt, params![table.name(), keys, prefix])?,
-            };
-            if pks.len() == 1 {
-                return Ok(vec![rows]);
-            }
-            let mut by_pk: HashMap<String, Vec<Entity>> = HashMap::new();
-            for e in rows {
-                by_pk.entry(e.pk.clone()).or_default().push(e);
-            }
-            Ok(pks
-                .iter()
-                .map(|pk| by_pk.remove(pk).unwrap_or_default())
-                .collect())
-        })
-        .await
+        self.partitions(table, pks, rk_prefix, None).await
+    }
+
+    async fn query_partitions_where(
+        &self,
+        table: Table,
+        pks: &[String],
+        rk_prefix: Option<&str>,
+        filter: (&str, &str),
+    ) -> Result<Vec<Vec<Entity>>, StoreError> {
+        self.partitions(table, pks, rk_prefix, Some(filter)).await
     }
 
     async fn query_before(

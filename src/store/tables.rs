@@ -289,6 +289,45 @@ fn azure_etag(e: &Etag) -> azure_core::Etag {
 }
 
 impl TableStore {
+    /// One partition's entities, ordered by row key: those whose row key starts with
+    /// `rk_prefix` (a key range) and, with `filter`, whose string property equals a value
+    /// (its `p_` copy, filtered by the service; checked again here, since only short strings
+    /// are copied).
+    async fn partition_where(
+        &self,
+        table: Table,
+        pk: &str,
+        rk_prefix: Option<&str>,
+        filter: Option<(&str, &str)>,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let mut query = format!("PartitionKey eq {}", literal(&encode_key(pk)));
+        if let Some(prefix) = rk_prefix.filter(|p| !p.is_empty()) {
+            let lo = encode_prefix(prefix);
+            query.push_str(&format!(" and RowKey ge {}", literal(&lo)));
+            if let Some(hi) = range_end(&lo) {
+                query.push_str(&format!(" and RowKey lt {}", literal(&hi)));
+            }
+        }
+        if let Some((prop, value)) = filter {
+            if !is_identifier(prop) {
+                return Err(StoreError::Corrupt(format!(
+                    "{prop:?} is not a property name"
+                )));
+            }
+            query.push_str(&format!(" and p_{prop} eq {}", literal(value)));
+        }
+        let mut rows = self.query(table, query).await?;
+        if let Some(prefix) = rk_prefix {
+            // Over-long keys share a cut prefix in storage; their own keys tell them apart.
+            rows.retain(|r| r.rk.starts_with(prefix));
+        }
+        if let Some((prop, value)) = filter {
+            rows.retain(|e| e.props.get(prop).and_then(Value::as_str) == Some(value));
+        }
+        rows.sort_by(|a, b| a.rk.cmp(&b.rk));
+        Ok(rows)
+    }
+
     async fn query(&self, t: Table, filter: String) -> Result<Vec<Entity>, StoreError> {
         let mut stream = self
             .table(t)
@@ -429,21 +468,24 @@ impl Store for TableStore {
         pk: &str,
         rk_prefix: Option<&str>,
     ) -> Result<Vec<Entity>, StoreError> {
-        let mut filter = format!("PartitionKey eq {}", literal(&encode_key(pk)));
-        if let Some(prefix) = rk_prefix.filter(|p| !p.is_empty()) {
-            let lo = encode_prefix(prefix);
-            filter.push_str(&format!(" and RowKey ge {}", literal(&lo)));
-            if let Some(hi) = range_end(&lo) {
-                filter.push_str(&format!(" and RowKey lt {}", literal(&hi)));
-            }
+        self.partition_where(table, pk, rk_prefix, None).await
+    }
+
+    async fn query_partitions_where(
+        &self,
+        table: Table,
+        pks: &[String],
+        rk_prefix: Option<&str>,
+        (prop, value): (&str, &str),
+    ) -> Result<Vec<Vec<Entity>>, StoreError> {
+        let mut out = Vec::with_capacity(pks.len());
+        for pk in pks {
+            out.push(
+                self.partition_where(table, pk, rk_prefix, Some((prop, value)))
+                    .await?,
+            );
         }
-        let mut rows = self.query(table, filter).await?;
-        if let Some(prefix) = rk_prefix {
-            // Over-long keys share a cut prefix in storage; their own keys tell them apart.
-            rows.retain(|r| r.rk.starts_with(prefix));
-        }
-        rows.sort_by(|a, b| a.rk.cmp(&b.rk));
-        Ok(rows)
+        Ok(out)
     }
 
     async fn query_where(

@@ -422,6 +422,29 @@ pub async fn prefix_edges(store: Arc<dyn Store>) {
             assert_eq!(got, want, "prefix {prefix:?} in {pk}");
             assert!(rows.iter().all(|e| e.pk == pk && e.props["v"] == v));
         }
+        // The same, keeping only the rows whose `name` is one value: one row, or none.
+        let probe = want.first().map(|rk| format!("edge-1/{rk}"));
+        for pks in [
+            vec!["edge-1".to_string()],
+            vec!["edge-2".into(), "edge-1".into()],
+        ] {
+            let name = probe.clone().unwrap_or_else(|| "none".into());
+            let got = store
+                .query_partitions_where(t, &pks, Some(prefix), ("name", &name))
+                .await
+                .unwrap();
+            assert_eq!(got.len(), pks.len());
+            let rows = got.last().unwrap();
+            let rks: Vec<&str> = rows.iter().map(|e| e.rk.as_str()).collect();
+            assert_eq!(
+                rks,
+                want.first().into_iter().copied().collect::<Vec<_>>(),
+                "prefix {prefix:?}"
+            );
+            if pks.len() == 2 {
+                assert!(got[0].is_empty(), "edge-2 has no row named {name}");
+            }
+        }
     }
 }
 
