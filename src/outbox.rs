@@ -313,8 +313,6 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::MessageType;
-    use crate::flux::ObjectRef;
     use crate::store::sqlite::SqliteStore;
     use async_trait::async_trait;
     use std::sync::Mutex;
@@ -349,29 +347,9 @@ mod tests {
         }
     }
 
-    fn message(object: &str, id: &str) -> Message {
-        Message {
-            id: id.into(),
-            kind: MessageType::ApplyFailed,
-            object: ObjectRef {
-                cluster: "c".into(),
-                kind: "Kustomization".into(),
-                namespace: "n".into(),
-                name: object.into(),
-            },
-            time: Utc::now(),
-            revision: None,
-            sha: None,
-            reason: None,
-            message: None,
-            incident_id: None,
-            repository: None,
-        }
-    }
-
     async fn pending(store: &dyn Store, pk: &str, seq: u32, id: &str) {
         let rec = OutboxRecord {
-            message: message(pk, id),
+            message: Message::sample(pk, id),
             delivery: "pending".into(),
             attempts: 0,
             delivered_at: None,

@@ -92,3 +92,27 @@ impl Message {
         })
     }
 }
+
+#[cfg(test)]
+impl Message {
+    /// A message for tests: `apply.failed` of Kustomization `c/n/{object}`, id `id`.
+    pub fn sample(object: &str, id: &str) -> Message {
+        Message {
+            id: id.into(),
+            kind: MessageType::ApplyFailed,
+            object: ObjectRef {
+                cluster: "c".into(),
+                kind: "Kustomization".into(),
+                namespace: "n".into(),
+                name: object.into(),
+            },
+            time: chrono::Utc::now(),
+            revision: None,
+            sha: None,
+            reason: None,
+            message: None,
+            incident_id: None,
+            repository: None,
+        }
+    }
+}

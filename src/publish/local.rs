@@ -217,27 +217,9 @@ impl Publisher for LocalSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::MessageType;
-    use crate::flux::ObjectRef;
 
     fn message(id: &str) -> Message {
-        Message {
-            id: id.into(),
-            kind: MessageType::ApplyFailed,
-            object: ObjectRef {
-                cluster: "c".into(),
-                kind: "Kustomization".into(),
-                namespace: "n".into(),
-                name: "a".into(),
-            },
-            time: chrono::Utc::now(),
-            revision: None,
-            sha: None,
-            reason: None,
-            message: None,
-            incident_id: None,
-            repository: None,
-        }
+        Message::sample("a", id)
     }
 
     /// Several messages in one hand-over: each once, in order, whether it was handed over
