@@ -147,11 +147,7 @@ impl Dispatcher {
         let partitions: Vec<String> = self
             .store
             .partitions_where(Table::Objects, "delivery", "pending")
-            .await?
-            .into_iter()
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect();
+            .await?;
         let mut pass = Pass::default();
         for chunk in partitions.chunks(PASS_PARTITIONS) {
             pass.add(self.deliver_partitions(chunk, now).await?);
@@ -256,37 +252,31 @@ impl Dispatcher {
     /// meanwhile (another instance, a sweep) makes that call fail as a whole; then each row is
     /// written alone and the changed ones are left as they are.
     async fn mark(&self, pks: &[String], handled: Vec<Due>) -> Result<(), StoreError> {
+        if handled.is_empty() {
+            return Ok(());
+        }
+        // Its `delivery` is a top-level string already: the tag scans look for.
+        let row =
+            |d: &Due| Row::from_record(&pks[d.part], &d.rk, &d.rec).with_tag("rowType", ROW_OUTBOX);
         let mut writes: Vec<(Table, String, Vec<BatchOp>)> = Vec::new();
         let mut last: Option<usize> = None;
-        for d in handled {
-            let pk = &pks[d.part];
-            // Its `delivery` is a top-level string already: the tag scans look for.
-            let entity = Row::from_record(pk, &d.rk, &d.rec).with_tag("rowType", ROW_OUTBOX);
-            let op = BatchOp::Update(entity, d.etag);
+        for d in &handled {
+            let op = BatchOp::Update(row(d), d.etag.clone());
             match writes.last_mut() {
                 Some((_, _, ops)) if last == Some(d.part) && ops.len() < MAX_BATCH => ops.push(op),
-                _ => writes.push((Table::Objects, pk.clone(), vec![op])),
+                _ => writes.push((Table::Objects, pks[d.part].clone(), vec![op])),
             }
             last = Some(d.part);
         }
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let retry = writes.clone();
         match self.store.batches(writes).await {
             Ok(_) => return Ok(()),
             Err(StoreError::PreconditionFailed | StoreError::Conflict) => {}
             Err(e) => return Err(e),
         }
-        for (_, _, ops) in retry {
-            for op in ops {
-                let BatchOp::Update(entity, etag) = op else {
-                    continue;
-                };
-                match self.store.update(Table::Objects, entity, &etag).await {
-                    Ok(_) | Err(StoreError::PreconditionFailed) => {}
-                    Err(e) => return Err(e),
-                }
+        for d in &handled {
+            match self.store.update(Table::Objects, row(d), &d.etag).await {
+                Ok(_) | Err(StoreError::PreconditionFailed) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())

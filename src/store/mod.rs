@@ -156,10 +156,19 @@ impl Row {
     }
 }
 
-impl From<Entity> for Row {
-    fn from(e: Entity) -> Self {
-        Row::from_record(e.pk, e.rk, &e.props)
+/// The end of the key range of the keys starting with `prefix`: the prefix with its last
+/// character raised by one, when that orders right whether keys compare by code point
+/// (SQLite) or by UTF-16 unit (Table Storage), i.e. for a last character below U+D7FF.
+/// Otherwise (and for an empty prefix) none: the range runs to the end of the partition and
+/// the backend checks the prefix row by row.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut end: Vec<char> = prefix.chars().collect();
+    let last = end.pop()? as u32;
+    if last >= 0xD7FF {
+        return None;
     }
+    end.push(char::from_u32(last + 1)?);
+    Some(end.into_iter().collect())
 }
 
 /// One operation of an atomic batch.

@@ -293,8 +293,8 @@ impl SqliteStore {
         let filter = filter.map(|(prop, value)| (prop_path(prop), value.to_string()));
         self.read(move |conn| {
             let single = pks.len() == 1;
-            // A prefix without an end (empty, or only U+10FFFF) is checked row by row.
-            let end = prefix_end(&prefix);
+            // A prefix without a range end is checked row by row.
+            let end = super::prefix_end(&prefix);
             let mut sql = String::from("SELECT pk, rk, etag, props FROM entities WHERE tbl = ?1");
             sql.push_str(if single {
                 " AND pk = ?2"
@@ -717,25 +717,6 @@ fn apply(
             }
         }
     }
-}
-
-/// The least string greater than every string starting with `prefix` (keys compare as UTF-8
-/// bytes, i.e. by code point): the prefix with its last character raised by one. `None` when
-/// there is none (an empty prefix, or one made only of U+10FFFF).
-fn prefix_end(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        // The next scalar value (surrogates are not characters).
-        let next = match last as u32 {
-            0xD7FF => Some('\u{E000}'),
-            c => char::from_u32(c + 1),
-        };
-        if let Some(next) = next {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
 }
 
 /// Runs a query selecting `pk, rk, etag, props` and decodes its rows.

@@ -187,20 +187,6 @@ fn encode_prefix(prefix: &str) -> String {
     out
 }
 
-/// The end of the row-key range of the keys starting with `lo`: `lo` with its last character
-/// raised by one, when that orders right whether the service compares keys by code point or
-/// by UTF-16 unit (a character below U+D7FF). Otherwise none: the range runs to the end of
-/// the partition and the caller's filter keeps the prefix's keys.
-fn range_end(lo: &str) -> Option<String> {
-    let mut hi: Vec<char> = lo.chars().collect();
-    let last = hi.pop()? as u32;
-    if last >= 0xD7FF {
-        return None;
-    }
-    hi.push(char::from_u32(last + 1)?);
-    Some(hi.into_iter().collect())
-}
-
 /// An OData string literal.
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -304,7 +290,7 @@ impl TableStore {
         if let Some(prefix) = rk_prefix.filter(|p| !p.is_empty()) {
             let lo = encode_prefix(prefix);
             query.push_str(&format!(" and RowKey ge {}", literal(&lo)));
-            if let Some(hi) = range_end(&lo) {
+            if let Some(hi) = super::prefix_end(&lo) {
                 query.push_str(&format!(" and RowKey lt {}", literal(&hi)));
             }
         }
