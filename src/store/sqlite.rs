@@ -1,18 +1,17 @@
-//! The embedded store: one SQLite database (WAL, `synchronous=FULL`) under
-//! `FLUXTRAIL_DATA_DIR`.
+//! The embedded store: one SQLite database (WAL) under `FLUXTRAIL_DATA_DIR`.
 //!
-//! Why SQLite: it is crash-safe by construction (a committed transaction survives power loss
-//! with `synchronous=FULL`), needs nothing installed (bundled), and its transactions give the
+//! Why SQLite: it is crash-safe by construction (a transaction committed and synced survives
+//! power loss), needs nothing installed (bundled), and its transactions give the
 //! one-partition atomic batch Table Storage offers. All entities live in one table with a
 //! unique (table, pk, rk), mirroring Table Storage's model exactly (see `create_schema` for
 //! why it is a rowid table).
 //!
 //! Writes go through one writer thread with **group commit**: it takes every write waiting in
 //! its queue, applies them (a failed insert or stale etag rolls back that write alone: the
-//! group is then applied again with a SAVEPOINT per write, see `commit_group`), commits them
-//! together with one fsync, then answers each. Durability is the
-//! same (nothing is answered before its commit), but under load one fsync serves many
-//! requests. The queue is bounded: when it is full a write fails at once as `Unavailable`
+//! group is then applied again with a SAVEPOINT per write, see `commit_group`) and commits
+//! them together. A sync thread fsyncs the WAL for every group committed meanwhile and then
+//! answers each write (`syncer_loop`): nothing is answered before its commit is on disk, under
+//! load one fsync serves many requests, and the writer never waits for the disk. The queue is bounded: when it is full a write fails at once as `Unavailable`
 //! (503 + `Retry-After`) instead of piling up memory.
 //!
 //! Reads use their own connections (WAL lets readers run beside the writer), each owned by
@@ -161,7 +160,7 @@ impl SqliteStore {
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = FULL;
+                 PRAGMA synchronous = NORMAL;
                  PRAGMA wal_autocheckpoint = 0;",
             )
             .map_err(map_err)?;
@@ -240,10 +239,16 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(WRITE_QUEUE);
         let write_error = Arc::new(Mutex::new(None));
+        let (synced, to_sync) = std::sync::mpsc::sync_channel::<Committed>(SYNC_QUEUE);
         let last_error = write_error.clone();
+        let wal_path = dir.join("ledger.db-wal");
+        std::thread::Builder::new()
+            .name("sqlite-sync".into())
+            .spawn(move || syncer_loop(&wal_path, to_sync, &last_error))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?;
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, &last_error))
+            .spawn(move || writer_loop(writer, rx, synced))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -508,7 +513,7 @@ fn busy_wait(attempt: i32, max: i32) -> bool {
 fn writer_loop(
     mut conn: Connection,
     rx: std::sync::mpsc::Receiver<Job>,
-    last_error: &Mutex<Option<String>>,
+    synced: std::sync::mpsc::SyncSender<Committed>,
 ) {
     let etags = EtagSource::new();
     while let Ok(first) = rx.recv() {
@@ -527,20 +532,82 @@ fn writer_loop(
                 _ => None,
             }),
         };
-        if let Ok(mut last) = last_error.lock() {
-            *last = failure;
+        let answers = match outcome {
+            Ok(results) => jobs.into_iter().zip(results).collect(),
+            Err(e) => jobs
+                .into_iter()
+                .map(|job| (job, Err(StoreError::Unavailable(e.to_string()))))
+                .collect(),
+        };
+        // Answered once the WAL holding this commit is on disk (`syncer_loop`). A full
+        // queue holds the writer back: commits never run far ahead of their fsync.
+        if synced.send((answers, failure)).is_err() {
+            return;
         }
-        match outcome {
-            Ok(results) => {
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
-                }
-            }
+    }
+}
+
+/// A committed group's answers, waiting for the fsync that makes it durable, and why its
+/// commit failed, if it did.
+type Committed = (Vec<(Job, JobResult)>, Option<String>);
+/// How many committed groups may wait for their fsync.
+const SYNC_QUEUE: usize = 64;
+
+/// Makes commits durable before they are answered. The writer commits without an fsync
+/// (`synchronous = NORMAL`) and hands the group here; this thread fsyncs the WAL once for
+/// every group committed meanwhile and then answers them. The writer applies the next group
+/// while the disk syncs, instead of waiting for it: the one serial thread only does the
+/// work that must be serial. An answer still means "on disk": the WAL is written in commit
+/// order, so the fsync after a group's commit covers it and every group before it.
+///
+/// A group is visible to readers from its commit, a moment before its fsync: after a power
+/// loss (not a crash of the process: the kernel keeps what was written) a read answered in
+/// that moment may show a write that is then gone. That write was never acknowledged, so its
+/// sender delivers it again.
+fn syncer_loop(
+    wal_path: &Path,
+    rx: std::sync::mpsc::Receiver<Committed>,
+    last_error: &Mutex<Option<String>>,
+) {
+    let mut wal: Option<std::fs::File> = None;
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            groups.push(more);
+        }
+        let failure = groups.last().and_then(|(_, f)| f.clone());
+        let synced = match &wal {
+            Some(f) => f.sync_data(),
+            // The WAL exists from the first commit on (and SQLite keeps it while the store
+            // is open, restarting it in place): opened once, on the first group.
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(wal_path)
+                .and_then(|f| {
+                    f.sync_data()?;
+                    Ok(f)
+                })
+                .map(|f| wal = Some(f)),
+        };
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "the WAL could not be synced");
+        }
+        if let Ok(mut last) = last_error.lock() {
+            *last = match &synced {
+                Err(e) => Some(format!("cannot sync the WAL: {e}")),
+                Ok(()) => failure,
+            };
+        }
+        for (job, result) in groups.into_iter().flat_map(|(answers, _)| answers) {
+            let result = match (&synced, result) {
+                // Committed but maybe not on disk: the sender retries (writes are idempotent).
+                (Err(e), Ok(_)) => Err(StoreError::Unavailable(format!(
+                    "the commit could not be synced: {e}"
+                ))),
+                (_, r) => r,
+            };
+            let _ = job.reply.send(result);
         }
     }
 }
