@@ -262,11 +262,18 @@ impl Ledger {
             .into_iter()
             .map(|e| e.rk)
             .collect();
-        // Objects that reported a pushed commit under a pointer naming this ref.
-        let pks: Vec<String> = pushed.iter().map(|s| s.to_string()).collect();
+        // Objects that reported the push's tip before the push arrived, under a pointer
+        // naming this ref. Only the tip: Flux reports what a ref pointed to when it fetched,
+        // so a commit a revision names under this ref was its tip: this push's, or another
+        // push's, whose own delivery links the object. (An older commit of this list was a
+        // tip of this ref only if the ref was later rewound across it; should that push's
+        // delivery never come, the object follows the ref from its next event anyway.)
+        // Looking up every listed commit meant 20 random index reads per push for rows that
+        // almost never exist: half the reader threads' work on pushes.
+        let tips: Vec<String> = push.head.iter().map(|s| s.to_string()).collect();
         for rows in self
             .store
-            .query_partitions(Table::Commits, &pks, Some("target|"))
+            .query_partitions(Table::Commits, &tips, Some("target|"))
             .await?
         {
             for row in rows {

@@ -262,6 +262,47 @@ async fn flux_before_the_push_is_linked_when_the_push_arrives() {
     assert_eq!(earlier["targets"][0]["state"], "superseded");
 }
 
+/// Hosts cap the commits a push lists, and the new tip may be the one left out: an object
+/// that applied the tip before the push arrived still follows the branch once it does.
+#[tokio::test]
+async fn a_push_whose_list_leaves_out_its_tip_still_links_who_applied_it_first() {
+    let app = spawn_app().await;
+    let r = app
+        .post_flux(
+            "/api/hooks/flux/prod-eu",
+            &flux_event("kustomization-succeeded.json", |_| {}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let mut push: Value =
+        serde_json::from_slice(&fixture("github/push-forced.json")).expect("fixture");
+    let tip = push["after"].as_str().expect("after").to_string();
+    assert_eq!(
+        tip, SHA,
+        "the fixture's tip is the commit the Flux event applied"
+    );
+    push["commits"]
+        .as_array_mut()
+        .expect("commits")
+        .retain(|c| c["id"] != json!(tip));
+    let r = app
+        .post_git(
+            "github",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", "capped-1"),
+            ],
+            &serde_json::to_vec(&push).expect("json"),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (_, objects) = app.get_json("/api/objects?cluster=prod-eu").await;
+    assert_eq!(
+        objects["objects"][0]["follows"],
+        json!({"repository": "github.com/acme/fleet-infra", "gitRef": "refs/heads/main"})
+    );
+}
+
 /// A commit looked up and not found is not looked up again for a few seconds — but a push
 /// recorded meanwhile is seen by the very next event: another object applying the same
 /// commit (one the push did not link, having no target on it yet) follows its branch at once.
