@@ -238,13 +238,7 @@ async fn push_then_apply_shows_the_target_in_the_evidence() {
 #[tokio::test]
 async fn flux_before_the_push_is_linked_when_the_push_arrives() {
     let app = spawn_app().await;
-    let r = app
-        .post_flux(
-            "/api/hooks/flux",
-            &flux_event("kustomization-succeeded.json", |_| {}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    app.report_applied("/api/hooks/flux").await;
     let (status, ev) = app.evidence(SHA).await;
     assert_eq!(
         status,
@@ -267,13 +261,7 @@ async fn flux_before_the_push_is_linked_when_the_push_arrives() {
 #[tokio::test]
 async fn a_push_whose_list_leaves_out_its_tip_still_links_who_applied_it_first() {
     let app = spawn_app().await;
-    let r = app
-        .post_flux(
-            "/api/hooks/flux/prod-eu",
-            &flux_event("kustomization-succeeded.json", |_| {}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    app.report_applied("/api/hooks/flux/prod-eu").await;
     let mut push: Value =
         serde_json::from_slice(&fixture("github/push-forced.json")).expect("fixture");
     let tip = push["after"].as_str().expect("after").to_string();
@@ -309,21 +297,9 @@ async fn a_push_whose_list_leaves_out_its_tip_still_links_who_applied_it_first()
 #[tokio::test]
 async fn the_next_event_after_the_push_sees_the_commit() {
     let app = spawn_app().await;
-    let r = app
-        .post_flux(
-            "/api/hooks/flux/prod-eu",
-            &flux_event("kustomization-succeeded.json", |_| {}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    app.report_applied("/api/hooks/flux/prod-eu").await;
     push_main(&app).await;
-    let r = app
-        .post_flux(
-            "/api/hooks/flux/prod-us",
-            &flux_event("kustomization-succeeded.json", |_| {}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    app.report_applied("/api/hooks/flux/prod-us").await;
     let (_, objects) = app.get_json("/api/objects?cluster=prod-us").await;
     assert_eq!(
         objects["objects"][0]["follows"],

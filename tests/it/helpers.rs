@@ -198,6 +198,15 @@ impl TestApp {
         self.post_git(provider, headers, &fixture(file)).await
     }
 
+    /// POSTs the fixture of a successful apply (`kustomization-succeeded.json`) to a Flux
+    /// hook and checks it was accepted.
+    pub async fn report_applied(&self, path: &str) {
+        let r = self
+            .post_flux(path, &flux_event("kustomization-succeeded.json", |_| {}))
+            .await;
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    }
+
     /// POSTs a Flux event to `path` (`/api/hooks/flux[/cluster]`), signed like `generic-hmac`.
     pub async fn post_flux(&self, path: &str, body: &[u8]) -> reqwest::Response {
         flux_request(&self.client, &self.url(path), body)
