@@ -10,9 +10,10 @@
 //! its queue, applies them (a failed insert or stale etag rolls back that write alone: the
 //! group is then applied again with a SAVEPOINT per write, see `commit_group`) and commits
 //! them together. A sync thread fsyncs the WAL for every group committed meanwhile and then
-//! answers each write (`syncer_loop`): nothing is answered before its commit is on disk, under
-//! load one fsync serves many requests, and the writer never waits for the disk. The queue is bounded: when it is full a write fails at once as `Unavailable`
-//! (503 + `Retry-After`) instead of piling up memory.
+//! answers each write (`syncer_loop`): nothing is answered before its commit is on disk,
+//! under load one fsync serves many requests, and the writer never waits for the disk. The
+//! queue is bounded: when it is full a write fails at once as `Unavailable` (503 +
+//! `Retry-After`) instead of piling up memory.
 //!
 //! Reads use their own connections (WAL lets readers run beside the writer), each owned by
 //! a reader thread that runs whatever reads are queued in one read transaction
