@@ -1004,6 +1004,26 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A write is answered only once its commit is on disk: when the WAL cannot be synced
+    /// (here it cannot even be opened: unlinked under SQLite, which writes on through its
+    /// own handle), the committed write is answered `Unavailable` — retried by its sender —
+    /// and health reports the store down.
+    #[tokio::test]
+    async fn a_commit_that_cannot_be_synced_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join("ledger.db-wal")).expect("the WAL exists");
+        let row = Row::from_record("o", "state", &serde_json::json!({"status": "ready"}));
+        match store.insert(Table::Objects, row).await {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("synced"), "{why}"),
+            other => panic!("a commit not on disk was answered {other:?}"),
+        }
+        match store.ping().await {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("sync the WAL"), "{why}"),
+            other => panic!("health did not report the failing syncs: {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_database_of_the_first_layout_is_moved_and_keeps_its_rows() {
         let dir = tempfile::tempdir().unwrap();
