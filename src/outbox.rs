@@ -165,18 +165,21 @@ impl Dispatcher {
         pks: &[String],
         now: DateTime<Utc>,
     ) -> Result<Pass, StoreError> {
+        // Pending rows only: an object's delivered (and dead) messages stay until retention.
         let partitions = self
             .store
-            .query_partitions(Table::Objects, pks, Some("outbox|"))
+            .query_partitions_where(
+                Table::Objects,
+                pks,
+                Some("outbox|"),
+                ("delivery", "pending"),
+            )
             .await?;
         let mut pass = Pass::default();
         let mut rest: Vec<Due> = Vec::new();
         for (part, rows) in partitions.into_iter().enumerate() {
             for row in rows {
                 let rec: OutboxRecord = row.record()?;
-                if rec.delivery != "pending" {
-                    continue;
-                }
                 if let Some(at) = rec.next_attempt_at.filter(|at| *at > now) {
                     pass.add(Pass {
                         delivered: 0,
