@@ -12,25 +12,22 @@
 //!   events are projected as if it had not been pushed yet — exactly what happens anyway when
 //!   Flux reports a commit before its webhook arrives, which the ledger already reconciles.
 //!
-//! Bounded: `CAPACITY` entries in `SHARDS` independently locked shards; a full shard drops
-//! its expired entries, then an arbitrary one.
+//! Bounded: `CAPACITY` entries in independently locked shards (`shards.rs`); a full shard
+//! drops its expired entries, then an arbitrary one.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const SHARDS: usize = 16;
+use super::shards::Shards;
+
 pub const CAPACITY: usize = 4096;
 /// How long an absence is believed.
 pub const TTL: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct MissingCommits {
-    hasher: RandomState,
-    shards: Vec<Mutex<HashMap<String, Instant>>>,
-    per_shard: usize,
+    /// A sha → when it was looked up and not found.
+    absent: Shards<Instant>,
     /// Pushes recorded by this process so far.
     epoch: AtomicU64,
 }
@@ -44,22 +41,15 @@ impl Default for MissingCommits {
 impl MissingCommits {
     pub fn with_capacity(capacity: usize) -> Self {
         MissingCommits {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            per_shard: capacity.div_ceil(SHARDS),
+            absent: Shards::with_capacity(capacity),
             epoch: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, sha: &str) -> &Mutex<HashMap<String, Instant>> {
-        &self.shards[self.hasher.hash_one(sha) as usize % SHARDS]
-    }
-
     /// Whether `sha` was looked up less than `TTL` before `now` and not found.
     pub fn known_missing(&self, sha: &str, now: Instant) -> bool {
-        self.shard(sha)
-            .lock()
-            .ok()
+        self.absent
+            .lock(sha)
             .and_then(|s| s.get(sha).copied())
             .is_some_and(|at| now.saturating_duration_since(at) < TTL)
     }
@@ -72,34 +62,24 @@ impl MissingCommits {
     /// Remembers that a lookup begun at `epoch` did not find `sha` — unless a push was
     /// recorded since (it may have carried the commit).
     pub fn note(&self, sha: &str, epoch: u64, now: Instant) {
-        if self.per_shard == 0 {
-            return;
-        }
-        let Ok(mut shard) = self.shard(sha).lock() else {
+        let Some(mut shard) = self.absent.lock(sha) else {
             return;
         };
         // Checked under the shard's lock, which `pushed` takes after moving the epoch on.
         if self.epoch.load(Ordering::SeqCst) != epoch {
             return;
         }
-        if shard.len() >= self.per_shard && !shard.contains_key(sha) {
-            shard.retain(|_, at| now.saturating_duration_since(*at) < TTL);
-            if shard.len() >= self.per_shard {
-                if let Some(victim) = shard.keys().next().cloned() {
-                    shard.remove(&victim);
-                }
-            }
-        }
-        shard.insert(sha.to_string(), now);
+        // Expired entries make room first.
+        self.absent.insert(&mut shard, sha, now, |s| {
+            s.retain(|_, at| now.saturating_duration_since(*at) < TTL)
+        });
     }
 
     /// A push's commits were written: forget them, and make lookups in flight not remember.
     pub fn pushed<'a>(&self, shas: impl IntoIterator<Item = &'a str>) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for sha in shas {
-            if let Ok(mut shard) = self.shard(sha).lock() {
-                shard.remove(sha);
-            }
+            self.absent.remove(sha);
         }
     }
 }
@@ -141,7 +121,7 @@ mod tests {
         for i in 0..10_000 {
             m.note(&format!("c{i}"), m.epoch(), t0);
         }
-        let n: usize = m.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        let n = m.absent.len();
         assert!((32..=64).contains(&n), "{n} entries");
         // Expired entries make room first.
         m.note("late", m.epoch(), t0 + TTL);

@@ -18,6 +18,7 @@ mod flux;
 mod git;
 mod missing;
 pub mod records;
+mod shards;
 mod states;
 
 use std::sync::Arc;

@@ -9,30 +9,25 @@
 //! taken, not copied, so two events of one object in flight at once never both use it: the
 //! second reads the store.
 //!
-//! Bounded: `CAPACITY` entries in `SHARDS` independently locked shards, so no single lock is
-//! on every request's path; when a shard is full, an arbitrary entry of it makes room. A
-//! state is kept as its JSON text (~2.4 KB, one allocation), not as the struct (dozens of
+//! Bounded: `CAPACITY` entries in independently locked shards (`shards.rs`), so no single
+//! lock is on every request's path; when a shard is full, an arbitrary entry of it makes
+//! room. A state is kept as its JSON text (~2.4 KB, one allocation), not as the struct (dozens of
 //! small allocations): cached structs, each living for a while among the request's
 //! short-lived allocations, made resident memory climb by ~10 MB every 8 s of full load
 //! (2,000 objects) where one string per entry keeps it level. Decoding it again costs a few
 //! microseconds, far less than the read it replaces.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
-
+use super::shards::Shards;
 use crate::core::ObjectState;
 use crate::store::Etag;
 
-const SHARDS: usize = 16;
 /// States kept: the busiest two thousand objects, ~5 MB.
 pub const CAPACITY: usize = 2048;
 
 #[derive(Debug)]
 pub struct StateCache {
-    hasher: RandomState,
-    shards: Vec<Mutex<HashMap<String, (String, Etag)>>>,
-    per_shard: usize,
+    /// An object's partition key → its state's JSON text and etag.
+    states: Shards<(String, Etag)>,
 }
 
 impl Default for StateCache {
@@ -44,19 +39,13 @@ impl Default for StateCache {
 impl StateCache {
     pub fn with_capacity(capacity: usize) -> Self {
         StateCache {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            per_shard: capacity.div_ceil(SHARDS),
+            states: Shards::with_capacity(capacity),
         }
-    }
-
-    fn shard(&self, pk: &str) -> &Mutex<HashMap<String, (String, Etag)>> {
-        &self.shards[self.hasher.hash_one(pk) as usize % SHARDS]
     }
 
     /// Takes the object's state out, if this process wrote it last.
     pub fn take(&self, pk: &str) -> Option<(ObjectState, Etag)> {
-        let (json, etag) = self.shard(pk).lock().ok()?.remove(pk)?;
+        let (json, etag) = self.states.remove(pk)?;
         // It was encoded here: a failure is a bug, and reading the store is the remedy.
         serde_json::from_str(&json).ok().map(|state| (state, etag))
     }
@@ -71,33 +60,19 @@ impl StateCache {
     /// Remembers the state just written, as the JSON text of its row (the text the store
     /// was given: encoded once for both), with its etag.
     pub fn put(&self, pk: &str, json: String, etag: Etag) {
-        if self.per_shard == 0 {
-            return;
+        if let Some(mut shard) = self.states.lock(pk) {
+            self.states.insert(&mut shard, pk, (json, etag), |_| {});
         }
-        let Ok(mut shard) = self.shard(pk).lock() else {
-            return;
-        };
-        if shard.len() >= self.per_shard && !shard.contains_key(pk) {
-            if let Some(victim) = shard.keys().next().cloned() {
-                shard.remove(&victim);
-            }
-        }
-        shard.insert(pk.to_string(), (json, etag));
     }
 
     /// Forgets the object's state (written elsewhere in this process).
     pub fn forget(&self, pk: &str) {
-        if let Ok(mut shard) = self.shard(pk).lock() {
-            shard.remove(pk);
-        }
+        self.states.remove(pk);
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|s| s.len()).unwrap_or(0))
-            .sum()
+        self.states.len()
     }
 
     #[cfg(test)]
