@@ -32,8 +32,14 @@ if cargo tree --locked -e normal,build -i openssl-sys >/dev/null 2>&1; then
   echo "openssl-sys is in the dependency tree"; cargo tree --locked -i openssl-sys; exit 1
 fi
 
+echo "== cargo fetch: every package in Cargo.lock, for every platform"
+# Builds here download only this platform's packages; `cargo deny --offline` (below) runs
+# `cargo metadata`, which needs all of them (Windows, Android, wasm ones included). Without
+# this a machine with an empty cargo cache fails the deny step.
+cargo fetch --locked
+
 echo "== cargo deny: licenses, bans, sources (deny.toml; advisories need GitHub, see deny.toml)"
-command -v cargo-deny >/dev/null || cargo install cargo-deny --version 0.20.2 --locked
+cargo deny --version 2>/dev/null | grep -qx 'cargo-deny 0.20.2' || cargo install cargo-deny --version 0.20.2 --locked
 cargo deny --offline --log-level error check licenses bans sources
 
 echo "== cargo test (embedded store, local sink)"
