@@ -33,11 +33,15 @@ pub fn message(f: &Facts<'_>) -> Message {
     }
 }
 
-/// A Kustomization corrected drift: a change set applied at the revision already applied.
-pub fn is_kustomization_drift(f: &Facts<'_>, applied_revision: Option<&str>) -> bool {
+/// A Kustomization corrected drift: a change set at the revision it had already applied in
+/// an earlier reconciliation. The caller says the event is of the same run of reports as
+/// the object's last (it reported no other revision since); `run_applied_at` is the first
+/// success of that run. A change set sharing that success's timestamp belongs to the apply
+/// itself (Flux events carry no reconciliation id; whichever of the two arrived first).
+pub fn is_kustomization_drift(f: &Facts<'_>, run_applied_at: Option<DateTime<Utc>>) -> bool {
     f.event.object.kind == "Kustomization"
         && f.event.reason == "Progressing"
         && is_change_set(&f.event.message)
         && f.revision.is_some()
-        && f.revision.as_deref() == applied_revision
+        && run_applied_at.is_some_and(|at| at < f.event.timestamp)
 }

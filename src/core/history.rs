@@ -74,22 +74,67 @@ impl BranchGraph {
 
     /// The pushed commits an object skipped when it applied `applied` after `previous`
     /// (its last applied commit, if any): ancestors of `applied` that are neither `previous`
-    /// nor its ancestors. Sorted for determinism.
+    /// nor its ancestors — at most [`FIRST_APPLY_WALK`] of them, the nearest to `applied`
+    /// (an object new on a branch with years of history does not mark them all). Sorted for
+    /// determinism.
     pub fn superseded(&self, applied: &CommitSha, previous: Option<&CommitSha>) -> Vec<CommitSha> {
-        let mut out: BTreeSet<CommitSha> = self
-            .ancestors(applied)
-            .into_iter()
-            .filter(|c| self.pushed.contains(c))
-            .collect();
+        let mut stop = HashSet::new();
         if let Some(p) = previous {
-            out.remove(p);
-            for a in self.ancestors(p) {
-                out.remove(&a);
+            stop = self.ancestors(p);
+            stop.insert(p.clone());
+        }
+        self.nearest_pushed(applied, &stop)
+    }
+
+    /// The commits a forced push from `before` to `after` removed from the branch: `before`
+    /// and what it descends from through known pushes, less `after` and what it descends
+    /// from. Only pushed commits: `before` and at most [`FIRST_APPLY_WALK`] before it.
+    pub fn removed(&self, before: &CommitSha, after: Option<&CommitSha>) -> Vec<CommitSha> {
+        let mut kept = HashSet::new();
+        if let Some(a) = after {
+            kept = self.ancestors(a);
+            kept.insert(a.clone());
+        }
+        if kept.contains(before) {
+            return vec![];
+        }
+        let mut out = self.nearest_pushed(before, &kept);
+        if self.pushed.contains(before) {
+            out.push(before.clone());
+            out.sort();
+        }
+        out
+    }
+
+    /// Breadth-first from `from` (excluded) through what it descends from, not entering
+    /// `stop`: the first [`FIRST_APPLY_WALK`] pushed commits met, sorted.
+    fn nearest_pushed(&self, from: &CommitSha, stop: &HashSet<CommitSha>) -> Vec<CommitSha> {
+        let mut seen: HashSet<&CommitSha> = HashSet::new();
+        let mut queue: std::collections::VecDeque<&CommitSha> = [from].into();
+        let mut out = BTreeSet::new();
+        seen.insert(from);
+        while let Some(c) = queue.pop_front() {
+            for p in self.up.get(c).into_iter().flatten() {
+                if stop.contains(p) || !seen.insert(p) {
+                    continue;
+                }
+                if self.pushed.contains(p) {
+                    out.insert(p.clone());
+                    if out.len() == FIRST_APPLY_WALK {
+                        return out.into_iter().collect();
+                    }
+                }
+                queue.push_back(p);
             }
         }
         out.into_iter().collect()
     }
 }
+
+/// How many commits one apply supersedes (or one forced push discards) at most: the nearest
+/// ones. An object's first apply on a branch with a long history marks its 50 most recent
+/// commits superseded, not all of them — rows and the object's state stay bounded.
+pub const FIRST_APPLY_WALK: usize = 50;
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,10 @@ pub use target::{TargetRecord, TargetState, TargetUpdate};
 /// attempt stopped after the state write can still finish its target rows.
 const RECENT: usize = 3;
 
+/// How many recently applied commits an object's state remembers (see
+/// [`ObjectState::applied_shas`]).
+pub const APPLIED_KEPT: usize = 8;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ObjectStatus {
@@ -89,6 +93,15 @@ pub struct ObjectState {
     /// the row needs no read.
     #[serde(default)]
     pub current_target: Option<CurrentTarget>,
+    /// The last [`APPLIED_KEPT`] distinct commits the object applied, in its own order
+    /// (oldest first): a push that arrives after the object applied its commits still finds
+    /// what those applies skipped (`superseded`).
+    #[serde(default)]
+    pub applied_shas: Vec<CommitSha>,
+    /// The (Flux) time of the first success at `last_revision` since the object began
+    /// reporting that revision; `None` until one. A change set is drift only after it.
+    #[serde(default)]
+    pub run_applied_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +129,18 @@ impl ObjectState {
             events: 0,
             commit: None,
             current_target: None,
+            applied_shas: vec![],
+            run_applied_at: None,
+        }
+    }
+
+    /// [`applied_shas`](Self::applied_shas), or for a state written before it was kept, the
+    /// last applied commit.
+    fn recently_applied(&self) -> Vec<CommitSha> {
+        if self.applied_shas.is_empty() {
+            self.applied_sha().into_iter().collect()
+        } else {
+            self.applied_shas.clone()
         }
     }
 
@@ -200,6 +225,11 @@ pub fn event_sha(event: &FluxEvent, commit: Option<&CommitInfo>) -> Option<Commi
 }
 
 /// Applies one classified event to an object's state.
+///
+/// Order: events of one object are ordered by their own (cluster) timestamps, and events
+/// that share a timestamp by arrival. An event older than the object's last one is `Stale`:
+/// it changes nothing of the object, but still records what it says of its own commit (its
+/// target row, merged by the row's own order rule).
 pub fn apply_event(
     state: Option<ObjectState>,
     event: &FluxEvent,
@@ -209,17 +239,39 @@ pub fn apply_event(
 ) -> Outcome {
     let mut st = state.unwrap_or_else(|| ObjectState::new(event.object.clone()));
     let _ = now; // time enters through the event; `now` is for rules that age (the sweep)
+    let sha = event_sha(event, ctx.commit.as_ref());
+    let revision = event
+        .revision()
+        .map(str::to_string)
+        .or_else(|| event.source_revision().map(|r| r.to_string()));
+    let own = |state: TargetState| {
+        sha.clone().map(|sha| TargetUpdate {
+            sha,
+            object: event.object.clone(),
+            state,
+            revision: revision.clone(),
+            at: event.timestamp,
+            reason: Some(event.reason.clone()),
+            message: Some(event.message.clone()),
+            superseded_by: None,
+        })
+    };
+    let outcome = |st, targets, disposition| Outcome {
+        state: st,
+        targets,
+        messages: vec![],
+        incidents: vec![],
+        disposition,
+    };
 
-    // Duplicates and stale events first.
     if let Some(last) = st.last_event_at {
         if event.timestamp < last {
-            return Outcome {
-                state: st,
-                targets: vec![],
-                messages: vec![],
-                incidents: vec![],
-                disposition: Disposition::Stale,
+            // What it says of its own commit still counts.
+            let targets = match (event.object.is_source(), own_state(class)) {
+                (false, Some(s)) => own(s).into_iter().collect(),
+                _ => vec![],
             };
+            return outcome(st, targets, Disposition::Stale);
         }
         if event.timestamp == last && st.seen.contains(&event.fingerprint) {
             let targets = st
@@ -228,13 +280,7 @@ pub fn apply_event(
                 .find(|r| r.fingerprint == event.fingerprint)
                 .map(|r| r.targets.clone())
                 .unwrap_or_default();
-            return Outcome {
-                state: st,
-                targets,
-                messages: vec![],
-                incidents: vec![],
-                disposition: Disposition::Duplicate,
-            };
+            return outcome(st, targets, Disposition::Duplicate);
         }
         if event.timestamp > last {
             st.seen.clear();
@@ -245,12 +291,11 @@ pub fn apply_event(
     st.last_reason = Some(event.reason.clone());
     st.last_message = Some(event.message.clone());
     st.events += 1;
-
-    let sha = event_sha(event, ctx.commit.as_ref());
-    let revision = event
-        .revision()
-        .map(str::to_string)
-        .or_else(|| event.source_revision().map(|r| r.to_string()));
+    // Same revision as the object's last report: the same run (drift needs one).
+    let same_run = revision.is_none() || revision == st.last_revision;
+    if !same_run {
+        st.run_applied_at = None;
+    }
     if revision.is_some() {
         st.last_revision = revision.clone();
     }
@@ -266,97 +311,163 @@ pub fn apply_event(
         sha: sha.as_ref().map(ToString::to_string),
         repository,
     };
-    let mut targets = Vec::new();
-    let mut messages = Vec::new();
-    let mut incidents = Vec::new();
-    let target = |state: TargetState| TargetUpdate {
-        sha: sha.clone().expect("checked by caller"),
-        object: event.object.clone(),
-        state,
-        revision: revision.clone(),
-        at: event.timestamp,
-        reason: Some(event.reason.clone()),
-        message: Some(event.message.clone()),
-        superseded_by: None,
+    let mut step = Step {
+        targets: vec![],
+        messages: vec![],
+        incidents: vec![],
     };
 
-    // Source objects produce artifacts; they apply nothing: history and status only.
     if event.object.is_source() {
+        // Source objects produce artifacts; they apply nothing: history and status only.
         st.status = match class {
             c if c.is_failure() => ObjectStatus::Failed,
             _ => ObjectStatus::Ready,
         };
-        return finish(st, targets, messages, incidents, event);
+        return finish(st, step, event);
     }
-
-    let applied_revision = st.applied.as_ref().and_then(|a| a.revision.clone());
+    // A Helm drift episode ends at the next successful install, upgrade or rollback.
+    if matches!(
+        event.reason.as_str(),
+        "InstallSucceeded" | "UpgradeSucceeded" | "RollbackSucceeded"
+    ) {
+        st.drift = None;
+    }
+    let own_target = own_state(class).and_then(own);
     match class {
-        Class::Applied => {
-            st.status = ObjectStatus::Ready;
-            if let Some(sha) = &sha {
-                targets.push(target(TargetState::Applied));
-                if let (Some(_), Some(graph)) = (&follow, ctx.graph) {
-                    let previous = st.applied_sha();
-                    for skipped in graph.superseded(sha, previous.as_ref()) {
-                        targets.push(TargetUpdate {
-                            sha: skipped,
-                            state: TargetState::Superseded,
-                            superseded_by: Some(sha.clone()),
-                            reason: None,
-                            message: None,
-                            ..target(TargetState::Superseded)
-                        });
-                    }
-                }
-            }
-            let same_as_before = st.applied.as_ref().is_some_and(|a| a.revision == revision);
-            if !same_as_before {
-                st.applied = Some(applied_record(&facts, event.timestamp));
-            }
-            if let Some(inc) = st.incident.take() {
-                incidents.push(incident::on_success(inc, &facts, &mut messages));
-            }
-        }
-        c if c.is_failure() => {
-            st.status = ObjectStatus::Failed;
-            if sha.is_some() {
-                targets.push(target(TargetState::Failed));
-            }
-            let inc = incident::on_failure(st.incident.take(), &facts, &mut messages);
-            incidents.push(inc.clone());
-            st.incident = Some(inc);
-        }
+        Class::Applied => on_applied(
+            &mut st,
+            &mut step,
+            own_target,
+            follow.is_some().then_some(ctx.graph).flatten(),
+            &facts,
+        ),
+        c if c.is_failure() => on_failed(&mut st, &mut step, own_target, &facts),
         Class::Progressing | Class::Waiting => {
-            st.status = if class == Class::Waiting {
-                ObjectStatus::Waiting
-            } else {
-                ObjectStatus::Progressing
-            };
-            if drift::is_kustomization_drift(&facts, applied_revision.as_deref()) {
-                messages.push(drift::message(&facts));
-                // The object is still at its applied revision.
-                st.status = ObjectStatus::Ready;
-            } else if sha.is_some() && revision != applied_revision {
-                targets.push(target(TargetState::Progressing));
-            }
+            on_progressing(&mut st, &mut step, own_target, class, same_run, &facts)
         }
-        Class::DriftDetected if st.drift.is_none() => {
-            let m = drift::message(&facts);
-            st.drift = Some(DriftEpisode {
-                since: event.timestamp,
-                message_id: m.id.clone(),
-            });
-            messages.push(m);
+        Class::DriftDetected | Class::DriftCorrected => {
+            on_helm_drift(&mut st, &mut step, class, &facts)
         }
-        // The guard closes an open episode; corrected without a detection we saw, the drift
-        // still happened and is announced.
-        Class::DriftCorrected if st.drift.take().is_none() => messages.push(drift::message(&facts)),
         _ => {}
     }
     if let Some(f) = follow {
         st.follows = Some(f);
     }
-    finish(st, targets, messages, incidents, event)
+    finish(st, step, event)
+}
+
+/// What one event adds besides the object's new state.
+struct Step {
+    targets: Vec<TargetUpdate>,
+    messages: Vec<Message>,
+    incidents: Vec<Incident>,
+}
+
+/// The state an event of this class reports for its own commit.
+fn own_state(class: Class) -> Option<TargetState> {
+    match class {
+        Class::Applied => Some(TargetState::Applied),
+        c if c.is_failure() => Some(TargetState::Failed),
+        Class::Progressing | Class::Waiting => Some(TargetState::Progressing),
+        _ => None,
+    }
+}
+
+/// A success: the commit is applied, what it skipped on its branch superseded, an open
+/// incident closed.
+fn on_applied(
+    st: &mut ObjectState,
+    step: &mut Step,
+    own: Option<TargetUpdate>,
+    graph: Option<&BranchGraph>,
+    f: &Facts<'_>,
+) {
+    st.status = ObjectStatus::Ready;
+    if let Some(u) = own {
+        if let Some(graph) = graph {
+            let previous = st.applied_sha();
+            for skipped in graph.superseded(&u.sha, previous.as_ref()) {
+                step.targets.push(TargetUpdate {
+                    sha: skipped,
+                    state: TargetState::Superseded,
+                    superseded_by: Some(u.sha.clone()),
+                    reason: None,
+                    message: None,
+                    ..u.clone()
+                });
+            }
+        }
+        if st.applied_shas.last() != Some(&u.sha) {
+            st.applied_shas.retain(|s| s != &u.sha);
+            st.applied_shas.push(u.sha.clone());
+            if st.applied_shas.len() > APPLIED_KEPT {
+                st.applied_shas.remove(0);
+            }
+        }
+        step.targets.insert(0, u);
+    }
+    if st.applied.as_ref().is_none_or(|a| a.revision != f.revision) {
+        st.applied = Some(applied_record(f, f.event.timestamp));
+    }
+    st.run_applied_at.get_or_insert(f.event.timestamp);
+    if let Some(inc) = st.incident.take() {
+        step.incidents
+            .push(incident::on_success(inc, f, &mut step.messages));
+    }
+}
+
+/// A failure: the commit failed here; an incident opens (or is re-announced).
+fn on_failed(st: &mut ObjectState, step: &mut Step, own: Option<TargetUpdate>, f: &Facts<'_>) {
+    st.status = ObjectStatus::Failed;
+    step.targets.extend(own);
+    let inc = incident::on_failure(st.incident.take(), f, &mut step.messages);
+    step.incidents.push(inc.clone());
+    st.incident = Some(inc);
+}
+
+/// Work in progress, or a Kustomization's change set at the revision it already applied in
+/// this run of reports: drift corrected.
+fn on_progressing(
+    st: &mut ObjectState,
+    step: &mut Step,
+    own: Option<TargetUpdate>,
+    class: Class,
+    same_run: bool,
+    f: &Facts<'_>,
+) {
+    if same_run && drift::is_kustomization_drift(f, st.run_applied_at) {
+        step.messages.push(drift::message(f));
+        // The object is still at its applied revision.
+        st.status = ObjectStatus::Ready;
+        return;
+    }
+    st.status = if class == Class::Waiting {
+        ObjectStatus::Waiting
+    } else {
+        ObjectStatus::Progressing
+    };
+    let applied_revision = st.applied.as_ref().and_then(|a| a.revision.as_ref());
+    if f.revision.as_ref() != applied_revision {
+        step.targets.extend(own);
+    }
+}
+
+/// Helm's own drift reports: one message per episode (`DriftDetected` repeats every
+/// reconcile in warn mode). An episode ends at `DriftCorrected` or at the next successful
+/// install/upgrade/rollback; corrected without a detection we saw, the drift still happened.
+fn on_helm_drift(st: &mut ObjectState, step: &mut Step, class: Class, f: &Facts<'_>) {
+    match class {
+        Class::DriftDetected if st.drift.is_none() => {
+            let m = drift::message(f);
+            st.drift = Some(DriftEpisode {
+                since: f.event.timestamp,
+                message_id: m.id.clone(),
+            });
+            step.messages.push(m);
+        }
+        Class::DriftCorrected if st.drift.take().is_none() => step.messages.push(drift::message(f)),
+        _ => {}
+    }
 }
 
 fn applied_record(f: &Facts<'_>, at: DateTime<Utc>) -> Applied {
@@ -367,32 +478,28 @@ fn applied_record(f: &Facts<'_>, at: DateTime<Utc>) -> Applied {
     }
 }
 
-fn finish(
-    mut st: ObjectState,
-    targets: Vec<TargetUpdate>,
-    messages: Vec<Message>,
-    incidents: Vec<Incident>,
-    event: &FluxEvent,
-) -> Outcome {
+fn finish(mut st: ObjectState, step: Step, event: &FluxEvent) -> Outcome {
     st.recent.push(Recent {
         fingerprint: event.fingerprint.clone(),
-        targets: targets.clone(),
+        targets: step.targets.clone(),
     });
     if st.recent.len() > RECENT {
         st.recent.remove(0);
     }
     Outcome {
         state: st,
-        targets,
-        messages,
-        incidents,
+        targets: step.targets,
+        messages: step.messages,
+        incidents: step.incidents,
         disposition: Disposition::Applied,
     }
 }
 
 /// A push to a branch the object follows (or, `newly_following`, a push that revealed the
 /// branch of a commit the object had already reported): the pushed commits become `pending`
-/// on it, or `superseded` when the object already applied a later commit.
+/// on it, or `superseded` when the object already applied a later commit — whichever of the
+/// push and the apply arrived first. A push that reveals what one of the object's recent
+/// applies descends from also supersedes what that apply skipped since the one before it.
 pub fn on_push(
     state: &ObjectState,
     graph: &BranchGraph,
@@ -400,7 +507,9 @@ pub fn on_push(
     newly_following: bool,
     received_at: DateTime<Utc>,
 ) -> Vec<TargetUpdate> {
-    let applied = state.applied_sha();
+    let applied = &state.recently_applied();
+    let carried: Vec<std::collections::HashSet<CommitSha>> =
+        applied.iter().map(|a| graph.ancestors(a)).collect();
     let mut out = Vec::new();
     let base = |sha: &CommitSha, s: TargetState, by: Option<CommitSha>| TargetUpdate {
         sha: sha.clone(),
@@ -413,26 +522,61 @@ pub fn on_push(
         superseded_by: by,
     };
     for c in pushed {
-        if Some(c) == applied.as_ref() {
+        if applied.contains(c) {
             continue;
         }
-        match &applied {
-            Some(a) if graph.is_ancestor(c, a) => {
-                out.push(base(c, TargetState::Superseded, Some(a.clone())))
+        // The first of the object's applies that carried c's changes.
+        match carried.iter().position(|anc| anc.contains(c)) {
+            Some(i) => out.push(base(c, TargetState::Superseded, Some(applied[i].clone()))),
+            None => out.push(base(c, TargetState::Pending, None)),
+        }
+    }
+    for (i, a) in applied.iter().enumerate() {
+        let previous = i.checked_sub(1).map(|p| &applied[p]);
+        let first = previous.is_none() && !newly_following;
+        if !pushed.contains(a) || first {
+            continue;
+        }
+        for c in graph.superseded(a, previous) {
+            if !pushed.contains(&c) && !applied.contains(&c) {
+                out.push(base(&c, TargetState::Superseded, Some(a.clone())));
             }
-            _ => out.push(base(c, TargetState::Pending, None)),
         }
     }
     if newly_following {
-        if let Some(a) = &applied {
-            for c in graph.superseded(a, None) {
-                if !pushed.contains(&c) {
+        if let Some(a) = state.applied_sha() {
+            for c in graph.superseded(&a, None) {
+                if !pushed.contains(&c) && !applied.contains(&c) {
                     out.push(base(&c, TargetState::Superseded, Some(a.clone())));
                 }
             }
         }
     }
     out
+}
+
+/// A forced push removed `removed` from a branch the object follows: those still expected
+/// on it (`pending`, `stalled`) never can arrive: `discarded`.
+pub fn on_forced_push(
+    state: &ObjectState,
+    removed: &[CommitSha],
+    received_at: DateTime<Utc>,
+) -> Vec<TargetUpdate> {
+    let applied = state.recently_applied();
+    removed
+        .iter()
+        .filter(|c| !applied.contains(c))
+        .map(|c| TargetUpdate {
+            sha: c.clone(),
+            object: state.object.clone(),
+            state: TargetState::Discarded,
+            revision: None,
+            at: received_at,
+            reason: None,
+            message: None,
+            superseded_by: None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -76,10 +76,24 @@ pub struct World {
     pub targets: BTreeMap<(CommitSha, ObjectRef), TargetRecord>,
     pub messages: Vec<Message>,
     pub incidents: BTreeMap<String, Incident>,
+    /// Every event's (object, fingerprint), as the objects' history rows.
+    pub history: BTreeSet<(ObjectRef, String)>,
 }
 
 impl World {
     pub fn push(&mut self, before: Option<u8>, commits: &[u8], forced: bool, at: i64) {
+        self.push_received(before, commits, forced, t(at))
+    }
+
+    /// A push received at `at` by the server's clock (which Flux times are never compared
+    /// with).
+    pub fn push_received(
+        &mut self,
+        before: Option<u8>,
+        commits: &[u8],
+        forced: bool,
+        at: DateTime<Utc>,
+    ) {
         let list: Vec<CommitSha> = commits.iter().map(|n| sha(*n)).collect();
         self.graph
             .add_push(before.map(sha).as_ref(), &list, list.last(), forced);
@@ -113,8 +127,14 @@ impl World {
                 });
                 self.states.insert(st.object.clone(), st2.clone());
             }
-            for u in on_push(&st2, &self.graph, &list, !follows, t(at)) {
+            for u in on_push(&st2, &self.graph, &list, !follows, at) {
                 self.merge(&u);
+            }
+            if let (true, true, Some(b)) = (forced, follows, before) {
+                let removed = self.graph.removed(&sha(b), list.last());
+                for u in on_forced_push(&st2, &removed, at) {
+                    self.merge(&u);
+                }
             }
         }
     }
@@ -128,18 +148,26 @@ impl World {
             commit,
             graph: Some(&self.graph),
         };
-        let out = apply_event(
+        let mut out = apply_event(
             self.states.get(&e.object).cloned(),
             e,
             classify(e),
             &ctx,
             e.timestamp,
         );
+        let fresh = self
+            .history
+            .insert((e.object.clone(), e.fingerprint.clone()));
+        if out.disposition == Disposition::Stale && !fresh {
+            // Its history row exists: a retry (the ledger answers `duplicate`).
+            out.disposition = Disposition::Duplicate;
+        }
         for u in &out.targets {
-            if out.disposition == Disposition::Duplicate {
+            if out.disposition != Disposition::Applied {
                 let key = (u.sha.clone(), u.object.clone());
-                let row = TargetRecord::merge_replayed(self.targets.remove(&key), u);
-                self.targets.insert(key, row);
+                if let Some(row) = TargetRecord::merge_replayed(self.targets.remove(&key), u) {
+                    self.targets.insert(key, row);
+                }
             } else {
                 self.merge(u);
             }
@@ -158,8 +186,9 @@ impl World {
 
     pub fn merge(&mut self, u: &TargetUpdate) {
         let key = (u.sha.clone(), u.object.clone());
-        let row = TargetRecord::merge(self.targets.remove(&key), u);
-        self.targets.insert(key, row);
+        if let Some(row) = TargetRecord::merge_opt(self.targets.remove(&key), u) {
+            self.targets.insert(key, row);
+        }
     }
 
     pub fn target(&self, n: u8, o: &ObjectRef) -> Option<TargetState> {

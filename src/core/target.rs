@@ -22,6 +22,21 @@ pub enum TargetState {
     Failed,
     /// Never reached the object: a later commit of the branch was applied first.
     Superseded,
+    /// Removed from the branch by a forced push before it reached the object: it never can.
+    Discarded,
+}
+
+impl TargetState {
+    /// States the object itself reported (its row's times are Flux times, of the object's
+    /// clock). The others (`pending`, `stalled`, `superseded`, `discarded`) say what the
+    /// object never reported: their times are a push's receipt or another commit's apply,
+    /// never compared with this commit's own events.
+    pub fn observed(self) -> bool {
+        matches!(
+            self,
+            TargetState::Progressing | TargetState::Applied | TargetState::Failed
+        )
+    }
 }
 
 /// One thing learned about (commit, object).
@@ -66,26 +81,51 @@ impl TargetRecord {
         )
     }
 
+    /// Merges what one event says of its own commit: `late` for an event older than the
+    /// object's last one (a stale event, or a duplicate re-issuing its updates), which fills
+    /// in but never replaces what an event of the same or a later second wrote.
+    pub fn merge_event(
+        existing: Option<TargetRecord>,
+        u: &TargetUpdate,
+        late: bool,
+    ) -> TargetRecord {
+        let row = if late {
+            Self::merge_replayed(existing, u)
+        } else {
+            Self::merge_opt(existing, u)
+        };
+        row.expect("events report observed states and supersessions, which leave a row")
+    }
+
     /// Merges an update re-issued for a duplicate event (its first attempt may have stopped
     /// before writing its targets): it fills in a missing row, or one only older events
     /// wrote, and otherwise leaves the row alone — the first attempt, or something newer,
     /// already wrote it.
-    pub fn merge_replayed(existing: Option<TargetRecord>, u: &TargetUpdate) -> TargetRecord {
+    pub fn merge_replayed(
+        existing: Option<TargetRecord>,
+        u: &TargetUpdate,
+    ) -> Option<TargetRecord> {
         match existing {
-            Some(row) if u.at <= row.last_event_at => row,
-            other => Self::merge(other, u),
+            Some(row) if row.state.observed() && u.at <= row.last_event_at => Some(row),
+            other => Self::merge_opt(other, u),
         }
     }
 
-    /// Merges an update into the stored row (`None`: no row yet). Idempotent: merging the
-    /// same update twice gives the same row.
+    /// Merges an update into the stored row (`None`: no row yet); `None` when the update
+    /// creates nothing (a `discarded` or `stalled` for a row that does not exist).
+    /// Idempotent: merging the same update twice gives the same row.
     ///
     /// - `pending` only creates a row; it never overrides anything known.
-    /// - `stalled` only replaces `pending`.
-    /// - `superseded` never replaces `applied` (that commit did reach the object).
-    /// - observed states (`progressing`, `applied`, `failed`) replace the row unless the row
-    ///   already reflects a later event.
-    pub fn merge(existing: Option<TargetRecord>, u: &TargetUpdate) -> TargetRecord {
+    /// - `stalled` and `discarded` only replace `pending`/`stalled`.
+    /// - `superseded` replaces what the object never finished (`pending`, `stalled`,
+    ///   `progressing`); a `failed` row stays failed and names its successor; an `applied`
+    ///   one is left alone (that commit did reach the object).
+    /// - observed states (`progressing`, `applied`, `failed`) replace an unobserved row
+    ///   whatever its time (its time is another clock's), and an observed row unless it
+    ///   reflects a later event of the object (equal times: the later arrival wins). A
+    ///   `progressing` never undoes `applied` nor `superseded` (drift correction, or a late
+    ///   start of a reconcile the object has since moved past).
+    pub fn merge_opt(existing: Option<TargetRecord>, u: &TargetUpdate) -> Option<TargetRecord> {
         let fresh = || TargetRecord {
             cluster: u.object.cluster.clone(),
             kind: u.object.kind.clone(),
@@ -101,33 +141,57 @@ impl TargetRecord {
             superseded_by: u.superseded_by.as_ref().map(ToString::to_string),
         };
         let Some(mut row) = existing else {
-            return fresh();
+            return match u.state {
+                TargetState::Stalled | TargetState::Discarded => None,
+                _ => Some(fresh()),
+            };
         };
+        let by = || u.superseded_by.as_ref().map(ToString::to_string);
         match u.state {
-            TargetState::Pending => return row,
-            TargetState::Stalled => {
-                if row.state == TargetState::Pending {
-                    row.state = TargetState::Stalled;
+            TargetState::Pending => return Some(row),
+            TargetState::Stalled | TargetState::Discarded => {
+                if matches!(row.state, TargetState::Pending | TargetState::Stalled) {
+                    row.state = u.state;
                 }
-                return row;
+                return Some(row);
             }
             TargetState::Superseded => {
-                if row.state != TargetState::Applied && row.state != TargetState::Superseded {
-                    row.state = TargetState::Superseded;
-                    row.superseded_by = u.superseded_by.as_ref().map(ToString::to_string);
+                match row.state {
+                    TargetState::Applied | TargetState::Superseded | TargetState::Discarded => {}
+                    TargetState::Failed => {
+                        if row.superseded_by.is_none() {
+                            row.superseded_by = by();
+                        }
+                    }
+                    TargetState::Pending | TargetState::Stalled | TargetState::Progressing => {
+                        row.state = TargetState::Superseded;
+                        row.superseded_by = by();
+                    }
                 }
-                return row;
+                return Some(row);
             }
             TargetState::Progressing | TargetState::Applied | TargetState::Failed => {}
         }
-        let from_push = matches!(
-            row.state,
-            TargetState::Pending | TargetState::Stalled | TargetState::Superseded
-        );
-        if u.at < row.last_event_at && !from_push {
+        if !row.state.observed() {
+            // The first thing the object itself says of this commit: its times replace the
+            // push's (another clock).
+            if u.state == TargetState::Progressing && row.state == TargetState::Superseded {
+                return Some(row);
+            }
+            let kept_by = (u.state == TargetState::Failed)
+                .then(|| row.superseded_by.clone())
+                .flatten();
+            let mut new = fresh();
+            new.superseded_by = kept_by;
+            return Some(new);
+        }
+        if u.at < row.last_event_at {
             // An older event than the one the row shows: keep the newer picture.
             row.first_seen_at = row.first_seen_at.min(u.at);
-            return row;
+            if u.state == TargetState::Applied {
+                row.applied_at = Some(row.applied_at.map_or(u.at, |a| a.min(u.at)));
+            }
+            return Some(row);
         }
         // A commit once applied stays applied when the same revision merely progresses again
         // (drift correction re-applies at the same revision).
@@ -145,6 +209,13 @@ impl TargetRecord {
         }
         row.first_seen_at = row.first_seen_at.min(u.at);
         row.last_event_at = row.last_event_at.max(u.at);
-        row
+        Some(row)
+    }
+
+    /// [`merge_opt`](Self::merge_opt) for updates that always leave a row (everything but a
+    /// `stalled` or `discarded` for an absent row, which yields the existing `None` as no
+    /// row: callers of this form never pass those).
+    pub fn merge(existing: Option<TargetRecord>, u: &TargetUpdate) -> TargetRecord {
+        Self::merge_opt(existing, u).expect("an update that creates a row")
     }
 }

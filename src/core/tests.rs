@@ -450,7 +450,7 @@ fn source_and_unknown_events_change_no_target() {
 }
 
 #[test]
-fn forced_push_does_not_supersede_the_rewritten_commits() {
+fn forced_push_does_not_supersede_the_rewritten_commits_it_discards_them() {
     let mut w = World::default();
     w.push(Some(1), &[2], false, 0);
     w.send(&ev(
@@ -471,8 +471,8 @@ fn forced_push_does_not_supersede_the_rewritten_commits() {
     ));
     assert_eq!(
         w.target(3, &apps()),
-        Some(TargetState::Pending),
-        "3 is not an ancestor of 9"
+        Some(TargetState::Discarded),
+        "3 is not an ancestor of 9: removed from the branch, it can never arrive"
     );
     assert_eq!(w.target(9, &apps()), Some(TargetState::Applied));
 }
@@ -560,4 +560,417 @@ proptest! {
         }
         prop_assert_eq!(world_after(&once), world_after(&with_dups));
     }
+}
+
+// ---- part 8: the sequences real clusters produce -----------------------------------------
+
+/// Case 1: the push's receipt (server clock, sub-second) is never compared with Flux times
+/// (cluster clock, seconds). A failure and then a success in the push's second: applied.
+#[test]
+fn mixed_clocks_a_recovery_in_the_pushs_second_applies() {
+    let mut w = World::default();
+    w.push_received(
+        Some(1),
+        &[2],
+        false,
+        t(0) + chrono::Duration::milliseconds(96),
+    );
+    let o = apps();
+    w.send(&ev(
+        &o,
+        "HealthCheckFailed",
+        Some(&main_rev(2)),
+        0,
+        "timeout",
+    ));
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        0,
+        "ok",
+    ));
+    assert_eq!(w.states[&o].status, ObjectStatus::Ready);
+    assert_eq!(w.types(), ["apply.failed", "apply.recovered"]);
+    assert_eq!(w.target(2, &o), Some(TargetState::Applied));
+}
+
+/// Case 1, a cluster whose clock runs minutes behind the server.
+#[test]
+fn mixed_clocks_a_cluster_behind_the_server() {
+    let mut w = World::default();
+    w.push_received(Some(1), &[2], false, t(600));
+    let o = apps();
+    w.send(&ev(&o, "ReconciliationFailed", Some(&main_rev(2)), 10, "x"));
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        20,
+        "ok",
+    ));
+    assert_eq!(w.target(2, &o), Some(TargetState::Applied));
+    let row = &w.targets[&(sha(2), o.clone())];
+    assert_eq!(
+        row.last_event_at,
+        t(20),
+        "Flux time, not the push's receipt"
+    );
+    assert_eq!(row.first_seen_at, t(10));
+}
+
+/// Case 2: applied c1; push c1→c2; c3 applied before its push; the late push c2→c3
+/// supersedes c2 by c3 — in either order of the last two.
+#[test]
+fn apply_before_push_supersedes_the_skipped_commit() {
+    for apply_first in [true, false] {
+        let mut w = World::default();
+        let o = apps();
+        w.push(Some(0), &[1], false, 0);
+        w.send(&ev(
+            &o,
+            "ReconciliationSucceeded",
+            Some(&main_rev(1)),
+            10,
+            "ok",
+        ));
+        w.push(Some(1), &[2], false, 20);
+        assert_eq!(w.target(2, &o), Some(TargetState::Pending));
+        let apply = ev(&o, "ReconciliationSucceeded", Some(&main_rev(3)), 30, "ok");
+        if apply_first {
+            w.send(&apply);
+            w.push(Some(2), &[3], false, 40);
+        } else {
+            w.push(Some(2), &[3], false, 40);
+            w.send(&apply);
+        }
+        assert_eq!(
+            w.target(2, &o),
+            Some(TargetState::Superseded),
+            "{apply_first}"
+        );
+        assert_eq!(w.superseded_by(2, &o), Some(sha(3).to_string()));
+        assert_eq!(w.target(3, &o), Some(TargetState::Applied));
+        assert_eq!(w.target(1, &o), Some(TargetState::Applied));
+    }
+}
+
+/// Case 2 with two unknown applies in a row before their pushes arrive.
+#[test]
+fn apply_before_push_across_two_applies() {
+    let mut w = World::default();
+    let o = apps();
+    w.push(Some(0), &[1], false, 0);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(1)),
+        10,
+        "ok",
+    ));
+    w.push(Some(1), &[2], false, 20);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(3)),
+        30,
+        "ok",
+    ));
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(4)),
+        40,
+        "ok",
+    ));
+    w.push(Some(2), &[3], false, 50);
+    w.push(Some(3), &[4], false, 60);
+    assert_eq!(w.target(2, &o), Some(TargetState::Superseded));
+    assert_eq!(w.superseded_by(2, &o), Some(sha(3).to_string()));
+    assert_eq!(w.target(3, &o), Some(TargetState::Applied));
+    assert_eq!(w.target(4, &o), Some(TargetState::Applied));
+}
+
+/// Case 4: a late older success records its own commit without changing the object.
+#[test]
+fn late_older_success_records_its_commit() {
+    let mut w = World::default();
+    let o = apps();
+    w.push(Some(1), &[2], false, 0);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        10,
+        "ok",
+    ));
+    w.push(Some(2), &[3], false, 20);
+    w.push(Some(3), &[4], false, 21);
+    w.send(&ev(
+        &o,
+        "ReconciliationFailed",
+        Some(&main_rev(4)),
+        303,
+        "x",
+    ));
+    let late = ev(&o, "ReconciliationSucceeded", Some(&main_rev(3)), 300, "ok");
+    assert_eq!(w.send(&late), Disposition::Stale);
+    assert_eq!(w.target(3, &o), Some(TargetState::Applied));
+    assert_eq!(
+        w.states[&o].status,
+        ObjectStatus::Failed,
+        "the newer state stays"
+    );
+    assert_eq!(w.types(), ["apply.failed"]);
+    assert_eq!(w.send(&late), Disposition::Duplicate, "its retry");
+}
+
+/// Case 4 variant: applied c5, then the late applied c4: c4 was applied, not superseded.
+#[test]
+fn late_older_apply_is_applied_not_superseded() {
+    let mut w = World::default();
+    let o = apps();
+    w.push(Some(1), &[2], false, 0);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        10,
+        "ok",
+    ));
+    w.push(Some(2), &[4, 5], false, 20);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(5)),
+        50,
+        "ok",
+    ));
+    assert_eq!(w.target(4, &o), Some(TargetState::Superseded));
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(4)),
+        40,
+        "ok",
+    ));
+    assert_eq!(w.target(4, &o), Some(TargetState::Applied));
+    assert_eq!(w.superseded_by(4, &o), None);
+    assert_eq!(w.target(5, &o), Some(TargetState::Applied));
+}
+
+/// Case 5: the change set and the success of one reconciliation share a second; delivered
+/// success first, they are one apply, not drift.
+#[test]
+fn change_set_after_its_success_in_the_same_second_is_no_drift() {
+    let mut w = World::default();
+    let o = apps();
+    w.push(Some(1), &[2], false, 0);
+    let change = "Deployment/apps/podinfo configured";
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        10,
+        "ok",
+    ));
+    w.send(&ev(&o, "Progressing", Some(&main_rev(2)), 10, change));
+    assert!(w.messages.is_empty(), "{:?}", w.types());
+    assert_eq!(w.target(2, &o), Some(TargetState::Applied));
+    // A later change set at the same revision is drift.
+    w.send(&ev(&o, "Progressing", Some(&main_rev(2)), 610, change));
+    assert_eq!(w.types(), ["drift.detected"]);
+}
+
+/// Case 6: a rollback re-applies an older revision with a change set: no drift, and the
+/// incident of the failed revision closes with `apply.recovered`.
+#[test]
+fn rollback_is_not_drift_and_recovers() {
+    for success_first in [true, false] {
+        let mut w = World::default();
+        let o = apps();
+        let change = "Deployment/apps/podinfo configured";
+        w.push(Some(1), &[2], false, 0);
+        w.send(&ev(&o, "Progressing", Some(&main_rev(2)), 10, change));
+        w.send(&ev(
+            &o,
+            "ReconciliationSucceeded",
+            Some(&main_rev(2)),
+            10,
+            "ok",
+        ));
+        w.push(Some(2), &[3], false, 100);
+        w.send(&ev(&o, "Progressing", Some(&main_rev(3)), 110, change));
+        w.send(&ev(
+            &o,
+            "HealthCheckFailed",
+            Some(&main_rev(3)),
+            170,
+            "timeout",
+        ));
+        w.push(Some(3), &[2], true, 200); // forced back to 2
+        let cs = ev(&o, "Progressing", Some(&main_rev(2)), 210, change);
+        let ok = ev(&o, "ReconciliationSucceeded", Some(&main_rev(2)), 210, "ok");
+        if success_first {
+            w.send(&ok);
+            w.send(&cs);
+        } else {
+            w.send(&cs);
+            w.send(&ok);
+        }
+        assert_eq!(
+            w.types(),
+            ["apply.failed", "apply.recovered"],
+            "success first: {success_first}"
+        );
+        assert_eq!(w.target(3, &o), Some(TargetState::Failed));
+        // Real drift afterwards is still drift.
+        w.send(&ev(&o, "Progressing", Some(&main_rev(2)), 900, change));
+        assert_eq!(
+            w.types(),
+            ["apply.failed", "apply.recovered", "drift.detected"]
+        );
+    }
+}
+
+/// Case 7: a commit force-pushed away before it reached the object is `discarded`.
+#[test]
+fn forced_push_discards_what_it_removed() {
+    let mut w = World::default();
+    let o = apps();
+    w.push(Some(1), &[2], false, 0);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        10,
+        "ok",
+    ));
+    w.push(Some(2), &[3], false, 20); // B
+    assert_eq!(w.target(3, &o), Some(TargetState::Pending));
+    w.push(Some(3), &[9], true, 30); // B′ replaces B
+    assert_eq!(w.target(3, &o), Some(TargetState::Discarded));
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(9)),
+        40,
+        "ok",
+    ));
+    assert_eq!(w.target(3, &o), Some(TargetState::Discarded));
+    assert_eq!(w.target(9, &o), Some(TargetState::Applied));
+    assert_eq!(
+        w.target(2, &o),
+        Some(TargetState::Applied),
+        "an applied commit stays applied"
+    );
+}
+
+/// Case 7: what the forced push kept is not discarded; a commit already applied stays so.
+#[test]
+fn forced_push_keeps_what_stays_on_the_branch() {
+    let mut w = World::default();
+    let o = apps();
+    w.push(Some(1), &[2], false, 0);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        10,
+        "ok",
+    ));
+    w.push(Some(2), &[3], false, 20);
+    w.push(Some(3), &[4], false, 21);
+    // Rewind to 3 (4 removed), with a new commit 5 on top of 3.
+    w.push(Some(4), &[3, 5], true, 30);
+    assert_eq!(w.target(4, &o), Some(TargetState::Discarded));
+    assert_eq!(w.target(3, &o), Some(TargetState::Pending));
+    assert_eq!(w.target(5, &o), Some(TargetState::Pending));
+}
+
+/// Case 8: a Helm drift episode ends at the next successful upgrade; a later
+/// `DriftDetected` is reported again.
+#[test]
+fn helm_drift_rearms_after_an_upgrade() {
+    let mut w = World::default();
+    let hr = obj("prod-eu", "HelmRelease", "podinfo");
+    let msg = "Cluster state of release apps/podinfo.v3 has drifted from the desired state";
+    w.send(&ev(&hr, "DriftDetected", None, 10, msg));
+    w.send(&ev(&hr, "DriftDetected", None, 310, msg));
+    w.send(&ev(
+        &hr,
+        "UpgradeSucceeded",
+        Some("6.5.5"),
+        400,
+        "Helm upgrade succeeded",
+    ));
+    w.send(&ev(&hr, "DriftDetected", None, 600_000, msg));
+    w.send(&ev(&hr, "DriftDetected", None, 600_300, msg));
+    assert_eq!(w.types(), ["drift.detected", "drift.detected"]);
+}
+
+/// Case 9: a commit that failed and was then superseded stays `failed`, naming its successor.
+#[test]
+fn a_failed_commit_later_superseded_stays_failed() {
+    let mut w = World::default();
+    let o = apps();
+    w.push(Some(1), &[2], false, 0);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        10,
+        "ok",
+    ));
+    w.push(Some(2), &[3], false, 20);
+    w.send(&ev(&o, "ReconciliationFailed", Some(&main_rev(3)), 30, "x"));
+    w.push(Some(3), &[4, 5], false, 40);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(5)),
+        50,
+        "ok",
+    ));
+    assert_eq!(w.target(3, &o), Some(TargetState::Failed));
+    assert_eq!(w.superseded_by(3, &o), Some(sha(5).to_string()));
+    assert_eq!(w.target(4, &o), Some(TargetState::Superseded));
+}
+
+/// Case 10: a first apply on a branch with a long history supersedes a bounded number of
+/// recent commits, and the object's state stays small.
+#[test]
+fn first_apply_walk_is_bounded() {
+    let mut w = World::default();
+    let o = apps();
+    for n in 0..250u16 {
+        let c = |n: u16| CommitSha::parse(&format!("{n:04x}").repeat(10)).unwrap();
+        w.graph
+            .add_push(Some(&c(n)), &[c(n + 1)], Some(&c(n + 1)), false);
+        w.commits.insert(
+            c(n + 1),
+            CommitInfo {
+                sha: c(n + 1),
+                repository: REPO.into(),
+                refs: vec!["refs/heads/main".into()],
+            },
+        );
+    }
+    let tip = CommitSha::parse(&format!("{:04x}", 250).repeat(10)).unwrap();
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&format!("main@sha1:{tip}")),
+        10,
+        "ok",
+    ));
+    let superseded = w
+        .targets
+        .values()
+        .filter(|r| r.state == TargetState::Superseded)
+        .count();
+    assert_eq!(superseded, history::FIRST_APPLY_WALK);
+    let state = serde_json::to_string(&w.states[&o]).unwrap();
+    // Bounded whatever the history: ~18 KB, the 50 superseded updates kept for a retry.
+    assert!(state.len() < 64 * 1024, "state is {} bytes", state.len());
 }

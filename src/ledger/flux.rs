@@ -68,34 +68,32 @@ impl Ledger {
                     }
                     return Ok(Recorded::Duplicate);
                 }
-                Disposition::Stale => {
-                    if let Some(etag) = etag {
-                        self.states.put_state(&pk, &out.state, etag);
-                    }
-                    // Outdated for the state, still part of the object's history; its
-                    // history row tells a byte-identical retry apart.
-                    return match self.store.insert(Table::Objects, history).await {
-                        Ok(_) => Ok(Recorded::Accepted(summary(event, class, &out))),
-                        Err(StoreError::Conflict) => Ok(Recorded::Duplicate),
-                        Err(e) => Err(e),
-                    };
-                }
-                Disposition::Applied => {}
+                // An older event than the object's last: it changes nothing of the object,
+                // but what it says of its own commit is merged into that commit's row, with
+                // its history row, through the same conditional write as any event.
+                Disposition::Stale | Disposition::Applied => {}
             }
+            let stale = out.disposition == Disposition::Stale;
             // The row of the latest commit is written blind from the cached copy when this
             // object wrote it last; other rows are read, merged and written.
             let mut blind = Vec::new();
             let mut merged = Vec::new();
             for u in &out.targets {
                 match &cached {
-                    Some(c) if c.sha == u.sha && c.row.name == u.object.name => {
-                        blind.push((u.sha.clone(), TargetRecord::merge(Some(c.row.clone()), u)))
-                    }
+                    Some(c) if c.sha == u.sha && c.row.name == u.object.name => blind.push((
+                        u.sha.clone(),
+                        TargetRecord::merge_event(Some(c.row.clone()), u, stale),
+                    )),
                     _ => merged.push(u.clone()),
                 }
             }
-            let latest = core::event_sha(event, commit.as_ref());
-            if let Some(sha) = &latest {
+            // The commit of the object's latest event (a stale event's is not).
+            let latest = if stale {
+                cached.as_ref().map(|c| c.sha.clone())
+            } else {
+                core::event_sha(event, commit.as_ref())
+            };
+            if let (Some(sha), false) = (&latest, stale) {
                 out.state.commit = commit.clone().filter(|c| &c.sha == sha);
             }
             // Rows the object did not write last are read now and merged, and written in the
@@ -111,7 +109,7 @@ impl Ledger {
                     .iter_mut()
                     .find(|(m, _, _)| m.sha == u.sha && m.object == u.object)
                 {
-                    *row = TargetRecord::merge(Some(row.clone()), u);
+                    *row = TargetRecord::merge_event(Some(row.clone()), u, stale);
                     continue;
                 }
                 let stored = self
@@ -126,7 +124,7 @@ impl Ledger {
                     Some(e) => (Some(e.record::<TargetRecord>()?), e.etag.clone()),
                     None => (None, None),
                 };
-                read_merged.push((u.clone(), TargetRecord::merge(record, u), etag));
+                read_merged.push((u.clone(), TargetRecord::merge_event(record, u, stale), etag));
             }
             // The state remembers the row it is about to write for its latest commit.
             let own_latest = blind
@@ -221,6 +219,14 @@ impl Ledger {
             }
             let state_etag = match self.store.batches(writes).await {
                 Ok(tags) => tags.into_iter().next().and_then(|t| t.into_iter().next()),
+                // A stale event's history row exists: a retry of it. Its first attempt may
+                // have stopped before the target rows (Table Storage): merged again.
+                Err(StoreError::Conflict) if stale && self.history_exists(&history).await? => {
+                    for u in &out.targets {
+                        self.merge_target(u, true).await?;
+                    }
+                    return Ok(Recorded::Duplicate);
+                }
                 // Another writer changed the state or a target row first: read again.
                 Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
                 Err(e) => return Err(e),
@@ -236,6 +242,14 @@ impl Ledger {
         Err(StoreError::Unavailable(
             "object state kept changing under concurrent writers".into(),
         ))
+    }
+
+    async fn history_exists(&self, history: &Row) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .get(Table::Objects, &history.pk, &history.rk)
+            .await?
+            .is_some())
     }
 
     /// What a push recorded about the event's source commit: from the object's state when it

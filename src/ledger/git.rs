@@ -382,12 +382,13 @@ impl Ledger {
     }
 
     /// Writes one target update into the commit's partition (`replayed`: re-issued for a
-    /// duplicate event, see [`TargetRecord::merge_replayed`]) and returns the row as written.
+    /// duplicate event, see [`TargetRecord::merge_replayed`]) and returns the row as written
+    /// (`None`: the update creates no row, e.g. `discarded` for a commit never expected).
     pub(super) async fn merge_target(
         &self,
         u: &core::TargetUpdate,
         replayed: bool,
-    ) -> Result<TargetRecord, StoreError> {
+    ) -> Result<Option<TargetRecord>, StoreError> {
         let rk = TargetRecord::row_key(&u.object);
         let mut written = None;
         self.modify(
@@ -398,13 +399,13 @@ impl Ledger {
                 let row = if replayed {
                     TargetRecord::merge_replayed(stored, u)
                 } else {
-                    TargetRecord::merge(stored, u)
+                    TargetRecord::merge_opt(stored, u)
                 };
-                written = Some(row.clone());
-                Some(row)
+                written = row.clone();
+                row
             },
         )
         .await?;
-        Ok(written.expect("modify calls the merge at least once"))
+        Ok(written)
     }
 }
