@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::core::message::message_id;
 use crate::core::{Message, MessageType, ObjectState, TargetRecord, TargetState};
 use crate::flux::ObjectRef;
-use crate::ledger::records::{OutboxRecord, ROW_OUTBOX, ROW_STATE};
+use crate::ledger::records::{CommitRecord, OutboxRecord, ROW_OUTBOX, ROW_STATE};
 use crate::ledger::{object_partition, Ledger};
 use crate::outbox::Dispatcher;
 use crate::store::{BatchOp, Entity, Row, StoreError, Table};
@@ -146,6 +146,19 @@ async fn stall(
         };
         let follows = state.as_ref().and_then(|s| s.follows.clone());
         let sha = row.pk.clone();
+        // An object that moved to another branch (or repository) no longer expects the
+        // commits of the one it left.
+        if let Some(f) = &follows {
+            let commit: Option<CommitRecord> =
+                match store.get(Table::Commits, &sha, "commit").await? {
+                    Some(e) => Some(e.record()?),
+                    None => None,
+                };
+            if commit.is_some_and(|c| c.repository != f.repository || !c.refs.contains(&f.git_ref))
+            {
+                continue;
+            }
+        }
         let message = Message {
             id: message_id(MessageType::RolloutStalled, &object, &sha),
             kind: MessageType::RolloutStalled,

@@ -24,6 +24,27 @@ pub(super) enum PushRows {
     Unknown,
 }
 
+/// What one push asks of the objects that follow its ref.
+struct Expected<'a> {
+    follow: &'a Follow,
+    follow_pk: &'a str,
+    graph: &'a core::BranchGraph,
+    pushed: &'a [CommitSha],
+    /// What a forced push removed from the branch.
+    removed: &'a [CommitSha],
+    received_at: DateTime<Utc>,
+}
+
+/// Whether the object's latest report is a commit of this push under this push's ref (an
+/// object that moved to this branch before the push arrived).
+fn reports_tip(state: &ObjectState, x: &Expected<'_>) -> bool {
+    state.last_revision.as_deref().is_some_and(|r| {
+        let r = Revision::parse(r);
+        r.commit().is_some_and(|c| x.pushed.contains(&c))
+            && r.candidate_refs().contains(&x.follow.git_ref)
+    })
+}
+
 impl Ledger {
     /// Writes every projection of a Git event. Idempotent.
     pub(super) async fn project_git(
@@ -298,11 +319,21 @@ impl Ledger {
             return Ok(());
         }
         let graph = self.branch_graph(&repository, &push.git_ref).await?;
+        // A forced push removes what only its `before` descended from: never to arrive.
+        let removed = match (&push.before, push.forced) {
+            (Some(before), true) => graph.removed(before, push.head.as_ref()),
+            _ => vec![],
+        };
+        let expected = Expected {
+            follow: &follow,
+            follow_pk: &follow_pk,
+            graph: &graph,
+            pushed: &pushed,
+            removed: &removed,
+            received_at,
+        };
         for pk in objects {
-            let Some(updates) = self
-                .follow_and_expect(&pk, &follow, &follow_pk, &graph, &pushed, received_at)
-                .await?
-            else {
+            let Some(updates) = self.follow_and_expect(&pk, &expected).await? else {
                 continue;
             };
             for u in updates {
@@ -312,16 +343,13 @@ impl Ledger {
         Ok(())
     }
 
-    /// Makes the object follow the ref (if it does not follow another one) and computes what
-    /// it now expects. `None` when the object follows a different ref.
+    /// Makes the object follow the ref (if it follows none, or if its latest report names
+    /// this push's tip under this ref: it moved to this branch before the push told us) and
+    /// computes what it now expects. `None` when the object follows a different ref.
     async fn follow_and_expect(
         &self,
         pk: &str,
-        follow: &Follow,
-        follow_pk: &str,
-        graph: &core::BranchGraph,
-        pushed: &[CommitSha],
-        received_at: DateTime<Utc>,
+        x: &Expected<'_>,
     ) -> Result<Option<Vec<core::TargetUpdate>>, StoreError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
             // A state cached by the Flux path would be stale after this write (its write
@@ -331,48 +359,46 @@ impl Ledger {
                 return Ok(None);
             };
             let mut state: ObjectState = row.record()?;
+            let expect = |state: &ObjectState, newly: bool| {
+                let mut updates = core::on_push(state, x.graph, x.pushed, newly, x.received_at);
+                updates.extend(core::on_forced_push(state, x.removed, x.received_at));
+                Some(updates)
+            };
             match &state.follows {
-                Some(f) if f == follow => {
-                    return Ok(Some(core::on_push(
-                        &state,
-                        graph,
-                        pushed,
-                        false,
-                        received_at,
-                    )))
-                }
-                // The object moved to another branch: this follow row is stale.
-                Some(_) => return Ok(None),
-                None => {}
+                Some(f) if f == x.follow => return Ok(expect(&state, false)),
+                // The object moved to another branch: this follow row is stale — unless the
+                // object's latest report is this push's tip under this ref.
+                Some(_) if !reports_tip(&state, x) => return Ok(None),
+                _ => {}
             }
-            state.follows = Some(follow.clone());
+            state.follows = Some(x.follow.clone());
             let entity = tagged(
                 pk,
                 "state",
                 &state,
                 &[("rowType", super::records::ROW_STATE)],
             );
-            match self
-                .store
-                .update(Table::Objects, entity, row.etag.as_ref().expect("etag"))
-                .await
-            {
-                Ok(_) => {
-                    self.store
-                        .upsert(
-                            Table::Follows,
-                            Row::from_record(follow_pk, pk, &state.object),
-                        )
-                        .await?;
-                    return Ok(Some(core::on_push(
-                        &state,
-                        graph,
-                        pushed,
-                        true,
-                        received_at,
-                    )));
-                }
-                Err(StoreError::PreconditionFailed) => continue,
+            // The state and the follows row: one call (one commit on SQLite; on Table
+            // Storage the state first — a follows row lost after it is part 9's issue).
+            let writes = vec![
+                (
+                    Table::Objects,
+                    pk.to_string(),
+                    vec![BatchOp::Update(entity, row.etag.clone().expect("etag"))],
+                ),
+                (
+                    Table::Follows,
+                    x.follow_pk.to_string(),
+                    vec![BatchOp::Upsert(Row::from_record(
+                        x.follow_pk,
+                        pk,
+                        &state.object,
+                    ))],
+                ),
+            ];
+            match self.store.batches(writes).await {
+                Ok(_) => return Ok(expect(&state, true)),
+                Err(StoreError::PreconditionFailed | StoreError::Conflict) => continue,
                 Err(e) => return Err(e),
             }
         }

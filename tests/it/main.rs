@@ -18,3 +18,4 @@ mod read_api;
 mod servicebus;
 mod store;
 mod sweep;
+mod truth;
