@@ -130,13 +130,16 @@ async fn settled(app: &TestApp, n: usize) -> Vec<String> {
 async fn mixed_clocks_a_recovery_in_the_pushs_second() {
     let app = spawn_app().await;
     push(&app, "refs/heads/main", Some(0), &[1], false).await;
-    // The push's receipt time is now; Flux's second is this very second, truncated.
+    applied(&app, 1, 0).await; // apps follows main
+    push(&app, "refs/heads/main", Some(1), &[2], false).await;
+    assert_eq!(state(&app, 2).await.as_deref(), Some("pending"));
+    // The push's receipt time is now (sub-second); Flux's is this second, truncated.
     let second = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
-    let failed = kustomization("HealthCheckFailed", "main", 1, second, "timeout");
-    let ok = kustomization("ReconciliationSucceeded", "main", 1, second, "ok");
+    let failed = kustomization("HealthCheckFailed", "main", 2, second, "timeout");
+    let ok = kustomization("ReconciliationSucceeded", "main", 2, second, "ok");
     assert_eq!(send(&app, "prod-eu", &failed).await, StatusCode::ACCEPTED);
     assert_eq!(send(&app, "prod-eu", &ok).await, StatusCode::ACCEPTED);
-    assert_eq!(state(&app, 1).await.as_deref(), Some("applied"));
+    assert_eq!(state(&app, 2).await.as_deref(), Some("applied"));
     assert_eq!(settled(&app, 2).await, ["apply.failed", "apply.recovered"]);
     let (_, objects) = app.get_json("/api/objects?cluster=prod-eu").await;
     assert_eq!(objects["objects"][0]["status"], "ready");
@@ -146,21 +149,36 @@ async fn mixed_clocks_a_recovery_in_the_pushs_second() {
 #[tokio::test]
 async fn mixed_clocks_a_cluster_behind() {
     let app = spawn_app().await;
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let behind = now - Duration::minutes(10);
     push(&app, "refs/heads/main", Some(0), &[1], false).await;
-    let behind = Utc::now() - Duration::minutes(10);
-    let failed = kustomization("ReconciliationFailed", "main", 1, behind, "x");
-    let ok = kustomization(
+    let first = kustomization(
         "ReconciliationSucceeded",
         "main",
         1,
+        behind - Duration::minutes(5),
+        "ok",
+    );
+    assert_eq!(send(&app, "prod-eu", &first).await, StatusCode::ACCEPTED);
+    push(&app, "refs/heads/main", Some(1), &[2], false).await; // received now
+    let failed = kustomization("ReconciliationFailed", "main", 2, behind, "x");
+    let ok = kustomization(
+        "ReconciliationSucceeded",
+        "main",
+        2,
         behind + Duration::seconds(5),
         "ok",
     );
     assert_eq!(send(&app, "prod-eu", &failed).await, StatusCode::ACCEPTED);
     assert_eq!(send(&app, "prod-eu", &ok).await, StatusCode::ACCEPTED);
-    let t = target(&app, 1).await.unwrap();
+    let t = target(&app, 2).await.unwrap();
     assert_eq!(t["state"], "applied");
     assert_eq!(t["lastEventAt"], rfc(behind + Duration::seconds(5)));
+    assert_eq!(
+        t["firstSeenAt"],
+        rfc(behind),
+        "the cluster's time, not the push's"
+    );
 }
 
 /// Case 2: applied c1; push c1→c2; c3 applied before its push; the late push c2→c3: c2 is
