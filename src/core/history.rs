@@ -9,10 +9,24 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::CommitSha;
+
+/// One recorded update of the ref, in the order pushes were received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushStep {
+    pub before: Option<CommitSha>,
+    /// The commits it carried, oldest first, its head last.
+    pub commits: Vec<CommitSha>,
+    pub forced: bool,
+    pub received_at: DateTime<Utc>,
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct BranchGraph {
+    /// The ref's pushes in the order received.
+    pushes: Vec<PushStep>,
     /// child → commits it descends from (not necessarily direct parents).
     up: HashMap<CommitSha, Vec<CommitSha>>,
     /// Commits some push carried (listed or as the new head): only these can be superseded.
@@ -32,12 +46,31 @@ impl BranchGraph {
         head: Option<&CommitSha>,
         forced: bool,
     ) {
+        self.add_push_received(before, commits, head, forced, DateTime::UNIX_EPOCH)
+    }
+
+    /// [`add_push`](Self::add_push), with when the push was received (pushes are added in
+    /// the order received).
+    pub fn add_push_received(
+        &mut self,
+        before: Option<&CommitSha>,
+        commits: &[CommitSha],
+        head: Option<&CommitSha>,
+        forced: bool,
+        received_at: DateTime<Utc>,
+    ) {
         let mut chain: Vec<&CommitSha> = commits.iter().collect();
         if let Some(h) = head {
             if chain.last() != Some(&h) && !chain.contains(&h) {
                 chain.push(h);
             }
         }
+        self.pushes.push(PushStep {
+            before: before.cloned(),
+            commits: chain.iter().map(|c| (*c).clone()).collect(),
+            forced,
+            received_at,
+        });
         let mut prev = if forced { None } else { before };
         for c in chain {
             self.pushed.insert(c.clone());
@@ -48,6 +81,26 @@ impl BranchGraph {
             }
             prev = Some(c);
         }
+    }
+
+    /// The pushes received after the first one that carried `sha` (at most the
+    /// [`FOLLOW_PUSHES`] most recent): what an object that reports `sha` and starts following
+    /// the ref would have been told, had it followed before they arrived — as it does when
+    /// its report comes first and that push makes it follow.
+    pub fn pushes_after(&self, sha: &CommitSha) -> &[PushStep] {
+        let Some(first) = self.pushes.iter().position(|p| p.commits.contains(sha)) else {
+            return &[];
+        };
+        let after = &self.pushes[first + 1..];
+        &after[after.len().saturating_sub(FOLLOW_PUSHES)..]
+    }
+
+    /// When the first push that carried `sha` was received.
+    pub fn received_at(&self, sha: &CommitSha) -> Option<DateTime<Utc>> {
+        self.pushes
+            .iter()
+            .find(|p| p.commits.contains(sha))
+            .map(|p| p.received_at)
     }
 
     pub fn was_pushed(&self, sha: &CommitSha) -> bool {
@@ -77,13 +130,42 @@ impl BranchGraph {
     /// nor its ancestors — at most [`FIRST_APPLY_WALK`] of them, the nearest to `applied`
     /// (an object new on a branch with years of history does not mark them all). Sorted for
     /// determinism.
+    ///
+    /// A commit pushed again after `applied`'s last push (a rollback to it) came after it on
+    /// the branch: the object is expected to apply it, it was not skipped.
     pub fn superseded(&self, applied: &CommitSha, previous: Option<&CommitSha>) -> Vec<CommitSha> {
         let mut stop = HashSet::new();
         if let Some(p) = previous {
             stop = self.ancestors(p);
             stop.insert(p.clone());
         }
-        self.nearest_pushed(applied, &stop)
+        // Only what was pushed up to `applied`'s last push: a later push (a rollback to an
+        // older commit) does not change what this apply skipped — the same answer whether
+        // the apply is processed before or after that push arrives.
+        let until = self
+            .pushes
+            .iter()
+            .rposition(|p| p.commits.contains(applied))
+            .map_or(self.pushes.len(), |last| last + 1);
+        let pushed: HashSet<&CommitSha> = self.pushes[..until]
+            .iter()
+            .flat_map(|p| &p.commits)
+            .collect();
+        // What the previous apply already settled — unless a push after it (a rollback)
+        // brought it back to be applied again.
+        if let Some(p) = previous {
+            let from = self
+                .pushes
+                .iter()
+                .rposition(|s| s.commits.contains(p))
+                .map_or(until, |last| last + 1);
+            for s in self.pushes.get(from..until).unwrap_or_default() {
+                for c in &s.commits {
+                    stop.remove(c);
+                }
+            }
+        }
+        self.nearest_pushed(applied, &stop, &|c| pushed.contains(c))
     }
 
     /// The commits a forced push from `before` to `after` removed from the branch: `before`
@@ -98,7 +180,7 @@ impl BranchGraph {
         if kept.contains(before) {
             return vec![];
         }
-        let mut out = self.nearest_pushed(before, &kept);
+        let mut out = self.nearest_pushed(before, &kept, &|c| self.pushed.contains(c));
         if self.pushed.contains(before) {
             out.push(before.clone());
             out.sort();
@@ -107,8 +189,13 @@ impl BranchGraph {
     }
 
     /// Breadth-first from `from` (excluded) through what it descends from, not entering
-    /// `stop`: the first [`FIRST_APPLY_WALK`] pushed commits met, sorted.
-    fn nearest_pushed(&self, from: &CommitSha, stop: &HashSet<CommitSha>) -> Vec<CommitSha> {
+    /// `stop`: the first [`FIRST_APPLY_WALK`] commits met that are `pushed`, sorted.
+    fn nearest_pushed(
+        &self,
+        from: &CommitSha,
+        stop: &HashSet<CommitSha>,
+        pushed: &dyn Fn(&CommitSha) -> bool,
+    ) -> Vec<CommitSha> {
         let mut seen: HashSet<&CommitSha> = HashSet::new();
         let mut queue: std::collections::VecDeque<&CommitSha> = [from].into();
         let mut out = BTreeSet::new();
@@ -118,7 +205,7 @@ impl BranchGraph {
                 if stop.contains(p) || !seen.insert(p) {
                     continue;
                 }
-                if self.pushed.contains(p) {
+                if pushed(p) {
                     out.insert(p.clone());
                     if out.len() == FIRST_APPLY_WALK {
                         return out.into_iter().collect();
@@ -135,6 +222,10 @@ impl BranchGraph {
 /// ones. An object's first apply on a branch with a long history marks its 50 most recent
 /// commits superseded, not all of them — rows and the object's state stay bounded.
 pub const FIRST_APPLY_WALK: usize = 50;
+
+/// How many pushes after the commit an object first reports on a branch it starts following
+/// are replayed for it (see [`BranchGraph::pushes_after`]).
+pub const FOLLOW_PUSHES: usize = 10;
 
 #[cfg(test)]
 mod tests {

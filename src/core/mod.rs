@@ -102,6 +102,10 @@ pub struct ObjectState {
     /// reporting that revision; `None` until one. A change set is drift only after it.
     #[serde(default)]
     pub run_applied_at: Option<DateTime<Utc>>,
+    /// The earliest (Flux) time of any event of the object: a late event older than it is
+    /// the object's first report, arriving late.
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +135,7 @@ impl ObjectState {
             current_target: None,
             applied_shas: vec![],
             run_applied_at: None,
+            since: None,
         }
     }
 
@@ -266,11 +271,35 @@ pub fn apply_event(
 
     if let Some(last) = st.last_event_at {
         if event.timestamp < last {
-            // What it says of its own commit still counts.
-            let targets = match (event.object.is_source(), own_state(class)) {
+            // What it says of its own commit still counts — and a success, of what it
+            // skipped since the object's latest apply before it.
+            let mut targets: Vec<TargetUpdate> = match (event.object.is_source(), own_state(class))
+            {
                 (false, Some(s)) => own(s).into_iter().collect(),
                 _ => vec![],
             };
+            let graph = follow_of(event, ctx.commit.as_ref())
+                .filter(|f| st.follows.as_ref() == Some(f))
+                .and(ctx.graph);
+            let first_report = st.since.is_none_or(|s| event.timestamp < s);
+            st.since = Some(st.since.map_or(event.timestamp, |s| s.min(event.timestamp)));
+            if let (Some(u), Some(graph), true) = (targets.first(), graph, first_report) {
+                // The object's first report, arriving late: had it arrived in time, the
+                // object would have followed from it, expecting what was pushed after.
+                targets.extend(on_follow(&st, graph, &u.sha));
+            }
+            if let (Class::Applied, Some(u), Some(graph)) = (class, targets.first(), graph) {
+                let previous = st
+                    .recently_applied()
+                    .into_iter()
+                    .rev()
+                    .find(|a| graph.is_ancestor(a, &u.sha));
+                let skipped = graph.superseded(&u.sha, previous.as_ref());
+                let by = u.sha.clone();
+                for c in skipped {
+                    targets.push(superseded(graph, c, &event.object, &by, event.timestamp));
+                }
+            }
             return outcome(st, targets, Disposition::Stale);
         }
         if event.timestamp == last && st.seen.contains(&event.fingerprint) {
@@ -288,6 +317,7 @@ pub fn apply_event(
     }
     st.seen.push(event.fingerprint.clone());
     st.last_event_at = Some(event.timestamp);
+    st.since.get_or_insert(event.timestamp);
     st.last_reason = Some(event.reason.clone());
     st.last_message = Some(event.message.clone());
     st.events += 1;
@@ -351,6 +381,13 @@ pub fn apply_event(
         _ => {}
     }
     if let Some(f) = follow {
+        if st.follows.as_ref() != Some(&f) {
+            // It follows this branch now: what was pushed to it after the commit it reports
+            // is expected of it, as if it had followed before those pushes arrived.
+            if let (Some(graph), Some(sha)) = (ctx.graph, &sha) {
+                step.targets.extend(on_follow(&st, graph, sha));
+            }
+        }
         st.follows = Some(f);
     }
     finish(st, step, event)
@@ -387,14 +424,8 @@ fn on_applied(
         if let Some(graph) = graph {
             let previous = st.applied_sha();
             for skipped in graph.superseded(&u.sha, previous.as_ref()) {
-                step.targets.push(TargetUpdate {
-                    sha: skipped,
-                    state: TargetState::Superseded,
-                    superseded_by: Some(u.sha.clone()),
-                    reason: None,
-                    message: None,
-                    ..u.clone()
-                });
+                step.targets
+                    .push(superseded(graph, skipped, &u.object, &u.sha, u.at));
             }
         }
         if st.applied_shas.last() != Some(&u.sha) {
@@ -416,6 +447,28 @@ fn on_applied(
     }
 }
 
+/// `sha` was superseded on `object` by `by`. The object never reported it: no revision, and
+/// the time the ledger first expected it (its first push's receipt, `or` without one) — the
+/// same whether the push or the apply arrived first.
+fn superseded(
+    graph: &BranchGraph,
+    sha: CommitSha,
+    object: &ObjectRef,
+    by: &CommitSha,
+    or: DateTime<Utc>,
+) -> TargetUpdate {
+    TargetUpdate {
+        at: graph.received_at(&sha).unwrap_or(or),
+        sha,
+        object: object.clone(),
+        state: TargetState::Superseded,
+        revision: None,
+        reason: None,
+        message: None,
+        superseded_by: Some(by.clone()),
+    }
+}
+
 /// A failure: the commit failed here; an incident opens (or is re-announced).
 fn on_failed(st: &mut ObjectState, step: &mut Step, own: Option<TargetUpdate>, f: &Facts<'_>) {
     st.status = ObjectStatus::Failed;
@@ -425,8 +478,9 @@ fn on_failed(st: &mut ObjectState, step: &mut Step, own: Option<TargetUpdate>, f
     st.incident = Some(inc);
 }
 
-/// Work in progress, or a Kustomization's change set at the revision it already applied in
-/// this run of reports: drift corrected.
+/// Work in progress. At the revision the object already applied in this run of reports the
+/// object is still at it (`ready`): a change set then is drift corrected — unless it shares
+/// the success's second, when it belongs to that apply (whichever arrived first).
 fn on_progressing(
     st: &mut ObjectState,
     step: &mut Step,
@@ -435,9 +489,13 @@ fn on_progressing(
     same_run: bool,
     f: &Facts<'_>,
 ) {
-    if same_run && drift::is_kustomization_drift(f, st.run_applied_at) {
-        step.messages.push(drift::message(f));
-        // The object is still at its applied revision.
+    // The commit's row learns of the event either way (a `progressing` never undoes
+    // `applied`): the same row whether the event arrived in order or late.
+    step.targets.extend(own);
+    if class == Class::Progressing && same_run && st.run_applied_at.is_some() {
+        if drift::is_kustomization_drift(f, st.run_applied_at) {
+            step.messages.push(drift::message(f));
+        }
         st.status = ObjectStatus::Ready;
         return;
     }
@@ -446,10 +504,6 @@ fn on_progressing(
     } else {
         ObjectStatus::Progressing
     };
-    let applied_revision = st.applied.as_ref().and_then(|a| a.revision.as_ref());
-    if f.revision.as_ref() != applied_revision {
-        step.targets.extend(own);
-    }
 }
 
 /// Helm's own drift reports: one message per episode (`DriftDetected` repeats every
@@ -498,18 +552,25 @@ fn finish(mut st: ObjectState, step: Step, event: &FluxEvent) -> Outcome {
 /// A push to a branch the object follows (or, `newly_following`, a push that revealed the
 /// branch of a commit the object had already reported): the pushed commits become `pending`
 /// on it, or `superseded` when the object already applied a later commit — whichever of the
-/// push and the apply arrived first. A push that reveals what one of the object's recent
+/// push and the apply arrived first (a forced push's commits are the branch's new content:
+/// `pending` unless applied). A push that reveals what one of the object's recent
 /// applies descends from also supersedes what that apply skipped since the one before it.
 pub fn on_push(
     state: &ObjectState,
     graph: &BranchGraph,
     pushed: &[CommitSha],
+    forced: bool,
     newly_following: bool,
     received_at: DateTime<Utc>,
 ) -> Vec<TargetUpdate> {
     let applied = &state.recently_applied();
     let carried: Vec<std::collections::HashSet<CommitSha>> =
         applied.iter().map(|a| graph.ancestors(a)).collect();
+    let head_line = match pushed.last() {
+        Some(head) if forced => graph.ancestors(head),
+        _ => Default::default(),
+    };
+    let on_branch = |a: &CommitSha| !forced || pushed.contains(a) || head_line.contains(a);
     let mut out = Vec::new();
     let base = |sha: &CommitSha, s: TargetState, by: Option<CommitSha>| TargetUpdate {
         sha: sha.clone(),
@@ -525,21 +586,31 @@ pub fn on_push(
         if applied.contains(c) {
             continue;
         }
-        // The first of the object's applies that carried c's changes.
-        match carried.iter().position(|anc| anc.contains(c)) {
-            Some(i) => out.push(base(c, TargetState::Superseded, Some(applied[i].clone()))),
+        // The first of the object's applies that carried c's changes — after a forced push
+        // only one still on the branch (a rollback re-pushes an older commit, which the
+        // object is expected to apply again).
+        match (0..applied.len()).find(|i| carried[*i].contains(c) && on_branch(&applied[*i])) {
+            Some(i) => out.push(superseded(
+                graph,
+                c.clone(),
+                &state.object,
+                &applied[i],
+                received_at,
+            )),
+            // An object that starts following with this push reported its tip: what the
+            // push carried came before that, never to be expected on it.
+            None if newly_following => {}
             None => out.push(base(c, TargetState::Pending, None)),
         }
     }
     for (i, a) in applied.iter().enumerate() {
         let previous = i.checked_sub(1).map(|p| &applied[p]);
-        let first = previous.is_none() && !newly_following;
-        if !pushed.contains(a) || first {
+        if !pushed.contains(a) {
             continue;
         }
         for c in graph.superseded(a, previous) {
             if !pushed.contains(&c) && !applied.contains(&c) {
-                out.push(base(&c, TargetState::Superseded, Some(a.clone())));
+                out.push(superseded(graph, c, &state.object, a, received_at));
             }
         }
     }
@@ -547,9 +618,39 @@ pub fn on_push(
         if let Some(a) = state.applied_sha() {
             for c in graph.superseded(&a, None) {
                 if !pushed.contains(&c) && !applied.contains(&c) {
-                    out.push(base(&c, TargetState::Superseded, Some(a.clone())));
+                    out.push(superseded(graph, c, &state.object, &a, received_at));
                 }
             }
+        }
+    }
+    out
+}
+
+/// An object starts following a branch at `sha`, the commit it reports: the pushes received
+/// after that commit's last push are replayed for it ([`on_push`], [`on_forced_push`]) —
+/// the same rows, whether the pushes arrived before or after it began following.
+pub fn on_follow(state: &ObjectState, graph: &BranchGraph, sha: &CommitSha) -> Vec<TargetUpdate> {
+    let steps = graph.pushes_after(sha);
+    let mut out = Vec::new();
+    for (i, p) in steps.iter().enumerate() {
+        out.extend(on_push(
+            state,
+            graph,
+            &p.commits,
+            p.forced,
+            false,
+            p.received_at,
+        ));
+        if let (Some(before), true) = (&p.before, p.forced) {
+            // Removed then — unless a later push (a rollback) brought it back.
+            let back: std::collections::HashSet<&CommitSha> =
+                steps[i..].iter().flat_map(|p| &p.commits).collect();
+            let removed: Vec<CommitSha> = graph
+                .removed(before, p.commits.last())
+                .into_iter()
+                .filter(|c| !back.contains(c))
+                .collect();
+            out.extend(on_forced_push(state, &removed, p.received_at));
         }
     }
     out

@@ -78,6 +78,8 @@ pub struct World {
     pub incidents: BTreeMap<String, Incident>,
     /// Every event's (object, fingerprint), as the objects' history rows.
     pub history: BTreeSet<(ObjectRef, String)>,
+    /// Every push recorded (before, commits, forced).
+    pub pushes: BTreeSet<(Option<u8>, Vec<u8>, bool)>,
 }
 
 impl World {
@@ -95,8 +97,13 @@ impl World {
         at: DateTime<Utc>,
     ) {
         let list: Vec<CommitSha> = commits.iter().map(|n| sha(*n)).collect();
+        // A redelivered push is a duplicate (the ledger's journal, and its push row keyed by
+        // before..after).
+        if !self.pushes.insert((before, commits.to_vec(), forced)) {
+            return;
+        }
         self.graph
-            .add_push(before.map(sha).as_ref(), &list, list.last(), forced);
+            .add_push_received(before.map(sha).as_ref(), &list, list.last(), forced, at);
         for c in &list {
             self.commits.entry(c.clone()).or_insert_with(|| CommitInfo {
                 sha: c.clone(),
@@ -104,18 +111,27 @@ impl World {
                 refs: vec!["refs/heads/main".into()],
             });
         }
-        // Followers, and objects that reported a pushed commit before the push.
+        // Followers, and (as the ledger does) objects with a row on the push's tip whose
+        // revision names this ref: they reported it before the push told us its branch.
+        let main = "refs/heads/main".to_string();
+        let head = list.last().cloned();
+        let removed = match (forced, before) {
+            (true, Some(b)) => self.graph.removed(&sha(b), head.as_ref()),
+            _ => vec![],
+        };
         let states: Vec<ObjectState> = self.states.values().cloned().collect();
         for st in states {
-            let follows = st
-                .follows
-                .as_ref()
-                .is_some_and(|f| f.git_ref == "refs/heads/main");
-            let reported = st
-                .applied
-                .as_ref()
-                .and_then(|a| a.sha.clone())
-                .is_some_and(|s| list.iter().any(|c| c.as_str() == s));
+            let follows = st.follows.as_ref().is_some_and(|f| f.git_ref == main);
+            let reported = head.as_ref().is_some_and(|h| {
+                self.targets
+                    .get(&(h.clone(), st.object.clone()))
+                    .and_then(|r| r.revision.as_deref())
+                    .is_some_and(|r| {
+                        crate::domain::Revision::parse(r)
+                            .candidate_refs()
+                            .contains(&main)
+                    })
+            });
             if !(follows || reported) {
                 continue;
             }
@@ -123,18 +139,15 @@ impl World {
             if !follows {
                 st2.follows = Some(Follow {
                     repository: REPO.into(),
-                    git_ref: "refs/heads/main".into(),
+                    git_ref: main.clone(),
                 });
                 self.states.insert(st.object.clone(), st2.clone());
             }
-            for u in on_push(&st2, &self.graph, &list, !follows, at) {
+            for u in on_push(&st2, &self.graph, &list, forced, !follows, at) {
                 self.merge(&u);
             }
-            if let (true, true, Some(b)) = (forced, follows, before) {
-                let removed = self.graph.removed(&sha(b), list.last());
-                for u in on_forced_push(&st2, &removed, at) {
-                    self.merge(&u);
-                }
+            for u in on_forced_push(&st2, &removed, at) {
+                self.merge(&u);
             }
         }
     }
@@ -229,5 +242,358 @@ impl World {
             self.targets,
             self.messages.iter().map(|m| m.id.clone()).collect(),
         )
+    }
+}
+
+// ---- realistic histories, delivered in many orders ----------------------------------------
+
+/// One delivery of a generated history.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A push received at a server time (sub-second).
+    Push {
+        before: u8,
+        commits: Vec<u8>,
+        forced: bool,
+        received: DateTime<Utc>,
+    },
+    /// A Flux event, at its cluster's clock (second precision).
+    Event(FluxEvent),
+}
+
+/// A generated history: pushes to `main` (forced rollbacks and amends among them) and, for
+/// three objects on two clusters with clocks of their own, reconciliations of the tip:
+/// successes with their change set in the same second, failed health checks and builds,
+/// recoveries, real drift. `canonical` is the order things happened in; `queues` the same
+/// deliveries as one queue per sender (the pushes, and each object), each in its order.
+#[derive(Debug, Clone)]
+pub struct Story {
+    pub canonical: Vec<Delivery>,
+    /// Per sender, each delivery with its round (the push of round r is the r-th push).
+    pub queues: Vec<Vec<(usize, Delivery)>>,
+    /// Commits a forced push removed from the branch by known push chains.
+    pub removed: BTreeSet<u8>,
+}
+
+/// Bytes read one at a time; zeros once exhausted.
+pub struct Bytes<'a>(pub &'a [u8]);
+
+impl Bytes<'_> {
+    pub fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+}
+
+pub fn story_objects() -> [ObjectRef; 3] {
+    [
+        obj("prod-eu", "Kustomization", "apps"),
+        obj("prod-eu", "Kustomization", "infra"),
+        obj("prod-us", "Kustomization", "apps"),
+    ]
+}
+
+impl Story {
+    /// `forced`: whether forced pushes (rollbacks, amends) happen.
+    pub fn generate(b: &mut Bytes<'_>, forced: bool) -> Story {
+        let objects = story_objects();
+        // Each cluster's clock: up to 10 minutes either side of the server's.
+        let offset = |v: u8| (i64::from(v % 41) - 20) * 30;
+        let clocks = [offset(b.byte()), offset(b.byte())];
+        let clock_of = |o: &ObjectRef| clocks[usize::from(o.cluster == "prod-us")];
+        let mut canonical = Vec::new();
+        let mut queues: Vec<Vec<(usize, Delivery)>> = vec![vec![]; 1 + objects.len()];
+        let mut removed = BTreeSet::new();
+        let mut chain: Vec<u8> = vec![1];
+        let mut next: u8 = 2;
+        let rounds = 2 + b.byte() % 6;
+        for r in 0..i64::from(rounds) {
+            let server = t(r * 100) + chrono::Duration::milliseconds(i64::from(b.byte()) * 3);
+            let tip = *chain.last().expect("never empty");
+            let kind = if forced { b.byte() % 8 } else { 2 };
+            let (commits, forced) = if kind == 0 && chain.len() > 1 {
+                // Rolled back to an earlier commit of the branch.
+                let keep = 1 + usize::from(b.byte()) % (chain.len() - 1);
+                removed.extend(chain.drain(keep..));
+                (vec![*chain.last().expect("kept one")], true)
+            } else if kind == 1 && chain.len() > 1 {
+                // The tip amended and force-pushed. A forced push's payload names no parent:
+                // by known push chains (the contract's definition of removed, until the
+                // host's compare API refines it) the whole branch before it is removed.
+                removed.extend(chain.drain(..));
+                chain.push(next);
+                next += 1;
+                (vec![next - 1], true)
+            } else {
+                let n = 1 + b.byte() % 3;
+                let new: Vec<u8> = (next..next + n).collect();
+                next += n;
+                chain.extend(&new);
+                (new, false)
+            };
+            // A commit removed and pushed again (a rollback to it) is on the branch again.
+            for c in &chain {
+                removed.remove(c);
+            }
+            let push = Delivery::Push {
+                before: tip,
+                commits,
+                forced,
+                received: server,
+            };
+            canonical.push(push.clone());
+            queues[0].push((r as usize, push));
+            let tip = *chain.last().expect("never empty");
+            for (i, o) in objects.iter().enumerate() {
+                let choice = b.byte();
+                if choice % 4 == 0 {
+                    continue; // this object does not reconcile this round
+                }
+                // Often in the push's very second by its own clock.
+                let at = r * 100 + i64::from(choice >> 6) + clock_of(o);
+                let rev = main_rev(tip);
+                let change = "Deployment/apps/podinfo configured";
+                let mut events = vec![];
+                match (choice >> 2) % 4 {
+                    0 => {
+                        events.push(ev(o, "HealthCheckFailed", Some(&rev), at, "timeout"));
+                        if choice & 0x20 != 0 {
+                            events.push(ev(
+                                o,
+                                "ReconciliationSucceeded",
+                                Some(&rev),
+                                at + 20,
+                                "ok",
+                            ));
+                        }
+                    }
+                    1 => events.push(ev(
+                        o,
+                        "ReconciliationFailed",
+                        Some(&rev),
+                        at,
+                        "build failed",
+                    )),
+                    _ => {
+                        events.push(ev(o, "Progressing", Some(&rev), at, change));
+                        events.push(ev(o, "ReconciliationSucceeded", Some(&rev), at, "ok"));
+                        if choice & 0x20 != 0 {
+                            // Someone edited the cluster: drift corrected later.
+                            events.push(ev(o, "Progressing", Some(&rev), at + 40, change));
+                        }
+                    }
+                }
+                for e in events {
+                    canonical.push(Delivery::Event(e.clone()));
+                    queues[1 + i].push((r as usize, Delivery::Event(e)));
+                }
+            }
+        }
+        Story {
+            canonical,
+            queues,
+            removed,
+        }
+    }
+
+    /// The deliveries interleaved as `b` says, each queue kept in its order (the pushes
+    /// among themselves, each object's events among themselves): clusters report in any
+    /// order relative to each other and, unless `push_first`, Flux may report a commit
+    /// before its push arrives (with `push_first`, an event of round r waits for the push of
+    /// round r).
+    pub fn interleaved(&self, b: &mut Bytes<'_>, push_first: bool) -> Vec<Delivery> {
+        let mut queues: Vec<std::collections::VecDeque<(usize, Delivery)>> = self
+            .queues
+            .iter()
+            .map(|q| q.iter().cloned().collect())
+            .collect();
+        let mut out = Vec::new();
+        let mut pushes = 0;
+        while queues.iter().any(|q| !q.is_empty()) {
+            let live: Vec<usize> = (0..queues.len())
+                .filter(|i| {
+                    queues[*i]
+                        .front()
+                        .is_some_and(|(round, _)| *i == 0 || !push_first || *round < pushes)
+                })
+                .collect();
+            let pick = live[usize::from(b.byte()) % live.len()];
+            if pick == 0 {
+                pushes += 1;
+            }
+            out.extend(queues[pick].pop_front().map(|(_, d)| d));
+        }
+        out
+    }
+}
+
+impl Story {
+    /// The canonical order with one object's events disturbed as notification-controller
+    /// does: the change set and the success of one reconciliation (same second) swapped
+    /// (it posts concurrently), and an event refused and retried after `late` later events
+    /// of its object. `which` picks the event.
+    pub fn disturbed(&self, which: usize, late: usize, swap: bool) -> Vec<Delivery> {
+        let mut out = self.canonical.clone();
+        let events: Vec<usize> = (0..out.len())
+            .filter(|i| matches!(out[*i], Delivery::Event(_)))
+            .collect();
+        if events.is_empty() {
+            return out;
+        }
+        let i = events[which % events.len()];
+        let Delivery::Event(e) = out[i].clone() else {
+            return out;
+        };
+        let same_object: Vec<usize> = events
+            .iter()
+            .copied()
+            .filter(|j| *j > i && matches!(&out[*j], Delivery::Event(x) if x.object == e.object))
+            .collect();
+        if swap {
+            if let Some(&j) = same_object.first() {
+                if matches!(&out[j], Delivery::Event(x) if x.timestamp == e.timestamp) {
+                    out.swap(i, j);
+                }
+            }
+            return out;
+        }
+        if late > 0 && !same_object.is_empty() {
+            let to = same_object[(late - 1).min(same_object.len() - 1)];
+            let moved = out.remove(i);
+            out.insert(to, moved);
+        }
+        out
+    }
+}
+
+impl World {
+    pub fn deliver(&mut self, d: &Delivery) {
+        match d {
+            Delivery::Push {
+                before,
+                commits,
+                forced,
+                received,
+            } => self.push_received(Some(*before), commits, *forced, *received),
+            Delivery::Event(e) => {
+                self.send(e);
+            }
+        }
+    }
+
+    pub fn run(deliveries: &[Delivery]) -> World {
+        let mut w = World::default();
+        for d in deliveries {
+            w.deliver(d);
+        }
+        w
+    }
+
+    /// What the contract says of any run of a [`Story`], whatever the order:
+    /// - no commit stays `pending` (or `stalled`) on an object that applied a later commit
+    ///   of the branch, nor after a forced push removed it;
+    /// - `applied` / `failed` rows only for commits the object reported so; `superseded`
+    ///   names a commit that reached the object; `discarded` only for removed commits;
+    /// - a `failed` object has an open incident, a `ready` one none;
+    /// - drift only for a change set after the success of the same run of reports.
+    pub fn check(&self, story: &Story) {
+        let events: Vec<&FluxEvent> = story
+            .canonical
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Event(e) => Some(e),
+                Delivery::Push { .. } => None,
+            })
+            .collect();
+        let reported = |o: &ObjectRef, c: &CommitSha, reasons: &[&str]| {
+            events.iter().any(|e| {
+                &e.object == o
+                    && reasons.contains(&e.reason.as_str())
+                    && e.source_revision().and_then(|r| r.commit()).as_ref() == Some(c)
+            })
+        };
+        for ((c, o), row) in &self.targets {
+            match row.state {
+                TargetState::Applied => {
+                    assert!(
+                        reported(o, c, &["ReconciliationSucceeded"]),
+                        "{c} applied on {o:?}"
+                    )
+                }
+                TargetState::Failed => assert!(
+                    reported(o, c, &["HealthCheckFailed", "ReconciliationFailed"]),
+                    "{c} failed on {o:?}"
+                ),
+                TargetState::Discarded => assert!(
+                    story.removed.iter().any(|n| &sha(*n) == c),
+                    "{c} discarded but on the branch"
+                ),
+                TargetState::Pending | TargetState::Stalled => {
+                    assert!(
+                        !story.removed.iter().any(|n| &sha(*n) == c),
+                        "{c} removed by a forced push but still {:?} on {o:?}",
+                        row.state
+                    );
+                    let st = &self.states[o];
+                    // (An applied commit a forced push removed supersedes nothing.)
+                    let on_branch = |a: &&CommitSha| !story.removed.iter().any(|n| &sha(*n) == *a);
+                    for a in st.applied_shas.iter().filter(on_branch) {
+                        assert!(
+                            !self.graph.is_ancestor(c, a),
+                            "{c} still {:?} on {o:?}, which applied its descendant {a}",
+                            row.state
+                        );
+                    }
+                }
+                TargetState::Superseded | TargetState::Progressing => {}
+            }
+            if let Some(by) = &row.superseded_by {
+                let by = CommitSha::parse(by).expect("a sha");
+                // It reached the object (applied, or applied and failing since).
+                assert!(
+                    matches!(
+                        self.targets.get(&(by.clone(), o.clone())).map(|r| r.state),
+                        Some(TargetState::Applied | TargetState::Failed)
+                    ),
+                    "{c} superseded by {by}, which {o:?} did not apply"
+                );
+            }
+        }
+        for (o, st) in &self.states {
+            // Failing means an open incident; ready means none (between the two, an
+            // object may be progressing with its incident still open).
+            match st.status {
+                ObjectStatus::Failed => assert!(st.incident.is_some(), "{o:?} failed, no incident"),
+                ObjectStatus::Ready => assert!(st.incident.is_none(), "{o:?} ready, incident open"),
+                _ => {}
+            }
+        }
+        let drifts = self
+            .messages
+            .iter()
+            .filter(|m| m.kind == MessageType::DriftDetected)
+            .count();
+        let real = events
+            .iter()
+            .filter(|e| e.reason == "Progressing")
+            .filter(|e| {
+                // After a success of the same revision, in an earlier second.
+                events.iter().any(|s| {
+                    s.object == e.object
+                        && s.reason == "ReconciliationSucceeded"
+                        && s.metadata == e.metadata
+                        && s.timestamp < e.timestamp
+                })
+            })
+            .count();
+        assert!(
+            drifts <= real,
+            "{drifts} drift messages, {real} real drifts"
+        );
     }
 }

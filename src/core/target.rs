@@ -70,6 +70,12 @@ pub struct TargetRecord {
     pub reason: Option<String>,
     pub message: Option<String>,
     pub superseded_by: Option<String>,
+    /// The object's latest success and failure at this commit (Flux times): with
+    /// `last_event_at` they make the row the same whatever order its events arrive in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_at: Option<DateTime<Utc>>,
 }
 
 impl TargetRecord {
@@ -106,7 +112,18 @@ impl TargetRecord {
         u: &TargetUpdate,
     ) -> Option<TargetRecord> {
         match existing {
-            Some(row) if row.state.observed() && u.at <= row.last_event_at => Some(row),
+            // The same second as the row's latest: the first attempt, or a later arrival,
+            // wrote it already — except a success after its own change set (one apply, and
+            // `progressing` then `applied` in either order). An older one is folded in (that
+            // changes nothing twice).
+            Some(row)
+                if row.state.observed()
+                    && u.at == row.last_event_at
+                    && !(u.state == TargetState::Applied
+                        && row.state == TargetState::Progressing) =>
+            {
+                Some(row)
+            }
             other => Self::merge_opt(other, u),
         }
     }
@@ -117,9 +134,9 @@ impl TargetRecord {
     ///
     /// - `pending` only creates a row; it never overrides anything known.
     /// - `stalled` and `discarded` only replace `pending`/`stalled`.
-    /// - `superseded` replaces what the object never finished (`pending`, `stalled`,
-    ///   `progressing`); a `failed` row stays failed and names its successor; an `applied`
-    ///   one is left alone (that commit did reach the object).
+    /// - `superseded` replaces what never reached the object (`pending`, `stalled`,
+    ///   `discarded`); a `failed` or `progressing` row keeps what the object said and names
+    ///   its successor; an `applied` one is left alone.
     /// - observed states (`progressing`, `applied`, `failed`) replace an unobserved row
     ///   whatever its time (its time is another clock's), and an observed row unless it
     ///   reflects a later event of the object (equal times: the later arrival wins). A
@@ -139,6 +156,8 @@ impl TargetRecord {
             reason: u.reason.clone(),
             message: u.message.clone(),
             superseded_by: u.superseded_by.as_ref().map(ToString::to_string),
+            last_applied_at: (u.state == TargetState::Applied).then_some(u.at),
+            last_failed_at: (u.state == TargetState::Failed).then_some(u.at),
         };
         let Some(mut row) = existing else {
             return match u.state {
@@ -157,13 +176,23 @@ impl TargetRecord {
             }
             TargetState::Superseded => {
                 match row.state {
-                    TargetState::Applied | TargetState::Superseded | TargetState::Discarded => {}
-                    TargetState::Failed => {
+                    TargetState::Applied | TargetState::Superseded => {}
+                    // It reached the object: it stays what the object said of it, naming
+                    // the commit applied after it.
+                    TargetState::Failed | TargetState::Progressing => {
                         if row.superseded_by.is_none() {
                             row.superseded_by = by();
                         }
                     }
-                    TargetState::Pending | TargetState::Stalled | TargetState::Progressing => {
+                    // A removed commit that an applied commit still carried (applied before
+                    // the forced push): its changes did reach the object that way.
+                    TargetState::Pending | TargetState::Stalled | TargetState::Discarded => {
+                        if !row.state.observed() {
+                            // Times of when it was first expected, whichever push path
+                            // (on time, or replayed for a late follower) wrote it first.
+                            row.first_seen_at = u.at;
+                            row.last_event_at = u.at;
+                        }
                         row.state = TargetState::Superseded;
                         row.superseded_by = by();
                     }
@@ -175,40 +204,61 @@ impl TargetRecord {
         if !row.state.observed() {
             // The first thing the object itself says of this commit: its times replace the
             // push's (another clock).
-            if u.state == TargetState::Progressing && row.state == TargetState::Superseded {
-                return Some(row);
-            }
-            let kept_by = (u.state == TargetState::Failed)
+            let kept_by = (u.state != TargetState::Applied)
                 .then(|| row.superseded_by.clone())
                 .flatten();
             let mut new = fresh();
             new.superseded_by = kept_by;
             return Some(new);
         }
-        if u.at < row.last_event_at {
-            // An older event than the one the row shows: keep the newer picture.
-            row.first_seen_at = row.first_seen_at.min(u.at);
-            if u.state == TargetState::Applied {
+        // The row is the fold of the object's events at this commit in their own order
+        // (ties by arrival): the latest event's state, except that a `progressing` after a
+        // success (with no failure between) leaves it `applied`.
+        let max = |a: Option<DateTime<Utc>>| Some(a.map_or(u.at, |a| a.max(u.at)));
+        match u.state {
+            TargetState::Applied => {
+                row.last_applied_at = max(row.last_applied_at);
                 row.applied_at = Some(row.applied_at.map_or(u.at, |a| a.min(u.at)));
+            }
+            TargetState::Failed => row.last_failed_at = max(row.last_failed_at),
+            _ => {}
+        }
+        row.first_seen_at = row.first_seen_at.min(u.at);
+        if u.at < row.last_event_at {
+            // An older event: the latest stays the latest. Only a latest `progressing`
+            // depends on what came before it.
+            let latest_is_progress = Some(row.last_event_at) != row.last_applied_at
+                && Some(row.last_event_at) != row.last_failed_at;
+            if latest_is_progress {
+                let applied_since_failure = match (row.last_applied_at, row.last_failed_at) {
+                    (Some(a), Some(f)) => a > f,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                row.state = if applied_since_failure {
+                    TargetState::Applied
+                } else {
+                    TargetState::Progressing
+                };
+                if row.state == TargetState::Applied {
+                    row.superseded_by = None;
+                }
             }
             return Some(row);
         }
-        // A commit once applied stays applied when the same revision merely progresses again
-        // (drift correction re-applies at the same revision).
+        // The latest (or, in the same second, the later arrival).
         if !(row.state == TargetState::Applied && u.state == TargetState::Progressing) {
             row.state = u.state;
             row.reason = u.reason.clone();
             row.message = u.message.clone();
         }
         if u.state == TargetState::Applied {
-            row.applied_at = Some(row.applied_at.map_or(u.at, |a| a.min(u.at)));
             row.superseded_by = None;
         }
         if u.revision.is_some() {
             row.revision = u.revision.clone();
         }
-        row.first_seen_at = row.first_seen_at.min(u.at);
-        row.last_event_at = row.last_event_at.max(u.at);
+        row.last_event_at = u.at;
         Some(row)
     }
 

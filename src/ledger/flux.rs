@@ -34,8 +34,11 @@ impl Ledger {
                 },
             };
             let commit = self.commit_info(event, state.as_ref()).await?;
-            let follow = core::follow_of(event, commit.as_ref())
-                .or_else(|| state.as_ref().and_then(|s| s.follows.clone()));
+            let followed = state.as_ref().and_then(|s| s.follows.clone());
+            let reported = core::follow_of(event, commit.as_ref());
+            // A branch the object starts following: its later pushes are replayed for it.
+            let new_follow = reported.is_some() && reported != followed;
+            let follow = reported.or(followed);
             // Only applying a new commit can supersede: the branch history is read for those.
             let applies_new = class == Class::Applied
                 && core::event_sha(event, commit.as_ref()).is_some_and(|sha| {
@@ -45,7 +48,13 @@ impl Ledger {
                         .and_then(|a| a.sha.as_deref())
                         != Some(sha.as_str())
                 });
-            let graph = match (&follow, applies_new) {
+            // An older event than the object's last: it may still supersede, or show the
+            // object on the branch before what made it follow.
+            let older = state
+                .as_ref()
+                .and_then(|s| s.last_event_at)
+                .is_some_and(|last| event.timestamp < last);
+            let graph = match (&follow, applies_new || new_follow || older) {
                 (Some(f), true) => Some(self.branch_graph(&f.repository, &f.git_ref).await?),
                 _ => None,
             };

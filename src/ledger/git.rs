@@ -30,6 +30,7 @@ struct Expected<'a> {
     follow_pk: &'a str,
     graph: &'a core::BranchGraph,
     pushed: &'a [CommitSha],
+    forced: bool,
     /// What a forced push removed from the branch.
     removed: &'a [CommitSha],
     received_at: DateTime<Utc>,
@@ -329,6 +330,7 @@ impl Ledger {
             follow_pk: &follow_pk,
             graph: &graph,
             pushed: &pushed,
+            forced: push.forced,
             removed: &removed,
             received_at,
         };
@@ -360,7 +362,8 @@ impl Ledger {
             };
             let mut state: ObjectState = row.record()?;
             let expect = |state: &ObjectState, newly: bool| {
-                let mut updates = core::on_push(state, x.graph, x.pushed, newly, x.received_at);
+                let mut updates =
+                    core::on_push(state, x.graph, x.pushed, x.forced, newly, x.received_at);
                 updates.extend(core::on_forced_push(state, x.removed, x.received_at));
                 Some(updates)
             };

@@ -339,11 +339,12 @@ impl Ledger {
                 .iter()
                 .filter_map(|c| CommitSha::parse(c).ok())
                 .collect();
-            graph.add_push(
+            graph.add_push_received(
                 parse(&p.before).as_ref(),
                 &commits,
                 parse(&p.head).as_ref(),
                 p.forced,
+                p.received_at,
             );
         }
         Ok(graph)
