@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::core::message::message_id;
-use crate::core::{Message, MessageType, ObjectState, TargetRecord, TargetState};
+use crate::core::{Message, MessageType, ObjectState, TargetRecord, TargetState, SILENT_AFTER};
 use crate::flux::ObjectRef;
 use crate::ledger::records::{CommitRecord, OutboxRecord, ROW_OUTBOX, ROW_STATE};
 use crate::ledger::{object_partition, Ledger};
@@ -116,7 +116,11 @@ pub async fn sweep(
     Ok(report)
 }
 
-/// Marks overdue pending targets stalled, announcing each once.
+/// Marks overdue pending targets stalled, announcing each once — per object, in the order
+/// the commits were pushed, and only the first [`SILENT_AFTER`] since the object's last
+/// report: the next one announces, once, that the object went silent (`object.silent`);
+/// later ones are marked but not announced until it reports again. Retired objects, and
+/// commits of a branch the object left, expect nothing.
 async fn stall(
     ledger: &Ledger,
     stall_after: Duration,
@@ -124,7 +128,8 @@ async fn stall(
 ) -> Result<usize, StoreError> {
     let store = ledger.store();
     let limit = chrono::Duration::from_std(stall_after).unwrap_or_default();
-    let mut stalled = 0;
+    // Overdue pending targets by object.
+    let mut due: BTreeMap<String, Vec<(Entity, TargetRecord)>> = BTreeMap::new();
     for row in store
         .query_where(Table::Commits, "state", "pending")
         .await?
@@ -133,18 +138,47 @@ async fn stall(
         if now - target.first_seen_at < limit {
             continue;
         }
-        let object = ObjectRef {
-            cluster: target.cluster.clone(),
-            kind: target.kind.clone(),
-            namespace: target.namespace.clone(),
-            name: target.name.clone(),
+        due.entry(object_partition(&target_object(&target)))
+            .or_default()
+            .push((row, target));
+    }
+    let mut stalled = 0;
+    for (pk, mut rows) in due {
+        rows.sort_by(|(a, x), (b, y)| x.first_seen_at.cmp(&y.first_seen_at).then(a.pk.cmp(&b.pk)));
+        stalled += stall_object(ledger, &pk, rows, limit).await?;
+    }
+    Ok(stalled)
+}
+
+fn target_object(t: &TargetRecord) -> ObjectRef {
+    ObjectRef {
+        cluster: t.cluster.clone(),
+        kind: t.kind.clone(),
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+    }
+}
+
+async fn stall_object(
+    ledger: &Ledger,
+    pk: &str,
+    rows: Vec<(Entity, TargetRecord)>,
+    limit: chrono::Duration,
+) -> Result<usize, StoreError> {
+    let store = ledger.store();
+    let (mut state, etag): (Option<ObjectState>, _) =
+        match store.get(Table::Objects, pk, ROW_STATE).await? {
+            Some(e) => (Some(e.record()?), e.etag.clone()),
+            None => (None, None),
         };
-        let pk = object_partition(&object);
-        let state: Option<ObjectState> = match store.get(Table::Objects, &pk, ROW_STATE).await? {
-            Some(e) => Some(e.record()?),
-            None => None,
-        };
-        let follows = state.as_ref().and_then(|s| s.follows.clone());
+    if state.as_ref().is_some_and(|s| s.retired_at.is_some()) {
+        return Ok(0);
+    }
+    let follows = state.as_ref().and_then(|s| s.follows.clone());
+    let mut count = state.as_ref().map_or(0, |s| s.stalled_since_report);
+    let mut stalled = 0;
+    for (row, target) in rows {
+        let object = target_object(&target);
         let sha = row.pk.clone();
         // An object that moved to another branch (or repository) no longer expects the
         // commits of the one it left.
@@ -159,41 +193,90 @@ async fn stall(
                 continue;
             }
         }
-        let message = Message {
-            id: message_id(MessageType::RolloutStalled, &object, &sha),
-            kind: MessageType::RolloutStalled,
-            object: object.clone(),
-            // When it became overdue: the same for every sweep that notices it.
-            time: target.first_seen_at + limit,
-            revision: follows.as_ref().map(|f| f.git_ref.clone()),
-            sha: Some(sha.clone()),
-            reason: Some("RolloutStalled".into()),
-            message: Some(format!(
-                "commit {} was pushed at {} to {} and was neither applied nor superseded on {} within {}",
-                &sha[..sha.len().min(12)],
-                target.first_seen_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                follows.as_ref().map(|f| f.git_ref.as_str()).unwrap_or("its branch"),
-                object.subject(),
-                humantime::format_duration(stall_after),
-            )),
-            incident_id: None,
-            repository: follows.as_ref().map(|f| f.repository.clone()),
+        // When it became overdue: the same for every sweep that notices it.
+        let overdue_at = target.first_seen_at + limit;
+        let branch = follows
+            .as_ref()
+            .map(|f| f.git_ref.as_str())
+            .unwrap_or("its branch");
+        let message = match count.cmp(&SILENT_AFTER) {
+            std::cmp::Ordering::Less => Some(Message {
+                id: message_id(MessageType::RolloutStalled, &object, &sha),
+                kind: MessageType::RolloutStalled,
+                object: object.clone(),
+                time: overdue_at,
+                revision: follows.as_ref().map(|f| f.git_ref.clone()),
+                sha: Some(sha.clone()),
+                reason: Some("RolloutStalled".into()),
+                message: Some(format!(
+                    "commit {} was pushed at {} to {branch} and was neither applied nor superseded on {} within {}",
+                    &sha[..sha.len().min(12)],
+                    target.first_seen_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    object.subject(),
+                    humantime::format_duration(limit.to_std().unwrap_or_default()),
+                )),
+                incident_id: None,
+                repository: follows.as_ref().map(|f| f.repository.clone()),
+            }),
+            // Once per silence: keyed by the object's last report (its event count).
+            std::cmp::Ordering::Equal => Some(Message {
+                id: message_id(
+                    MessageType::ObjectSilent,
+                    &object,
+                    &state.as_ref().map_or(0, |s| s.events).to_string(),
+                ),
+                kind: MessageType::ObjectSilent,
+                object: object.clone(),
+                time: overdue_at,
+                revision: state.as_ref().and_then(|s| s.last_revision.clone()),
+                sha: None,
+                reason: Some("ObjectSilent".into()),
+                message: Some(format!(
+                    "{} has not reported since {}; {} consecutive pushes to {branch} stalled on it. \
+                     Further stalls are not announced until it reports again; if it is gone, \
+                     retire it (POST /api/objects/{}/retire)",
+                    object.subject(),
+                    state
+                        .as_ref()
+                        .and_then(|s| s.last_event_at)
+                        .map_or("it was first seen".into(), |t| t
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    SILENT_AFTER + 1,
+                    object.subject(),
+                )),
+                incident_id: None,
+                repository: follows.as_ref().map(|f| f.repository.clone()),
+            }),
+            std::cmp::Ordering::Greater => None,
         };
-        let outbox = OutboxRecord {
-            message: message.clone(),
-            delivery: "pending".into(),
-            attempts: 0,
-            delivered_at: None,
-            next_attempt_at: None,
-            last_error: None,
-        };
-        let entity = Row::from_record(&pk, format!("outbox|stalled|{}", message.id), &outbox)
-            .with_tag("rowType", ROW_OUTBOX);
-        let announced = match store.insert(Table::Objects, entity).await {
-            Ok(_) => true,
-            Err(StoreError::Conflict) => false, // another sweep, or an earlier one that stopped
-            Err(e) => return Err(e),
-        };
+        count += 1;
+        // The message first, under a key derived from its id: a sweep that stops half-way,
+        // or two at once, emit it exactly once.
+        let mut announced = false;
+        if let Some(message) = message {
+            let outbox = OutboxRecord {
+                message: message.clone(),
+                delivery: "pending".into(),
+                attempts: 0,
+                delivered_at: None,
+                next_attempt_at: None,
+                last_error: None,
+            };
+            // Keyed by when it became due, so an object's sweep messages are delivered in
+            // the order their commits were pushed (the silence after the stalls before it).
+            let rank = u8::from(message.kind == MessageType::ObjectSilent);
+            let rk = format!(
+                "outbox|sweep|{}|{rank}|{}",
+                overdue_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                message.id
+            );
+            let entity = Row::from_record(pk, rk, &outbox).with_tag("rowType", ROW_OUTBOX);
+            announced = match store.insert(Table::Objects, entity).await {
+                Ok(_) => true,
+                Err(StoreError::Conflict) => false, // another sweep, or an earlier one that stopped
+                Err(e) => return Err(e),
+            };
+        }
         let mut marked = target.clone();
         marked.state = TargetState::Stalled;
         let entity = Row::from_record(&row.pk, &row.rk, &marked);
@@ -206,7 +289,14 @@ async fn stall(
         }
         if announced {
             stalled += 1;
-            ledger.notify_outbox(&pk);
+            ledger.notify_outbox(pk);
+        }
+    }
+    // The count, conditional on the state read: a report meanwhile reset it, and wins.
+    if let (Some(st), Some(etag)) = (state.as_mut(), etag) {
+        if st.stalled_since_report != count {
+            st.stalled_since_report = count;
+            ledger.write_state(pk, st, &etag).await?;
         }
     }
     Ok(stalled)

@@ -33,6 +33,9 @@ pub struct Incident {
     pub last_failure_at: DateTime<Utc>,
     /// `apply.failed` messages sent for this incident (one per failing revision).
     pub announcements: u64,
+    /// Why it closed without a success: `retired` (an operator retired the object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
 }
 
 fn incident_id(object: &ObjectRef, opening_event: &str) -> String {
@@ -83,6 +86,7 @@ pub fn on_failure(open: Option<Incident>, f: &Facts<'_>, out: &mut Vec<Message>)
                 failures: 1,
                 last_failure_at: e.timestamp,
                 announcements: 1,
+                closed_by: None,
             };
             out.push(f.message(
                 MessageType::ApplyFailed,

@@ -19,6 +19,10 @@ pub enum MessageType {
     DriftDetected,
     #[serde(rename = "io.fluxtrail.rollout.stalled")]
     RolloutStalled,
+    /// An object that stalled on consecutive pushes without a report in between: said once,
+    /// instead of one `rollout.stalled` per further push (until it reports again).
+    #[serde(rename = "io.fluxtrail.object.silent")]
+    ObjectSilent,
 }
 
 impl MessageType {
@@ -28,6 +32,7 @@ impl MessageType {
             MessageType::ApplyRecovered => "io.fluxtrail.apply.recovered",
             MessageType::DriftDetected => "io.fluxtrail.drift.detected",
             MessageType::RolloutStalled => "io.fluxtrail.rollout.stalled",
+            MessageType::ObjectSilent => "io.fluxtrail.object.silent",
         }
     }
 
@@ -36,7 +41,9 @@ impl MessageType {
         match self {
             MessageType::ApplyFailed => "error",
             MessageType::ApplyRecovered => "info",
-            MessageType::DriftDetected | MessageType::RolloutStalled => "warning",
+            MessageType::DriftDetected
+            | MessageType::RolloutStalled
+            | MessageType::ObjectSilent => "warning",
         }
     }
 }

@@ -106,6 +106,26 @@ pub struct ObjectState {
     /// the object's first report, arriving late.
     #[serde(default)]
     pub since: Option<DateTime<Utc>>,
+    /// Commits the sweep found stalled on the object since its last report (see
+    /// [`SILENT_AFTER`]); any report resets it.
+    #[serde(default)]
+    pub stalled_since_report: u32,
+    /// When an operator retired the object (server time): nothing is expected of it any
+    /// more. Any report brings it back.
+    #[serde(default)]
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+/// How many consecutive commits may stall on an object with no report from it in between
+/// before it is called silent: each of these is announced (`rollout.stalled`); the next
+/// one sends `object.silent` once instead, and later ones nothing, until it reports again.
+pub const SILENT_AFTER: u32 = 2;
+
+impl ObjectState {
+    /// Silent: stalled on more than [`SILENT_AFTER`] consecutive commits without a report.
+    pub fn silent(&self) -> bool {
+        self.stalled_since_report > SILENT_AFTER
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +156,8 @@ impl ObjectState {
             applied_shas: vec![],
             run_applied_at: None,
             since: None,
+            stalled_since_report: 0,
+            retired_at: None,
         }
     }
 
@@ -318,6 +340,9 @@ pub fn apply_event(
     st.seen.push(event.fingerprint.clone());
     st.last_event_at = Some(event.timestamp);
     st.since.get_or_insert(event.timestamp);
+    // It speaks: not silent, and (if it was retired) back.
+    st.stalled_since_report = 0;
+    st.retired_at = None;
     st.last_reason = Some(event.reason.clone());
     st.last_message = Some(event.message.clone());
     st.events += 1;

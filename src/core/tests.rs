@@ -1101,3 +1101,31 @@ proptest! {
         prop_assert_eq!(canonical.snapshot(), w.snapshot());
     }
 }
+
+/// Case 11: any report of an object ends its silence and brings a retired object back.
+#[test]
+fn a_report_ends_silence_and_retirement() {
+    let mut w = World::default();
+    let o = apps();
+    w.push(Some(1), &[2], false, 0);
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        10,
+        "ok",
+    ));
+    let st = w.states.get_mut(&o).unwrap();
+    st.stalled_since_report = SILENT_AFTER + 1;
+    st.retired_at = Some(t(50));
+    assert!(w.states[&o].silent());
+    w.send(&ev(
+        &o,
+        "ReconciliationSucceeded",
+        Some(&main_rev(2)),
+        600,
+        "ok",
+    ));
+    assert!(!w.states[&o].silent());
+    assert_eq!(w.states[&o].retired_at, None);
+}

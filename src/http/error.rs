@@ -43,6 +43,8 @@ pub enum ApiError {
     ReadTokenInvalid,
     #[error("nothing is known about commit {0}")]
     CommitNotFound(String),
+    #[error("no Flux object {0} has been seen")]
+    ObjectNotFound(String),
     #[error("storage is unavailable")]
     StoreUnavailable(#[source] StoreError),
 }
@@ -61,6 +63,7 @@ impl ApiError {
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             UnknownProvider(_) => (StatusCode::NOT_FOUND, "unknown_provider"),
             CommitNotFound(_) => (StatusCode::NOT_FOUND, "commit_not_found"),
+            ObjectNotFound(_) => (StatusCode::NOT_FOUND, "object_not_found"),
             MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             UnsupportedMediaType { .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")

@@ -45,6 +45,11 @@ pub const FUNCTION_ROUTES: &[(&str, &str, &str)] = &[
     ("Incidents", "GET", "/api/incidents"),
     ("Outbox", "GET", "/api/outbox"),
     ("OutboxRedrive", "POST", "/api/outbox/redrive"),
+    (
+        "ObjectRetire",
+        "POST",
+        "/api/objects/{cluster}/{kind}/{namespace}/{name}/retire",
+    ),
     ("Health", "GET", "/api/health"),
     // The timer trigger: the host POSTs the invocation to /{FunctionName}.
     ("Sweep", "POST", "/Sweep"),
@@ -169,6 +174,21 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         ["api", "objects"] => {
             allow(&req, &[Method::GET], "GET")?;
             read::objects(state, req.uri().query(), req.headers()).await
+        }
+        ["api", "objects", cluster, kind, namespace, name, "retire"] => {
+            allow(&req, &[Method::POST], "POST")?;
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let object = crate::flux::ObjectRef {
+                cluster: decode(cluster),
+                kind: decode(kind),
+                namespace: decode(namespace),
+                name: decode(name),
+            };
+            read::retire(state, &object, req.headers()).await
         }
         ["api", "outbox"] => {
             allow(&req, &[Method::GET], "GET")?;

@@ -85,7 +85,23 @@ fn object_view(s: &ObjectState) -> serde_json::Value {
         "applied": s.applied,
         "follows": s.follows,
         "incidentId": s.incident.as_ref().map(|i| &i.id),
+        "silent": s.silent(),
+        "retiredAt": s.retired_at,
     })
+}
+
+/// `POST /api/objects/{cluster}/{kind}/{namespace}/{name}/retire`: the object is gone
+/// (`Ledger::retire`). 200 with the object, 404 for one never seen.
+pub(super) async fn retire(
+    state: &AppState,
+    object: &crate::flux::ObjectRef,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    authorize(state, headers)?;
+    match state.ledger.retire(object, chrono::Utc::now()).await? {
+        Some(s) => Ok(json_response(StatusCode::OK, &object_view(&s))),
+        None => Err(ApiError::ObjectNotFound(object.subject())),
+    }
 }
 
 pub(super) async fn incidents(

@@ -361,6 +361,9 @@ impl Ledger {
                 return Ok(None);
             };
             let mut state: ObjectState = row.record()?;
+            if state.retired_at.is_some() {
+                return Ok(None); // gone: nothing is expected of it
+            }
             let expect = |state: &ObjectState, newly: bool| {
                 let mut updates =
                     core::on_push(state, x.graph, x.pushed, x.forced, newly, x.received_at);

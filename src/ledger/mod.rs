@@ -392,6 +392,69 @@ impl Ledger {
 }
 
 impl Ledger {
+    /// Writes an object's state read with `etag` (the sweep's count of stalls). A writer
+    /// that changed it meanwhile wins: `false`.
+    pub async fn write_state(
+        &self,
+        pk: &str,
+        state: &ObjectState,
+        etag: &crate::store::Etag,
+    ) -> Result<bool, StoreError> {
+        self.states.forget(pk);
+        let row = tagged(pk, "state", state, &[("rowType", ROW_STATE)]);
+        match self.store.update(Table::Objects, row, etag).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::PreconditionFailed) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Retires an object (an operator says it is gone: deleted, renamed, its cluster
+    /// retired): nothing is expected of it any more — pushes no longer make commits pending
+    /// on it, the sweep stalls nothing on it — and its open incident closes without
+    /// `apply.recovered` (`closedBy: retired`). Its history and evidence stay. Any later
+    /// report of the object brings it back. `None` for an object never seen. Idempotent.
+    pub async fn retire(
+        &self,
+        object: &ObjectRef,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ObjectState>, StoreError> {
+        let pk = object_partition(object);
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            self.states.forget(&pk);
+            let Some(row) = self.store.get(Table::Objects, &pk, ROW_STATE).await? else {
+                return Ok(None);
+            };
+            let mut state: ObjectState = row.record()?;
+            if state.retired_at.is_some() {
+                return Ok(Some(state));
+            }
+            state.retired_at = Some(now);
+            let mut ops = vec![];
+            if let Some(mut inc) = state.incident.take() {
+                inc.state = IncidentState::Resolved;
+                inc.resolved_at = Some(now);
+                inc.closed_by = Some("retired".into());
+                ops.push(BatchOp::Upsert(tagged(
+                    &pk,
+                    &format!("incident|{}", inc.id),
+                    &inc,
+                    &[("rowType", ROW_INCIDENT)],
+                )));
+            }
+            let entity = tagged(&pk, "state", &state, &[("rowType", ROW_STATE)]);
+            ops.insert(0, BatchOp::Update(entity, row.etag.clone().expect("etag")));
+            match self.store.batch(Table::Objects, &pk, ops).await {
+                Ok(_) => return Ok(Some(state)),
+                Err(StoreError::PreconditionFailed | StoreError::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "object state kept changing under concurrent writers".into(),
+        ))
+    }
+
     /// Outbox messages in one delivery state (`pending`, `delivered`, `dead`), oldest first.
     pub async fn outbox(&self, delivery: &str) -> Result<Vec<records::OutboxRecord>, StoreError> {
         let mut out = self

@@ -408,3 +408,116 @@ async fn sweep(app: &TestApp, minutes: i64) {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+fn stall_in_a_minute() -> std::collections::HashMap<String, String> {
+    let mut vars = default_vars();
+    vars.insert("FLUXTRAIL_STALL_AFTER".into(), "1m".into());
+    vars
+}
+
+/// Case 11: an object that is gone is retired by an operator: its open incident closes
+/// without `apply.recovered`, nothing is expected of it any more, its history stays; a
+/// later report brings it back.
+#[tokio::test]
+async fn a_retired_object_expects_nothing_and_its_incident_closes() {
+    let app = spawn_with(stall_in_a_minute()).await;
+    push(&app, "refs/heads/main", Some(0), &[1], false).await;
+    applied(&app, 1, 10).await;
+    push(&app, "refs/heads/main", Some(1), &[2], false).await;
+    let failed = kustomization("HealthCheckFailed", "main", 1, at(20), "timeout");
+    assert_eq!(send(&app, "prod-eu", &failed).await, StatusCode::ACCEPTED);
+    assert_eq!(settled(&app, 1).await, ["apply.failed"]);
+
+    let retire = "/api/objects/prod-eu/Kustomization/flux-system/apps/retire";
+    let r = app
+        .client
+        .post(app.url(retire))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let object: Value = r.json().await.unwrap();
+    assert!(object["retiredAt"].is_string(), "{object}");
+    assert_eq!(object["incidentId"], Value::Null);
+    let again = app
+        .client
+        .post(app.url(retire))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK, "idempotent");
+    let unknown = app
+        .client
+        .post(app.url("/api/objects/prod-eu/Kustomization/flux-system/nope/retire"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "object_not_found");
+
+    let (_, open) = app.get_json("/api/incidents?state=open").await;
+    assert_eq!(open["incidents"], json!([]));
+    let (_, resolved) = app.get_json("/api/incidents?state=resolved").await;
+    assert_eq!(resolved["incidents"][0]["closedBy"], "retired");
+    // Nothing expected: a new push makes nothing pending, the sweep reports nothing.
+    push(&app, "refs/heads/main", Some(2), &[3], false).await;
+    assert_eq!(state(&app, 3).await, None);
+    sweep(&app, 10).await;
+    assert_eq!(
+        settled(&app, 1).await,
+        ["apply.failed"],
+        "no recovery, no stall"
+    );
+    assert_eq!(
+        state(&app, 1).await.as_deref(),
+        Some("failed"),
+        "history stays"
+    );
+    // It reports again: back.
+    applied(&app, 3, 60).await;
+    let (_, objects) = app.get_json("/api/objects?cluster=prod-eu").await;
+    assert_eq!(objects["objects"][0]["retiredAt"], Value::Null);
+    push(&app, "refs/heads/main", Some(3), &[4], false).await;
+    assert_eq!(state(&app, 4).await.as_deref(), Some("pending"));
+}
+
+/// Case 11: an object that stalls on consecutive pushes without a word raises one alarm
+/// per push only twice, then says once that it went silent; a report resumes it.
+#[tokio::test]
+async fn a_silent_object_is_announced_once_not_per_push() {
+    let app = spawn_with(stall_in_a_minute()).await;
+    push(&app, "refs/heads/main", Some(0), &[1], false).await;
+    applied(&app, 1, 10).await;
+    for n in 2..=5 {
+        push(&app, "refs/heads/main", Some(n - 1), &[n], false).await;
+    }
+    sweep(&app, 10).await;
+    assert_eq!(
+        settled(&app, 3).await,
+        ["rollout.stalled", "rollout.stalled", "object.silent"]
+    );
+    let msgs = app.messages();
+    assert_eq!(msgs[0]["data"]["sha"], c(2));
+    assert_eq!(msgs[1]["data"]["sha"], c(3));
+    for n in 2..=5 {
+        assert_eq!(state(&app, n).await.as_deref(), Some("stalled"), "{n}");
+    }
+    let (_, objects) = app.get_json("/api/objects?cluster=prod-eu").await;
+    assert_eq!(objects["objects"][0]["silent"], true);
+    sweep(&app, 10).await;
+    assert_eq!(settled(&app, 3).await.len(), 3, "said once");
+    // It reports: the stalled commits are superseded, and stalls are announced again.
+    applied(&app, 5, 100).await;
+    for n in 2..=4 {
+        assert_eq!(state(&app, n).await.as_deref(), Some("superseded"), "{n}");
+    }
+    push(&app, "refs/heads/main", Some(5), &[6], false).await;
+    sweep(&app, 10).await;
+    let types = settled(&app, 4).await;
+    assert_eq!(types.last().map(String::as_str), Some("rollout.stalled"));
+    assert_eq!(app.messages()[3]["data"]["sha"], c(6));
+}
