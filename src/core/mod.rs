@@ -243,10 +243,16 @@ pub fn follow_of(event: &FluxEvent, commit: Option<&CommitInfo>) -> Option<Follo
     })
 }
 
-/// The commit an event concerns: a certain Git revision, or a sha256 candidate that a push
-/// confirmed.
+/// The commit an event concerns: a certain Git revision, a sha256 candidate that a push
+/// confirmed, or a Helm chart version's abbreviated commit that the ledger resolved.
 pub fn event_sha(event: &FluxEvent, commit: Option<&CommitInfo>) -> Option<CommitSha> {
     let revision = event.source_revision()?;
+    if let Some(prefix) = revision.commit_prefix() {
+        // A chart version's abbreviated commit, resolved by the ledger to one pushed commit.
+        return commit
+            .filter(|c| c.sha.as_str().starts_with(prefix))
+            .map(|c| c.sha.clone());
+    }
     let sha = revision.commit()?;
     (revision.is_certainly_git() || commit.is_some_and(|c| c.sha == sha)).then_some(sha)
 }

@@ -153,10 +153,28 @@ impl World {
     }
 
     pub fn send(&mut self, e: &FluxEvent) -> Disposition {
-        let commit = e
-            .source_revision()
-            .and_then(|r| r.commit())
-            .and_then(|s| self.commits.get(&s).cloned());
+        let commit = e.source_revision().and_then(|r| match r.commit_prefix() {
+            // As the ledger: the one pushed commit with that prefix (of the repository the
+            // object follows, once it follows one), else none.
+            Some(prefix) => {
+                let follows = self.states.get(&e.object).and_then(|s| s.follows.clone());
+                let found: Vec<&CommitInfo> = self
+                    .commits
+                    .values()
+                    .filter(|c| c.sha.as_str().starts_with(prefix))
+                    .filter(|c| {
+                        follows
+                            .as_ref()
+                            .is_none_or(|f| f.repository == c.repository)
+                    })
+                    .collect();
+                match found.as_slice() {
+                    [one] => Some((*one).clone()),
+                    _ => None,
+                }
+            }
+            None => r.commit().and_then(|s| self.commits.get(&s).cloned()),
+        });
         let ctx = Context {
             commit,
             graph: Some(&self.graph),

@@ -1129,3 +1129,50 @@ fn a_report_ends_silence_and_retirement() {
     assert!(!w.states[&o].silent());
     assert_eq!(w.states[&o].retired_at, None);
 }
+
+/// A HelmRelease whose chart was built from the Git source (`reconcileStrategy: Revision`):
+/// its version's build metadata is the commit's first 12 hex, linked when unambiguous.
+#[test]
+fn helm_chart_version_links_its_source_commit() {
+    let mut w = World::default();
+    let hr = obj("prod-eu", "HelmRelease", "podinfo");
+    w.push(Some(1), &[2], false, 0);
+    let version = |n: u8| format!("0.1.0+{}", &sha(n).as_str()[..12]);
+    w.send(&ev(
+        &hr,
+        "UpgradeSucceeded",
+        Some(&version(2)),
+        10,
+        "Helm upgrade succeeded",
+    ));
+    assert_eq!(w.target(2, &hr), Some(TargetState::Applied));
+    assert_eq!(
+        w.states[&hr].follows.as_ref().map(|f| f.git_ref.as_str()),
+        Some("refs/heads/main")
+    );
+    // It follows main now: the next push is pending on it, then applied.
+    w.push(Some(2), &[3], false, 20);
+    assert_eq!(w.target(3, &hr), Some(TargetState::Pending));
+    w.send(&ev(&hr, "UpgradeFailed", Some(&version(3)), 30, "timeout"));
+    assert_eq!(w.target(3, &hr), Some(TargetState::Failed));
+    // Two pushed commits with the same abbreviation: not linked.
+    let twin = CommitSha::parse(&format!("{}{}", &sha(4).as_str()[..12], "f".repeat(28))).unwrap();
+    w.push(Some(3), &[4], false, 40);
+    w.commits.insert(
+        twin.clone(),
+        CommitInfo {
+            sha: twin,
+            repository: REPO.into(),
+            refs: vec!["refs/heads/other".into()],
+        },
+    );
+    w.send(&ev(&hr, "UpgradeSucceeded", Some(&version(4)), 50, "ok"));
+    assert_eq!(
+        w.target(4, &hr),
+        Some(TargetState::Pending),
+        "ambiguous: not linked"
+    );
+    // A plain chart version names no commit.
+    w.send(&ev(&hr, "UpgradeSucceeded", Some("6.5.5"), 60, "ok"));
+    assert_eq!(w.targets.keys().filter(|(_, o)| o == &hr).count(), 3);
+}

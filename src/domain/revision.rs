@@ -96,6 +96,20 @@ impl Revision {
         }
     }
 
+    /// The abbreviated commit a Helm chart version's build metadata carries: a HelmChart
+    /// built from a GitRepository with `reconcileStrategy: Revision` is versioned
+    /// `<version>+<first 12 hex of the source commit>`. Only a candidate: the same syntax
+    /// carries an OCI digest prefix, so it names a commit only when exactly one pushed
+    /// commit has that prefix.
+    pub fn commit_prefix(&self) -> Option<&str> {
+        match self {
+            Revision::Version {
+                digest: Some(d), ..
+            } if (7..40).contains(&d.len()) => Some(d),
+            _ => None,
+        }
+    }
+
     /// True when the revision is certainly a Git commit (sha1, or a legacy form).
     pub fn is_certainly_git(&self) -> bool {
         match self {

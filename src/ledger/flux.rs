@@ -253,6 +253,52 @@ impl Ledger {
         ))
     }
 
+    /// A Helm chart version's abbreviated commit: the one pushed commit with that prefix —
+    /// of the repository the HelmRelease follows, once it follows one (learned like a
+    /// Kustomization's: from the first report that resolved) — else none (ambiguous, not
+    /// pushed, or an OCI digest's prefix).
+    async fn commit_by_prefix(
+        &self,
+        prefix: &str,
+        state: Option<&ObjectState>,
+    ) -> Result<Option<CommitInfo>, StoreError> {
+        if let Some(c) = state
+            .and_then(|s| s.commit.as_ref())
+            .filter(|c| c.sha.as_str().starts_with(prefix))
+        {
+            return Ok(Some(c.clone()));
+        }
+        if self.missing.known_missing(prefix, Instant::now()) {
+            return Ok(None);
+        }
+        let epoch = self.missing.epoch();
+        let follows = state.and_then(|s| s.follows.as_ref());
+        let mut found = Vec::new();
+        for row in self
+            .store
+            .query_pk_prefix(Table::Commits, prefix, "commit")
+            .await?
+        {
+            let c: CommitRecord = row.record()?;
+            if follows.is_some_and(|f| f.repository != c.repository) {
+                continue;
+            }
+            let Ok(sha) = crate::domain::CommitSha::parse(&row.pk) else {
+                continue;
+            };
+            found.push(CommitInfo {
+                sha,
+                repository: c.repository,
+                refs: c.refs,
+            });
+        }
+        if found.len() == 1 {
+            return Ok(found.pop());
+        }
+        self.missing.note(prefix, epoch, Instant::now());
+        Ok(None)
+    }
+
     async fn history_exists(&self, history: &Row) -> Result<bool, StoreError> {
         Ok(self
             .store
@@ -268,7 +314,13 @@ impl Ledger {
         event: &FluxEvent,
         state: Option<&ObjectState>,
     ) -> Result<Option<CommitInfo>, StoreError> {
-        let Some(sha) = event.source_revision().and_then(|r| r.commit()) else {
+        let Some(revision) = event.source_revision() else {
+            return Ok(None);
+        };
+        if let Some(prefix) = revision.commit_prefix() {
+            return self.commit_by_prefix(prefix, state).await;
+        }
+        let Some(sha) = revision.commit() else {
             return Ok(None);
         };
         if let Some(c) = state

@@ -66,8 +66,11 @@ impl Ledger {
                         PushRows::Unknown => self.project_push(provider, push, received_at).await?,
                     };
                     // Its commits are stored now: Flux events look them up again.
-                    self.missing
-                        .pushed(push.commits.iter().map(|c| c.sha.as_str()));
+                    // (And their 12-hex abbreviations, which chart versions carry.)
+                    self.missing.pushed(push.commits.iter().flat_map(|c| {
+                        let sha = c.sha.as_str();
+                        [sha, &sha[..12]]
+                    }));
                     self.expect_on_followers(push, received_at).await?;
                     refs.push(push.git_ref.clone());
                 }

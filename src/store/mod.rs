@@ -269,6 +269,14 @@ pub trait Store: Send + Sync + fmt::Debug {
         }
         Ok(out)
     }
+    /// The entities with row key `rk` in every partition whose key starts with `pk_prefix`:
+    /// a key-range read (a commit by an abbreviated sha: its partitions are its full sha).
+    async fn query_pk_prefix(
+        &self,
+        table: Table,
+        pk_prefix: &str,
+        rk: &str,
+    ) -> Result<Vec<Entity>, StoreError>;
     /// Every entity of a table whose string property `prop` equals `value` (a scan: for
     /// sweeps and recovery, never on a request path).
     async fn query_where(

@@ -950,6 +950,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn query_pk_prefix(
+        &self,
+        table: Table,
+        pk_prefix: &str,
+        rk: &str,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let lo = pk_prefix.to_string();
+        let hi = super::prefix_end(pk_prefix);
+        let rk = rk.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT pk, rk, etag, props FROM entities
+                     WHERE tbl = ?1 AND pk >= ?2 AND (?3 IS NULL OR pk < ?3) AND rk = ?4
+                     ORDER BY pk",
+                )
+                .map_err(map_err)?;
+            let mut rows = entities(&mut stmt, params![table.name(), lo, hi, rk])?;
+            rows.retain(|e| e.pk.starts_with(&lo));
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn partitions_where(
         &self,
         table: Table,

@@ -474,6 +474,28 @@ impl Store for TableStore {
         Ok(out)
     }
 
+    async fn query_pk_prefix(
+        &self,
+        table: Table,
+        pk_prefix: &str,
+        rk: &str,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let lo = encode_prefix(pk_prefix);
+        let mut query = format!(
+            "PartitionKey ge {} and RowKey eq {}",
+            literal(&lo),
+            literal(&encode_key(rk))
+        );
+        if let Some(hi) = super::prefix_end(&lo) {
+            query.push_str(&format!(" and PartitionKey lt {}", literal(&hi)));
+        }
+        let mut rows = self.query(table, query).await?;
+        // Over-long keys share a cut prefix in storage; their own keys tell them apart.
+        rows.retain(|r| r.pk.starts_with(pk_prefix) && r.rk == rk);
+        rows.sort_by(|a, b| a.pk.cmp(&b.pk));
+        Ok(rows)
+    }
+
     async fn query_where(
         &self,
         table: Table,

@@ -68,6 +68,14 @@ impl Store for Faulty {
     async fn query_where(&self, t: Table, prop: &str, v: &str) -> Result<Vec<Entity>, StoreError> {
         self.inner.query_where(t, prop, v).await
     }
+    async fn query_pk_prefix(
+        &self,
+        t: Table,
+        p: &str,
+        rk: &str,
+    ) -> Result<Vec<Entity>, StoreError> {
+        self.inner.query_pk_prefix(t, p, rk).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
@@ -636,6 +644,15 @@ impl Store for Counting {
     async fn query_where(&self, t: Table, prop: &str, v: &str) -> Result<Vec<Entity>, StoreError> {
         self.tick();
         self.inner.query_where(t, prop, v).await
+    }
+    async fn query_pk_prefix(
+        &self,
+        t: Table,
+        p: &str,
+        rk: &str,
+    ) -> Result<Vec<Entity>, StoreError> {
+        self.tick();
+        self.inner.query_pk_prefix(t, p, rk).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await

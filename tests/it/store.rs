@@ -357,6 +357,44 @@ pub async fn hostile_keys(store: Arc<dyn Store>) {
 /// A prefix query returns exactly the row keys that start with the prefix, at the edges of
 /// the range too (the next character, the last character there is, keys of other
 /// partitions), for one partition and for several at once.
+/// `query_pk_prefix`: the rows of one row key across the partitions a prefix names (a commit
+/// by an abbreviated sha), nothing of neighbouring partitions or other row keys.
+pub async fn partition_prefix(store: Arc<dyn Store>) {
+    let t = Table::Commits;
+    for (pk, rk) in [
+        ("a21683865c08aa", "commit"),
+        ("a21683865c08bb", "commit"),
+        ("a21683865c08bb", "target|x"),
+        ("a21683865c09", "commit"),
+        ("a21683865c0", "commit"),
+        ("b21683865c08", "commit"),
+    ] {
+        store.insert(t, entity(pk, rk, 1)).await.unwrap();
+    }
+    let pks = |rows: Vec<fluxtrail::store::Entity>| -> Vec<String> {
+        rows.into_iter().map(|e| e.pk).collect()
+    };
+    assert_eq!(
+        pks(store
+            .query_pk_prefix(t, "a21683865c08", "commit")
+            .await
+            .unwrap()),
+        ["a21683865c08aa", "a21683865c08bb"]
+    );
+    assert_eq!(
+        pks(store
+            .query_pk_prefix(t, "a21683865c08bb", "target|x")
+            .await
+            .unwrap()),
+        ["a21683865c08bb"]
+    );
+    assert!(store
+        .query_pk_prefix(t, "c0", "commit")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 pub async fn prefix_edges(store: Arc<dyn Store>) {
     let t = Table::Objects;
     let rks = [
@@ -453,6 +491,7 @@ async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
     conformance(store.clone()).await;
+    partition_prefix(store.clone()).await;
     prefix_edges(store.clone()).await;
     hostile_keys(store).await;
 }
@@ -518,6 +557,7 @@ async fn table_store_conforms() {
     .unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
     conformance(store.clone()).await;
+    partition_prefix(store.clone()).await;
     prefix_edges(store.clone()).await;
     hostile_keys(store).await;
 }

@@ -521,3 +521,68 @@ async fn a_silent_object_is_announced_once_not_per_push() {
     assert_eq!(types.last().map(String::as_str), Some("rollout.stalled"));
     assert_eq!(app.messages()[3]["data"]["sha"], c(6));
 }
+
+/// A HelmRelease whose chart is built from the Git source (`reconcileStrategy: Revision`)
+/// reports `<version>+<12 hex of the commit>`: linked to the pushed commit with that
+/// abbreviation, while an abbreviation two pushed commits share stays unlinked.
+#[tokio::test]
+async fn helm_chart_versions_link_their_source_commit() {
+    let app = spawn_app().await;
+    let one = "a21683865c08d5e1c3b7f0a9e2d4c6b8a0f1e3d5";
+    let twin_a = "b1b2b3b4b5b6000000000000000000000000000a";
+    let twin_b = "b1b2b3b4b5b6111111111111111111111111111b";
+    let mut p: Value = serde_json::from_slice(&fixture("github/push-forced.json")).unwrap();
+    let commit = |id: &str| {
+        json!({"id": id, "message": "chart", "timestamp": "2026-11-02T09:00:00Z",
+        "author": {"name": "Dana Ops", "email": "dana@acme.example", "username": "dana-ops"}})
+    };
+    p["forced"] = json!(false);
+    p["before"] = json!("1eabc9a41ca088515cab83f1cce49eb43e84b67f");
+    p["after"] = json!(twin_b);
+    p["commits"] = json!([commit(one), commit(twin_a), commit(twin_b)]);
+    p["head_commit"] = commit(twin_b);
+    let r = app
+        .post_git(
+            "github",
+            &[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "helm-1")],
+            &serde_json::to_vec(&p).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let helm = |version: String, t: &str| {
+        flux_event("helmrelease-drift-detected.json", |v| {
+            v["timestamp"] = json!(t);
+            v["reason"] = json!("UpgradeSucceeded");
+            v["severity"] = json!("info");
+            v["message"] = json!("Helm upgrade succeeded");
+            v["metadata"]["revision"] = json!(version);
+        })
+    };
+    let linked = helm(format!("0.1.0+{}", &one[..12]), "2026-11-02T10:00:00Z");
+    assert_eq!(send(&app, "prod-eu", &linked).await, StatusCode::ACCEPTED);
+    let (_, ev) = app.evidence(one).await;
+    assert_eq!(ev["targets"][0]["kind"], "HelmRelease");
+    assert_eq!(ev["targets"][0]["state"], "applied");
+    assert_eq!(
+        ev["targets"][0]["revision"],
+        format!("0.1.0+{}", &one[..12])
+    );
+    let ambiguous = helm(format!("0.1.0+{}", &twin_a[..12]), "2026-11-02T10:05:00Z");
+    assert_eq!(
+        send(&app, "prod-eu", &ambiguous).await,
+        StatusCode::ACCEPTED
+    );
+    for twin in [twin_a, twin_b] {
+        let (_, ev) = app.evidence(twin).await;
+        let helm_targets = ev["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["kind"] == "HelmRelease" && t["state"] != "pending")
+            .count();
+        assert_eq!(
+            helm_targets, 0,
+            "{twin}: ambiguous abbreviation, not linked"
+        );
+    }
+}
