@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::core::Message;
-use crate::ledger::records::{OutboxRecord, ROW_OUTBOX};
+use crate::ledger::records::{Delivery, OutboxRecord, ROW_OUTBOX};
 use crate::publish::{PublishError, Publisher};
 use crate::store::{BatchOp, Etag, Row, Store, StoreError, Table};
 
@@ -146,7 +146,7 @@ impl Dispatcher {
         // loading them whole made resident memory jump by tens of MB every scan.
         let partitions: Vec<String> = self
             .store
-            .partitions_where(Table::Objects, "delivery", "pending")
+            .partitions_where(Table::Objects, "delivery", Delivery::Pending.as_str())
             .await?;
         let mut pass = Pass::default();
         for chunk in partitions.chunks(PASS_PARTITIONS) {
@@ -172,7 +172,7 @@ impl Dispatcher {
                 Table::Objects,
                 pks,
                 Some("outbox|"),
-                ("delivery", "pending"),
+                ("delivery", Delivery::Pending.as_str()),
             )
             .await?;
         let mut pass = Pass::default();
@@ -210,7 +210,7 @@ impl Dispatcher {
             let mut it = rest.into_iter();
             for mut d in it.by_ref().take(accepted) {
                 d.rec.attempts += 1;
-                d.rec.delivery = "delivered".into();
+                d.rec.delivery = Delivery::Delivered;
                 d.rec.delivered_at = Some(now);
                 d.rec.next_attempt_at = None;
                 d.rec.last_error = None;
@@ -225,7 +225,7 @@ impl Dispatcher {
             let give_up = matches!(e, PublishError::Rejected(_))
                 || d.rec.attempts >= self.policy.max_attempts;
             let waits = if give_up {
-                d.rec.delivery = "dead".into();
+                d.rec.delivery = Delivery::Dead;
                 d.rec.next_attempt_at = None;
                 tracing::error!(id = %d.rec.message.id, attempts = d.rec.attempts, error = %e, "message parked as dead; re-drive with POST /api/outbox/redrive");
                 None
@@ -341,14 +341,7 @@ mod tests {
     }
 
     async fn pending(store: &dyn Store, pk: &str, seq: u32, id: &str) {
-        let rec = OutboxRecord {
-            message: Message::sample(pk, id),
-            delivery: "pending".into(),
-            attempts: 0,
-            delivered_at: None,
-            next_attempt_at: None,
-            last_error: None,
-        };
+        let rec = OutboxRecord::pending(Message::sample(pk, id));
         let e = Row::from_record(pk, format!("outbox|{seq:012}|00|{id}"), &rec)
             .with_tag("rowType", ROW_OUTBOX);
         store.insert(Table::Objects, e).await.unwrap();
@@ -362,7 +355,7 @@ mod tests {
             .into_iter()
             .map(|e| {
                 let r: OutboxRecord = e.record().unwrap();
-                (r.message.id, r.delivery, r.attempts)
+                (r.message.id, r.delivery.as_str().to_string(), r.attempts)
             })
             .collect()
     }

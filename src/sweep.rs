@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::core::message::message_id;
 use crate::core::{Message, MessageType, ObjectState, TargetRecord, TargetState, SILENT_AFTER};
 use crate::flux::ObjectRef;
-use crate::ledger::records::{CommitRecord, OutboxRecord, ROW_OUTBOX, ROW_STATE};
+use crate::ledger::records::{CommitRecord, Delivery, OutboxRecord, ROW_OUTBOX, ROW_STATE};
 use crate::ledger::{object_partition, Ledger};
 use crate::outbox::Dispatcher;
 use crate::store::{BatchOp, Entity, Row, StoreError, Table};
@@ -89,7 +89,7 @@ pub async fn sweep(
         ),
         (
             Table::Objects,
-            ("delivery", "delivered"),
+            ("delivery", Delivery::Delivered.as_str()),
             "deliveredAt",
             settings.retain_deliveries,
         ),
@@ -254,14 +254,7 @@ async fn stall_object(
         // or two at once, emit it exactly once.
         let mut announced = false;
         if let Some(message) = message {
-            let outbox = OutboxRecord {
-                message: message.clone(),
-                delivery: "pending".into(),
-                attempts: 0,
-                delivered_at: None,
-                next_attempt_at: None,
-                last_error: None,
-            };
+            let outbox = OutboxRecord::pending(message.clone());
             // Keyed by when it became due, so an object's sweep messages are delivered in
             // the order their commits were pushed (the silence after the stalls before it).
             let rank = u8::from(message.kind == MessageType::ObjectSilent);

@@ -299,35 +299,11 @@ pub fn apply_event(
 
     if let Some(last) = st.last_event_at {
         if event.timestamp < last {
-            // What it says of its own commit still counts — and a success, of what it
-            // skipped since the object's latest apply before it.
-            let mut targets: Vec<TargetUpdate> = match (event.object.is_source(), own_state(class))
-            {
-                (false, Some(s)) => own(s).into_iter().collect(),
-                _ => vec![],
+            let own = match (event.object.is_source(), own_state(class)) {
+                (false, Some(s)) => own(s),
+                _ => None,
             };
-            let graph = follow_of(event, ctx.commit.as_ref())
-                .filter(|f| st.follows.as_ref() == Some(f))
-                .and(ctx.graph);
-            let first_report = st.since.is_none_or(|s| event.timestamp < s);
-            st.since = Some(st.since.map_or(event.timestamp, |s| s.min(event.timestamp)));
-            if let (Some(u), Some(graph), true) = (targets.first(), graph, first_report) {
-                // The object's first report, arriving late: had it arrived in time, the
-                // object would have followed from it, expecting what was pushed after.
-                targets.extend(on_follow(&st, graph, &u.sha));
-            }
-            if let (Class::Applied, Some(u), Some(graph)) = (class, targets.first(), graph) {
-                let previous = st
-                    .recently_applied()
-                    .into_iter()
-                    .rev()
-                    .find(|a| graph.is_ancestor(a, &u.sha));
-                let skipped = graph.superseded(&u.sha, previous.as_ref());
-                let by = u.sha.clone();
-                for c in skipped {
-                    targets.push(superseded(graph, c, &event.object, &by, event.timestamp));
-                }
-            }
+            let targets = late_event(&mut st, event, class, ctx, own);
             return outcome(st, targets, Disposition::Stale);
         }
         if event.timestamp == last && st.seen.contains(&event.fingerprint) {
@@ -422,6 +398,50 @@ pub fn apply_event(
         st.follows = Some(f);
     }
     finish(st, step, event)
+}
+
+/// An event older than the object's newest (`Stale`): the object's state stays, except the
+/// time of its first report; what the event says of commits still counts — its own commit's
+/// row, what a success skipped since the object's latest apply before it, and, if it is the
+/// object's first report, the pushes after it (had it arrived in time, the object would have
+/// followed from it).
+fn late_event(
+    st: &mut ObjectState,
+    event: &FluxEvent,
+    class: Class,
+    ctx: &Context<'_>,
+    own: Option<TargetUpdate>,
+) -> Vec<TargetUpdate> {
+    let first_report = st.since.is_none_or(|s| event.timestamp < s);
+    st.since = Some(st.since.map_or(event.timestamp, |s| s.min(event.timestamp)));
+    let Some(own) = own else { return vec![] };
+    let graph = follow_of(event, ctx.commit.as_ref())
+        .filter(|f| st.follows.as_ref() == Some(f))
+        .and(ctx.graph);
+    let mut targets = vec![];
+    if let Some(graph) = graph {
+        if first_report {
+            targets.extend(on_follow(st, graph, &own.sha));
+        }
+        if class == Class::Applied {
+            let previous = st
+                .recently_applied()
+                .into_iter()
+                .rev()
+                .find(|a| graph.is_ancestor(a, &own.sha));
+            for c in graph.superseded(&own.sha, previous.as_ref()) {
+                targets.push(superseded(
+                    graph,
+                    c,
+                    &event.object,
+                    &own.sha,
+                    event.timestamp,
+                ));
+            }
+        }
+    }
+    targets.insert(0, own);
+    targets
 }
 
 /// What one event adds besides the object's new state.

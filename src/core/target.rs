@@ -87,20 +87,19 @@ impl TargetRecord {
         )
     }
 
-    /// Merges what one event says of its own commit: `late` for an event older than the
-    /// object's last one (a stale event, or a duplicate re-issuing its updates), which fills
-    /// in but never replaces what an event of the same or a later second wrote.
+    /// Merges what one event says of commits: `late` for an event older than the object's
+    /// last one (a stale event, or a duplicate re-issuing its updates), which fills in but
+    /// never replaces what an event of the same second wrote. `None`: nothing to write.
     pub fn merge_event(
         existing: Option<TargetRecord>,
         u: &TargetUpdate,
         late: bool,
-    ) -> TargetRecord {
-        let row = if late {
+    ) -> Option<TargetRecord> {
+        if late {
             Self::merge_replayed(existing, u)
         } else {
             Self::merge_opt(existing, u)
-        };
-        row.expect("events report observed states and supersessions, which leave a row")
+        }
     }
 
     /// Merges an update re-issued for a duplicate event (its first attempt may have stopped
@@ -260,12 +259,5 @@ impl TargetRecord {
         }
         row.last_event_at = u.at;
         Some(row)
-    }
-
-    /// [`merge_opt`](Self::merge_opt) for updates that always leave a row (everything but a
-    /// `stalled` or `discarded` for an absent row, which yields the existing `None` as no
-    /// row: callers of this form never pass those).
-    pub fn merge(existing: Option<TargetRecord>, u: &TargetUpdate) -> TargetRecord {
-        Self::merge_opt(existing, u).expect("an update that creates a row")
     }
 }

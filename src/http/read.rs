@@ -10,6 +10,7 @@ use crate::config::SecretPair;
 use crate::core::{IncidentState, ObjectState};
 use crate::domain::CommitSha;
 use crate::git::signature::token_matches;
+use crate::ledger::records::Delivery;
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.settings.api_token else {
@@ -133,15 +134,15 @@ pub(super) async fn outbox(
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
     authorize(state, headers)?;
-    let delivery = query_param(query, "delivery").unwrap_or_else(|| "dead".into());
-    if !matches!(delivery.as_str(), "pending" | "dead" | "delivered") {
+    let asked = query_param(query, "delivery").unwrap_or_else(|| "dead".into());
+    let Some(delivery) = Delivery::parse(&asked) else {
         return Err(ApiError::InvalidQuery(format!(
-            "delivery={delivery:?}: expected pending, dead or delivered"
+            "delivery={asked:?}: expected pending, dead or delivered"
         )));
-    }
+    };
     let items: Vec<serde_json::Value> = state
         .ledger
-        .outbox(&delivery)
+        .outbox(delivery)
         .await?
         .into_iter()
         .map(|r| {
@@ -199,15 +200,15 @@ pub(super) async fn health(
 
 /// Messages waiting and parked, for the health report (`null` when the store cannot say).
 async fn outbox_counts(state: &AppState) -> serde_json::Value {
-    let count = |d: &'static str| async move {
+    let count = |d: Delivery| async move {
         state
             .ledger
             .store()
-            .query_where(crate::store::Table::Objects, "delivery", d)
+            .query_where(crate::store::Table::Objects, "delivery", d.as_str())
             .await
             .map(|v| v.len())
     };
-    match (count("pending").await, count("dead").await) {
+    match (count(Delivery::Pending).await, count(Delivery::Dead).await) {
         (Ok(pending), Ok(dead)) => json!({"pending": pending, "dead": dead}),
         _ => serde_json::Value::Null,
     }

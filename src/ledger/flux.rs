@@ -11,11 +11,49 @@ use serde_json::json;
 
 use super::records::{CommitRecord, OutboxRecord, ROW_EVENT, ROW_INCIDENT, ROW_OUTBOX, ROW_STATE};
 use super::{object_partition, tagged, Ledger, Recorded, MAX_CONFLICT_RETRIES};
-use crate::core::{self, CommitInfo, Context, Disposition, ObjectState, TargetRecord};
-use crate::flux::{classify, Class, FluxEvent};
-use crate::store::{BatchOp, Row, StoreError, Table};
+use crate::core::{
+    self, CommitInfo, Context, Disposition, ObjectState, TargetRecord, TargetUpdate,
+};
+use crate::domain::CommitSha;
+use crate::flux::{classify, Class, FluxEvent, ObjectRef};
+use crate::store::{BatchOp, Etag, Row, StoreError, Table};
+
+impl Rows {
+    /// The row this outcome writes for the object's own commit `sha`.
+    fn own_row(&self, sha: &CommitSha, object: &ObjectRef) -> Option<TargetRecord> {
+        self.blind
+            .iter()
+            .find(|(s, _)| s == sha)
+            .map(|(_, row)| row.clone())
+            .or_else(|| {
+                self.read
+                    .iter()
+                    .find(|(u, _, _)| &u.sha == sha && &u.object == object)
+                    .and_then(|(_, row, _)| row.clone())
+            })
+    }
+}
+
+/// What one attempt at an event reads before the core runs.
+struct Loaded {
+    state: Option<ObjectState>,
+    etag: Option<Etag>,
+    commit: Option<CommitInfo>,
+    graph: Option<core::BranchGraph>,
+}
+
+/// The target rows an outcome writes: those this object wrote last, merged from its cached
+/// copy and written blind, and the others, read and written conditionally on what was read.
+/// `None` rows are updates that create nothing (a `discarded` for a commit never expected).
+#[derive(Default)]
+struct Rows {
+    blind: Vec<(CommitSha, TargetRecord)>,
+    read: Vec<(TargetUpdate, Option<TargetRecord>, Option<Etag>)>,
+}
 
 impl Ledger {
+    /// One Flux event: load what the core needs, run it, plan the target rows, write it all
+    /// in one call — again from the start when another writer got there first.
     pub(super) async fn project_flux(
         &self,
         event: &FluxEvent,
@@ -25,39 +63,13 @@ impl Ledger {
         let pk = object_partition(&event.object);
         let history = history_row(&pk, event, class);
         for _ in 0..MAX_CONFLICT_RETRIES {
-            // The state this process wrote last, else the stored one.
-            let (state, etag) = match self.states.take(&pk) {
-                Some((state, etag)) => (Some(state), Some(etag)),
-                None => match self.store.get(Table::Objects, &pk, "state").await? {
-                    Some(e) => (Some(e.record::<ObjectState>()?), e.etag.clone()),
-                    None => (None, None),
-                },
-            };
-            let commit = self.commit_info(event, state.as_ref()).await?;
-            let followed = state.as_ref().and_then(|s| s.follows.clone());
-            let reported = core::follow_of(event, commit.as_ref());
-            // A branch the object starts following: its later pushes are replayed for it.
-            let new_follow = reported.is_some() && reported != followed;
-            let follow = reported.or(followed);
-            // Only applying a new commit can supersede: the branch history is read for those.
-            let applies_new = class == Class::Applied
-                && core::event_sha(event, commit.as_ref()).is_some_and(|sha| {
-                    state
-                        .as_ref()
-                        .and_then(|s| s.applied.as_ref())
-                        .and_then(|a| a.sha.as_deref())
-                        != Some(sha.as_str())
-                });
-            // An older event than the object's last: it may still supersede, or show the
-            // object on the branch before what made it follow.
-            let older = state
-                .as_ref()
-                .and_then(|s| s.last_event_at)
-                .is_some_and(|last| event.timestamp < last);
-            let graph = match (&follow, applies_new || new_follow || older) {
-                (Some(f), true) => Some(self.branch_graph(&f.repository, &f.git_ref).await?),
-                _ => None,
-            };
+            let loaded = self.load(&pk, event, class).await?;
+            let Loaded {
+                state,
+                etag,
+                commit,
+                graph,
+            } = loaded;
             let ctx = Context {
                 commit: commit.clone(),
                 graph: graph.as_ref(),
@@ -65,167 +77,42 @@ impl Ledger {
             let previous_follow = state.as_ref().and_then(|s| s.follows.clone());
             let cached = state.as_ref().and_then(|s| s.current_target.clone());
             let mut out = core::apply_event(state, event, class, &ctx, received_at);
-            match out.disposition {
-                Disposition::Duplicate => {
-                    // Unchanged: it goes back to the cache as it was taken.
-                    if let Some(etag) = etag {
-                        self.states.put_state(&pk, &out.state, etag);
-                    }
-                    // A retry: its first attempt may have stopped before the target rows.
-                    for u in &out.targets {
-                        self.merge_target(u, true).await?;
-                    }
-                    return Ok(Recorded::Duplicate);
+            if out.disposition == Disposition::Duplicate {
+                // Unchanged: it goes back to the cache as it was taken.
+                if let Some(etag) = etag {
+                    self.states.put_state(&pk, &out.state, etag);
                 }
-                // An older event than the object's last: it changes nothing of the object,
-                // but what it says of its own commit is merged into that commit's row, with
-                // its history row, through the same conditional write as any event.
-                Disposition::Stale | Disposition::Applied => {}
+                // A retry: its first attempt may have stopped before the target rows.
+                for u in &out.targets {
+                    self.merge_target(u, true).await?;
+                }
+                return Ok(Recorded::Duplicate);
             }
+            // An older event than the object's last (`Stale`) changes nothing of the object,
+            // but what it says of commits is merged into their rows, with its history row,
+            // through the same conditional write as any event.
             let stale = out.disposition == Disposition::Stale;
-            // The row of the latest commit is written blind from the cached copy when this
-            // object wrote it last; other rows are read, merged and written.
-            let mut blind = Vec::new();
-            let mut merged = Vec::new();
-            for u in &out.targets {
-                match &cached {
-                    Some(c) if c.sha == u.sha && c.row.name == u.object.name => blind.push((
-                        u.sha.clone(),
-                        TargetRecord::merge_event(Some(c.row.clone()), u, stale),
-                    )),
-                    _ => merged.push(u.clone()),
+            let rows = self.plan_rows(&out, cached.as_ref(), stale).await?;
+            // The commit of the object's latest event (a stale event's is not), and the row
+            // the state remembers for it.
+            if !stale {
+                let latest = core::event_sha(event, commit.as_ref());
+                out.state.commit = commit.filter(|c| Some(&c.sha) == latest.as_ref());
+                if let Some(sha) = latest {
+                    if let Some(row) = rows.own_row(&sha, &event.object) {
+                        out.state.current_target = Some(core::CurrentTarget { sha, row });
+                    }
+                }
+            } else if let Some(c) = &cached {
+                if let Some(row) = rows.own_row(&c.sha, &event.object) {
+                    out.state.current_target = Some(core::CurrentTarget {
+                        sha: c.sha.clone(),
+                        row,
+                    });
                 }
             }
-            // The commit of the object's latest event (a stale event's is not).
-            let latest = if stale {
-                cached.as_ref().map(|c| c.sha.clone())
-            } else {
-                core::event_sha(event, commit.as_ref())
-            };
-            if let (Some(sha), false) = (&latest, stale) {
-                out.state.commit = commit.clone().filter(|c| &c.sha == sha);
-            }
-            // Rows the object did not write last are read now and merged, and written in the
-            // same commit as the object's transaction, each conditional on what was read (a
-            // concurrent push or event makes the commit fail and the whole event retry).
-            let mut read_merged: Vec<(
-                core::TargetUpdate,
-                TargetRecord,
-                Option<crate::store::Etag>,
-            )> = Vec::new();
-            for u in &merged {
-                if let Some((_, row, _)) = read_merged
-                    .iter_mut()
-                    .find(|(m, _, _)| m.sha == u.sha && m.object == u.object)
-                {
-                    *row = TargetRecord::merge_event(Some(row.clone()), u, stale);
-                    continue;
-                }
-                let stored = self
-                    .store
-                    .get(
-                        Table::Commits,
-                        u.sha.as_str(),
-                        &TargetRecord::row_key(&u.object),
-                    )
-                    .await?;
-                let (record, etag) = match stored {
-                    Some(e) => (Some(e.record::<TargetRecord>()?), e.etag.clone()),
-                    None => (None, None),
-                };
-                read_merged.push((u.clone(), TargetRecord::merge_event(record, u, stale), etag));
-            }
-            // The state remembers the row it is about to write for its latest commit.
-            let own_latest = blind
-                .iter()
-                .find(|(sha, _)| Some(sha) == latest.as_ref())
-                .cloned()
-                .or_else(|| {
-                    read_merged
-                        .iter()
-                        .find(|(u, _, _)| {
-                            Some(&u.sha) == latest.as_ref() && u.object == event.object
-                        })
-                        .map(|(u, row, _)| (u.sha.clone(), row.clone()))
-                });
-            if let Some((sha, row)) = own_latest {
-                out.state.current_target = Some(core::CurrentTarget { sha, row });
-            }
-            let mut ops = Vec::with_capacity(2 + out.incidents.len() + out.messages.len());
-            let state_row = tagged(&pk, "state", &out.state, &[("rowType", ROW_STATE)]);
-            // The cache keeps the row's text: the state is encoded once.
-            let state_json = state_row.json().to_owned();
-            ops.push(match &etag {
-                Some(etag) => BatchOp::Update(state_row, etag.clone()),
-                None => BatchOp::Insert(state_row),
-            });
-            ops.push(BatchOp::Insert(history.clone()));
-            for inc in &out.incidents {
-                // Its `state` (`open`, `resolved`) is a top-level string already: a tag.
-                ops.push(BatchOp::Upsert(tagged(
-                    &pk,
-                    &format!("incident|{}", inc.id),
-                    inc,
-                    &[("rowType", ROW_INCIDENT)],
-                )));
-            }
-            for (i, m) in out.messages.iter().enumerate() {
-                let rec = OutboxRecord {
-                    message: m.clone(),
-                    delivery: "pending".into(),
-                    attempts: 0,
-                    delivered_at: None,
-                    next_attempt_at: None,
-                    last_error: None,
-                };
-                // Ordered per object: the event count, then the message's place in it.
-                let rk = format!("outbox|{:012}|{i:02}|{}", out.state.events, m.id);
-                ops.push(BatchOp::Insert(tagged(
-                    &pk,
-                    &rk,
-                    &rec,
-                    &[("rowType", ROW_OUTBOX)],
-                )));
-            }
-            // The object's transaction, its target rows and a new follows row in one call:
-            // one commit on SQLite; on Table Storage the object's transaction first, then the
-            // rows (a failure after it is finished by the retry, which sees a duplicate).
-            let mut writes = vec![(Table::Objects, pk.clone(), ops)];
-            for (sha, row) in &blind {
-                let entity =
-                    Row::from_record(sha.as_str(), TargetRecord::row_key(&event.object), row);
-                writes.push((
-                    Table::Commits,
-                    sha.to_string(),
-                    vec![BatchOp::Upsert(entity)],
-                ));
-            }
-            for (u, row, etag) in &read_merged {
-                let entity =
-                    Row::from_record(u.sha.as_str(), TargetRecord::row_key(&u.object), row);
-                let op = match etag {
-                    Some(etag) => BatchOp::Update(entity, etag.clone()),
-                    None => BatchOp::Insert(entity),
-                };
-                writes.push((Table::Commits, u.sha.to_string(), vec![op]));
-            }
-            let new_follow = out
-                .state
-                .follows
-                .as_ref()
-                .filter(|f| previous_follow.as_ref() != Some(*f));
-            if let Some(f) = new_follow {
-                let follow_pk = super::records::PushRecord::partition(&f.repository, &f.git_ref);
-                writes.push((
-                    Table::Follows,
-                    follow_pk.clone(),
-                    vec![BatchOp::Upsert(Row::from_record(
-                        &follow_pk,
-                        &pk,
-                        &out.state.object,
-                    ))],
-                ));
-            }
+            let (writes, state_json) =
+                self.writes(&pk, &out, etag, &history, &rows, previous_follow.as_ref());
             let state_etag = match self.store.batches(writes).await {
                 Ok(tags) => tags.into_iter().next().and_then(|t| t.into_iter().next()),
                 // A stale event's history row exists: a retry of it. Its first attempt may
@@ -251,6 +138,175 @@ impl Ledger {
         Err(StoreError::Unavailable(
             "object state kept changing under concurrent writers".into(),
         ))
+    }
+
+    /// The object's state (the one this process wrote last, else the stored one), the
+    /// event's commit, and the followed branch's history when the event needs it: applying a
+    /// new commit (it supersedes), starting to follow a branch (its later pushes are
+    /// replayed), or arriving late (it may still supersede, or be the object's first report).
+    async fn load(&self, pk: &str, event: &FluxEvent, class: Class) -> Result<Loaded, StoreError> {
+        let (state, etag) = match self.states.take(pk) {
+            Some((state, etag)) => (Some(state), Some(etag)),
+            None => match self.store.get(Table::Objects, pk, "state").await? {
+                Some(e) => (Some(e.record::<ObjectState>()?), e.etag.clone()),
+                None => (None, None),
+            },
+        };
+        let commit = self.commit_info(event, state.as_ref()).await?;
+        let followed = state.as_ref().and_then(|s| s.follows.clone());
+        let reported = core::follow_of(event, commit.as_ref());
+        let new_follow = reported.is_some() && reported != followed;
+        let follow = reported.or(followed);
+        let applies_new = class == Class::Applied
+            && core::event_sha(event, commit.as_ref()).is_some_and(|sha| {
+                state
+                    .as_ref()
+                    .and_then(|s| s.applied.as_ref())
+                    .and_then(|a| a.sha.as_deref())
+                    != Some(sha.as_str())
+            });
+        let older = state
+            .as_ref()
+            .and_then(|s| s.last_event_at)
+            .is_some_and(|last| event.timestamp < last);
+        let graph = match (&follow, applies_new || new_follow || older) {
+            (Some(f), true) => Some(self.branch_graph(&f.repository, &f.git_ref).await?),
+            _ => None,
+        };
+        Ok(Loaded {
+            state,
+            etag,
+            commit,
+            graph,
+        })
+    }
+
+    /// Merges the outcome's target updates into their rows: the row this object wrote last
+    /// from the cached copy, the others as read now (several updates of one row in order).
+    async fn plan_rows(
+        &self,
+        out: &core::Outcome,
+        cached: Option<&core::CurrentTarget>,
+        stale: bool,
+    ) -> Result<Rows, StoreError> {
+        let mut rows = Rows::default();
+        for u in &out.targets {
+            match cached {
+                Some(c) if c.sha == u.sha && c.row.name == u.object.name => {
+                    let base = rows
+                        .blind
+                        .iter()
+                        .position(|(sha, _)| sha == &u.sha)
+                        .map(|i| rows.blind.remove(i).1)
+                        .unwrap_or_else(|| c.row.clone());
+                    let merged =
+                        TargetRecord::merge_event(Some(base.clone()), u, stale).unwrap_or(base);
+                    rows.blind.push((u.sha.clone(), merged));
+                }
+                _ => {
+                    if let Some((_, row, _)) = rows
+                        .read
+                        .iter_mut()
+                        .find(|(m, _, _)| m.sha == u.sha && m.object == u.object)
+                    {
+                        *row = TargetRecord::merge_event(row.take(), u, stale);
+                        continue;
+                    }
+                    let stored = self
+                        .store
+                        .get(
+                            Table::Commits,
+                            u.sha.as_str(),
+                            &TargetRecord::row_key(&u.object),
+                        )
+                        .await?;
+                    let (record, etag) = match stored {
+                        Some(e) => (Some(e.record::<TargetRecord>()?), e.etag.clone()),
+                        None => (None, None),
+                    };
+                    let row = TargetRecord::merge_event(record, u, stale);
+                    rows.read.push((u.clone(), row, etag));
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The writes of one outcome, in one call: the object's transaction (state, history,
+    /// incidents, outbox), its target rows and a new follows row — one commit on SQLite; on
+    /// Table Storage the object's transaction first, then the rows (a failure after it is
+    /// finished by the retry, which sees a duplicate). Also the state row's text, for the
+    /// cache (the state is encoded once).
+    fn writes(
+        &self,
+        pk: &str,
+        out: &core::Outcome,
+        etag: Option<Etag>,
+        history: &Row,
+        rows: &Rows,
+        previous_follow: Option<&core::Follow>,
+    ) -> (Vec<(Table, String, Vec<BatchOp>)>, String) {
+        let mut ops = Vec::with_capacity(2 + out.incidents.len() + out.messages.len());
+        let state_row = tagged(pk, "state", &out.state, &[("rowType", ROW_STATE)]);
+        let state_json = state_row.json().to_owned();
+        ops.push(match etag {
+            Some(etag) => BatchOp::Update(state_row, etag),
+            None => BatchOp::Insert(state_row),
+        });
+        ops.push(BatchOp::Insert(history.clone()));
+        for inc in &out.incidents {
+            // Its `state` (`open`, `resolved`) is a top-level string already: a tag.
+            ops.push(BatchOp::Upsert(tagged(
+                pk,
+                &format!("incident|{}", inc.id),
+                inc,
+                &[("rowType", ROW_INCIDENT)],
+            )));
+        }
+        for (i, m) in out.messages.iter().enumerate() {
+            let rec = OutboxRecord::pending(m.clone());
+            // Ordered per object: the event count, then the message's place in it.
+            let rk = format!("outbox|{:012}|{i:02}|{}", out.state.events, m.id);
+            ops.push(BatchOp::Insert(tagged(
+                pk,
+                &rk,
+                &rec,
+                &[("rowType", ROW_OUTBOX)],
+            )));
+        }
+        let mut writes = vec![(Table::Objects, pk.to_string(), ops)];
+        let object = &out.state.object;
+        for (sha, row) in &rows.blind {
+            let entity = Row::from_record(sha.as_str(), TargetRecord::row_key(object), row);
+            writes.push((
+                Table::Commits,
+                sha.to_string(),
+                vec![BatchOp::Upsert(entity)],
+            ));
+        }
+        for (u, row, etag) in &rows.read {
+            let Some(row) = row else { continue };
+            let entity = Row::from_record(u.sha.as_str(), TargetRecord::row_key(&u.object), row);
+            let op = match etag {
+                Some(etag) => BatchOp::Update(entity, etag.clone()),
+                None => BatchOp::Insert(entity),
+            };
+            writes.push((Table::Commits, u.sha.to_string(), vec![op]));
+        }
+        if let Some(f) = out
+            .state
+            .follows
+            .as_ref()
+            .filter(|f| previous_follow != Some(*f))
+        {
+            let follow_pk = super::records::PushRecord::partition(&f.repository, &f.git_ref);
+            writes.push((
+                Table::Follows,
+                follow_pk.clone(),
+                vec![BatchOp::Upsert(Row::from_record(&follow_pk, pk, object))],
+            ));
+        }
+        (writes, state_json)
     }
 
     /// A Helm chart version's abbreviated commit: the one pushed commit with that prefix —
@@ -283,7 +339,7 @@ impl Ledger {
             if follows.is_some_and(|f| f.repository != c.repository) {
                 continue;
             }
-            let Ok(sha) = crate::domain::CommitSha::parse(&row.pk) else {
+            let Ok(sha) = CommitSha::parse(&row.pk) else {
                 continue;
             };
             found.push(CommitInfo {

@@ -456,10 +456,13 @@ impl Ledger {
     }
 
     /// Outbox messages in one delivery state (`pending`, `delivered`, `dead`), oldest first.
-    pub async fn outbox(&self, delivery: &str) -> Result<Vec<records::OutboxRecord>, StoreError> {
+    pub async fn outbox(
+        &self,
+        delivery: records::Delivery,
+    ) -> Result<Vec<records::OutboxRecord>, StoreError> {
         let mut out = self
             .store
-            .query_where(Table::Objects, "delivery", delivery)
+            .query_where(Table::Objects, "delivery", delivery.as_str())
             .await?
             .iter()
             .map(Entity::record::<records::OutboxRecord>)
@@ -477,12 +480,12 @@ impl Ledger {
     pub async fn redrive(&self) -> Result<usize, StoreError> {
         let dead = self
             .store
-            .query_where(Table::Objects, "delivery", "dead")
+            .query_where(Table::Objects, "delivery", records::Delivery::Dead.as_str())
             .await?;
         let mut n = 0;
         for row in dead {
             let mut rec: records::OutboxRecord = row.record()?;
-            rec.delivery = "pending".into();
+            rec.delivery = records::Delivery::Pending;
             rec.attempts = 0;
             rec.next_attempt_at = None;
             let entity =

@@ -45,13 +45,40 @@ impl Journaled {
 
 /// A message waiting in (or delivered from) an object's outbox. Row `outbox|{seq}|{id}` of
 /// the object's partition, written in the same batch as the state change that caused it.
+/// Where an outbox message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Waiting for (another) attempt.
+    Pending,
+    Delivered,
+    /// Parked after too many failed attempts, or refused: kept, listed, re-drivable.
+    Dead,
+}
+
+impl Delivery {
+    /// As stored (the value `query_where` filters on).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Pending => "pending",
+            Delivery::Delivered => "delivered",
+            Delivery::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Delivery> {
+        [Delivery::Pending, Delivery::Delivered, Delivery::Dead]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboxRecord {
     pub message: Message,
-    /// `pending`, `delivered` or `dead` (parked after too many failed attempts: kept,
-    /// listed, re-drivable); a top-level string so a scan can find them.
-    pub delivery: String,
+    /// A top-level string (`pending`, `delivered`, `dead`) so a scan can find them.
+    pub delivery: Delivery,
     pub attempts: u32,
     pub delivered_at: Option<DateTime<Utc>>,
     /// Not before: the backoff after a failed attempt.
@@ -59,6 +86,20 @@ pub struct OutboxRecord {
     pub next_attempt_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub last_error: Option<String>,
+}
+
+impl OutboxRecord {
+    /// A new message, waiting for its first attempt.
+    pub fn pending(message: Message) -> Self {
+        OutboxRecord {
+            message,
+            delivery: Delivery::Pending,
+            attempts: 0,
+            delivered_at: None,
+            next_attempt_at: None,
+            last_error: None,
+        }
+    }
 }
 
 /// The row types of an object's partition (property `rowType`).

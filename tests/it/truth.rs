@@ -586,3 +586,27 @@ async fn helm_chart_versions_link_their_source_commit() {
         );
     }
 }
+
+/// An object whose first report arrives after a forced push: the pushes after its commit are
+/// replayed for it, the forced push's removed commits among them — which have no row on it
+/// (`discarded` creates none). Its commits pushed after are pending, as if it had followed.
+#[tokio::test]
+async fn a_first_report_after_a_forced_push_replays_what_followed() {
+    let app = spawn_app().await;
+    push(&app, "refs/heads/main", Some(0), &[1], false).await;
+    push(&app, "refs/heads/main", Some(1), &[2], false).await;
+    push(&app, "refs/heads/main", Some(2), &[3], true).await; // 2 amended as 3
+    push(&app, "refs/heads/main", Some(3), &[4], false).await;
+    // It reports 2 (it reconciled before the amend reached it): 1 came before, never
+    // expected; 3 replaced 2 (the forced push removed 1 and 2 by known push chains).
+    let two = kustomization("ReconciliationFailed", "main", 2, at(10), "x");
+    assert_eq!(send(&app, "prod-eu", &two).await, StatusCode::ACCEPTED);
+    assert_eq!(
+        state(&app, 1).await,
+        None,
+        "before it followed: no row, none created"
+    );
+    assert_eq!(state(&app, 2).await.as_deref(), Some("failed"));
+    assert_eq!(state(&app, 3).await.as_deref(), Some("pending"));
+    assert_eq!(state(&app, 4).await.as_deref(), Some("pending"));
+}
