@@ -489,6 +489,78 @@ impl Story {
     }
 }
 
+impl Story {
+    /// Delivered in the order `order` says (with forced pushes: each push before the reports
+    /// of its commits), with `dups` re-sent later, the history ends in the views of the
+    /// order things happened in — targets, objects, incidents, the set of messages — and
+    /// both runs are what the contract says ([`World::check`]).
+    pub fn assert_arrival_order_is_irrelevant(
+        &self,
+        order: &[u8],
+        dups: &[(u16, u16)],
+        forced: bool,
+    ) {
+        let canonical = World::run(&self.canonical);
+        canonical.check(self);
+        let arrived = with_duplicates(&self.interleaved(&mut Bytes(order), forced), dups);
+        let w = World::run(&arrived);
+        w.check(self);
+        assert_eq!(canonical.snapshot(), w.snapshot());
+    }
+
+    /// notification-controller's own disorder within one object ([`Story::disturbed`]):
+    /// ties go by arrival and a late older event never undoes a newer one, so the object's
+    /// later story may differ (a late failure opens no incident); what must not differ is
+    /// what each commit did on each object (its target state), the object's newest report
+    /// (and, for a swapped pair, its status), and the contract's invariants. (An object
+    /// whose first report arrives late, after a forced push, may end with a `discarded` row
+    /// where the in-order run has none, or the reverse: neither is expected, neither alarms.)
+    pub fn assert_disorder_keeps_every_commit_true(&self, which: usize, late: usize, swap: bool) {
+        let canonical = World::run(&self.canonical);
+        let w = World::run(&self.disturbed(which, late, swap));
+        w.check(self);
+        let states = |w: &World| -> Vec<_> {
+            w.targets
+                .iter()
+                .filter(|(_, r)| r.state != TargetState::Discarded)
+                .map(|(k, r)| (k.clone(), r.state))
+                .collect()
+        };
+        assert_eq!(states(&canonical), states(&w));
+        let latest = |w: &World| -> Vec<_> {
+            w.states
+                .values()
+                .map(|s| (s.object.clone(), s.last_event_at, s.last_revision.clone()))
+                .collect()
+        };
+        assert_eq!(latest(&canonical), latest(&w));
+        if swap {
+            let status = |w: &World| -> Vec<_> {
+                w.states
+                    .values()
+                    .map(|s| (s.object.clone(), s.status))
+                    .collect()
+            };
+            assert_eq!(status(&canonical), status(&w));
+        }
+    }
+}
+
+/// The deliveries with some re-sent later (NC's retries of events it thinks failed, hosts'
+/// redeliveries): `dups` pairs (which, how much later).
+pub fn with_duplicates(order: &[Delivery], dups: &[(u16, u16)]) -> Vec<Delivery> {
+    let mut out = order.to_vec();
+    for (which, later) in dups {
+        if out.is_empty() {
+            break;
+        }
+        let i = usize::from(*which) % out.len();
+        let at = i + 1 + usize::from(*later) % (out.len() - i);
+        out.insert(at, out[i].clone());
+    }
+    out
+}
+
 impl World {
     pub fn deliver(&mut self, d: &Delivery) {
         match d {

@@ -1001,50 +1001,29 @@ fn change_set_after_its_success_leaves_the_object_ready() {
 
 // ---- order-independence over generated histories ------------------------------------------
 
-/// The deliveries with some re-sent later (NC's retries of events it thinks failed, hosts'
-/// redeliveries): `dups` pairs (which, how much later).
-fn with_duplicates(order: &[Delivery], dups: &[(u16, u16)]) -> Vec<Delivery> {
-    let mut out = order.to_vec();
-    for (which, later) in dups {
-        if out.is_empty() {
-            break;
-        }
-        let i = usize::from(*which) % out.len();
-        let at = i + 1 + usize::from(*later) % (out.len() - i);
-        out.insert(at, out[i].clone());
-    }
-    out
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     /// Any interleaving of the senders (pushes, and each object's events, each in its own
     /// order) — Flux reporting commits before their pushes arrive among them — with retries
-    /// and redeliveries anywhere, ends in the views of the order things happened in:
-    /// targets, objects, incidents, the set of messages. And both are what the contract says
-    /// (`World::check`). Histories without forced pushes (see the next property).
+    /// and redeliveries anywhere, ends in the views of the order things happened in. With
+    /// forced pushes (rollbacks, amends), for every order in which each push arrives before
+    /// the reports of its commits: a report that precedes the push of its commit *and* a
+    /// later rollback is order-dependent — where the object started following is then
+    /// unknowable without comparing a Flux time with a push's receipt.
     #[test]
     fn histories_end_the_same_in_every_arrival_order(
         story in proptest::collection::vec(any::<u8>(), 8..48),
         order in proptest::collection::vec(any::<u8>(), 0..96),
         dups in proptest::collection::vec((any::<u16>(), any::<u16>()), 0..6),
+        forced in any::<bool>(),
     ) {
-        let story = Story::generate(&mut Bytes(&story), false);
-        let canonical = World::run(&story.canonical);
-        canonical.check(&story);
-        let arrived = with_duplicates(&story.interleaved(&mut Bytes(&order), false), &dups);
-        let w = World::run(&arrived);
-        w.check(&story);
-        prop_assert_eq!(canonical.snapshot(), w.snapshot());
+        Story::generate(&mut Bytes(&story), forced)
+            .assert_arrival_order_is_irrelevant(&order, &dups, forced);
     }
 
     /// notification-controller's own disorder within one object: the change set and the
-    /// success of one reconciliation swapped, an event retried late. Ties go by arrival and a
-    /// late older event never undoes a newer one, so the object's later story may differ
-    /// (a late failure opens no incident); what must not differ is what each commit did on
-    /// each object (its target state), the object's newest report (and, for the swapped
-    /// pair, its status), and the contract's invariants.
+    /// success of one reconciliation swapped, an event retried late.
     #[test]
     fn late_and_concurrent_events_keep_every_commit_true(
         story in proptest::collection::vec(any::<u8>(), 8..48),
@@ -1053,52 +1032,8 @@ proptest! {
         swap in any::<bool>(),
         forced in any::<bool>(),
     ) {
-        let story = Story::generate(&mut Bytes(&story), forced);
-        let canonical = World::run(&story.canonical);
-        let w = World::run(&story.disturbed(which, late, swap));
-        w.check(&story);
-        // (An object whose first report arrives late, after a forced push, may end with a
-        // `discarded` row where the in-order run has none, or the reverse: neither is
-        // expected, neither alarms.)
-        let states = |w: &World| -> Vec<_> {
-            w.targets
-                .iter()
-                .filter(|(_, r)| r.state != TargetState::Discarded)
-                .map(|(k, r)| (k.clone(), r.state))
-                .collect()
-        };
-        prop_assert_eq!(states(&canonical), states(&w));
-        // The object's newest report is the same; a late older one does not change the
-        // object (contract §3), so its status is compared for the swapped pair only.
-        let latest = |w: &World| -> Vec<_> {
-            w.states.values().map(|s| (s.object.clone(), s.last_event_at, s.last_revision.clone())).collect()
-        };
-        prop_assert_eq!(latest(&canonical), latest(&w));
-        if swap {
-            let status = |w: &World| -> Vec<_> {
-                w.states.values().map(|s| (s.object.clone(), s.status)).collect()
-            };
-            prop_assert_eq!(status(&canonical), status(&w));
-        }
-    }
-
-    /// With forced pushes (rollbacks, amends): the same, for every order in which each push
-    /// arrives before the Flux reports of its commits. (A report that precedes the push
-    /// of its commit *and* a later rollback is order-dependent: where the object started
-    /// following is then unknowable without comparing a Flux time with a push's receipt.)
-    #[test]
-    fn histories_with_forced_pushes_end_the_same_in_every_arrival_order(
-        story in proptest::collection::vec(any::<u8>(), 8..48),
-        order in proptest::collection::vec(any::<u8>(), 0..96),
-        dups in proptest::collection::vec((any::<u16>(), any::<u16>()), 0..6),
-    ) {
-        let story = Story::generate(&mut Bytes(&story), true);
-        let canonical = World::run(&story.canonical);
-        canonical.check(&story);
-        let arrived = with_duplicates(&story.interleaved(&mut Bytes(&order), true), &dups);
-        let w = World::run(&arrived);
-        w.check(&story);
-        prop_assert_eq!(canonical.snapshot(), w.snapshot());
+        Story::generate(&mut Bytes(&story), forced)
+            .assert_disorder_keeps_every_commit_true(which, late, swap);
     }
 }
 
