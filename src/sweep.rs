@@ -188,8 +188,10 @@ async fn stall_object(
                     Some(e) => Some(e.record()?),
                     None => None,
                 };
-            if commit.is_some_and(|c| c.repository != f.repository || !c.refs.contains(&f.git_ref))
-            {
+            if commit.is_some_and(|c| {
+                c.repository != f.repository.as_str()
+                    || !c.refs.iter().any(|r| r == f.git_ref.as_str())
+            }) {
                 continue;
             }
         }
@@ -205,7 +207,7 @@ async fn stall_object(
                 kind: MessageType::RolloutStalled,
                 object: object.clone(),
                 time: overdue_at,
-                revision: follows.as_ref().map(|f| f.git_ref.clone()),
+                revision: follows.as_ref().map(|f| f.git_ref.to_string()),
                 sha: Some(sha.clone()),
                 reason: Some("RolloutStalled".into()),
                 message: Some(format!(
@@ -216,7 +218,7 @@ async fn stall_object(
                     humantime::format_duration(limit.to_std().unwrap_or_default()),
                 )),
                 incident_id: None,
-                repository: follows.as_ref().map(|f| f.repository.clone()),
+                repository: follows.as_ref().map(|f| f.repository.to_string()),
             }),
             // Once per silence: keyed by the object's last report (its event count).
             std::cmp::Ordering::Equal => Some(Message {
@@ -245,7 +247,7 @@ async fn stall_object(
                     object.subject(),
                 )),
                 incident_id: None,
-                repository: follows.as_ref().map(|f| f.repository.clone()),
+                repository: follows.as_ref().map(|f| f.repository.to_string()),
             }),
             std::cmp::Ordering::Greater => None,
         };

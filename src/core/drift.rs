@@ -25,11 +25,11 @@ pub fn message(f: &Facts<'_>) -> Message {
         object: e.object.clone(),
         time: e.timestamp,
         revision: f.revision.clone(),
-        sha: f.sha.clone(),
+        sha: f.sha.as_ref().map(ToString::to_string),
         reason: Some(e.reason.clone()),
         message: Some(e.message.clone()),
         incident_id: None,
-        repository: f.repository.clone(),
+        repository: f.repository.as_ref().map(ToString::to_string),
     }
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::message::{message_id, Message, MessageType};
+use crate::domain::{CommitSha, RepoKey};
 use crate::flux::{FluxEvent, ObjectRef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +48,8 @@ fn incident_id(object: &ObjectRef, opening_event: &str) -> String {
 pub struct Facts<'a> {
     pub event: &'a FluxEvent,
     pub revision: Option<String>,
-    pub sha: Option<String>,
-    pub repository: Option<String>,
+    pub sha: Option<CommitSha>,
+    pub repository: Option<RepoKey>,
 }
 
 impl Facts<'_> {
@@ -59,11 +60,11 @@ impl Facts<'_> {
             object: incident.object.clone(),
             time: self.event.timestamp,
             revision: self.revision.clone(),
-            sha: self.sha.clone(),
+            sha: self.sha.as_ref().map(ToString::to_string),
             reason: Some(self.event.reason.clone()),
             message: Some(self.event.message.clone()),
             incident_id: Some(incident.id.clone()),
-            repository: self.repository.clone(),
+            repository: self.repository.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -80,7 +81,7 @@ pub fn on_failure(open: Option<Incident>, f: &Facts<'_>, out: &mut Vec<Message>)
                 opened_at: e.timestamp,
                 resolved_at: None,
                 revision: f.revision.clone(),
-                sha: f.sha.clone(),
+                sha: f.sha.as_ref().map(ToString::to_string),
                 reason: e.reason.clone(),
                 message: e.message.clone(),
                 failures: 1,
@@ -106,7 +107,7 @@ pub fn on_failure(open: Option<Incident>, f: &Facts<'_>, out: &mut Vec<Message>)
             inc.message = e.message.clone();
             if f.revision.is_some() && f.revision != inc.revision {
                 inc.revision = f.revision.clone();
-                inc.sha = f.sha.clone();
+                inc.sha = f.sha.as_ref().map(ToString::to_string);
                 let seq = inc.announcements;
                 inc.announcements += 1;
                 out.push(f.message(

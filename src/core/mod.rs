@@ -15,7 +15,7 @@ pub mod target;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::CommitSha;
+use crate::domain::{CommitSha, GitRef, RepoKey};
 use crate::flux::{Class, FluxEvent, ObjectRef};
 use drift::DriftEpisode;
 pub use history::BranchGraph;
@@ -46,15 +46,15 @@ pub enum ObjectStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Follow {
-    pub repository: String,
-    pub git_ref: String,
+    pub repository: RepoKey,
+    pub git_ref: GitRef,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Applied {
     pub revision: Option<String>,
-    pub sha: Option<String>,
+    pub sha: Option<CommitSha>,
     pub at: DateTime<Utc>,
 }
 
@@ -172,11 +172,7 @@ impl ObjectState {
     }
 
     fn applied_sha(&self) -> Option<CommitSha> {
-        self.applied
-            .as_ref()?
-            .sha
-            .as_deref()
-            .and_then(|s| CommitSha::parse(s).ok())
+        self.applied.as_ref()?.sha.clone()
     }
 }
 
@@ -184,8 +180,8 @@ impl ObjectState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommitInfo {
     pub sha: CommitSha,
-    pub repository: String,
-    pub refs: Vec<String>,
+    pub repository: RepoKey,
+    pub refs: Vec<GitRef>,
 }
 
 /// What the ledger knows around one event.
@@ -225,17 +221,20 @@ pub fn follow_of(event: &FluxEvent, commit: Option<&CommitInfo>) -> Option<Follo
     let revision = event.source_revision()?;
     let candidates = revision.candidate_refs();
     let git_ref = if candidates.is_empty() {
-        let branches: Vec<&String> = commit
+        let branches: Vec<&GitRef> = commit
             .refs
             .iter()
-            .filter(|r| r.starts_with("refs/heads/"))
+            .filter(|r| r.as_str().starts_with("refs/heads/"))
             .collect();
         match branches.as_slice() {
             [only] => (*only).clone(),
             _ => return None,
         }
     } else {
-        candidates.into_iter().find(|c| commit.refs.contains(c))?
+        candidates
+            .into_iter()
+            .find_map(|c| commit.refs.iter().find(|r| r.as_str() == c))?
+            .clone()
     };
     Some(Follow {
         repository: commit.repository.clone(),
@@ -345,7 +344,7 @@ pub fn apply_event(
     let facts = Facts {
         event,
         revision: revision.clone(),
-        sha: sha.as_ref().map(ToString::to_string),
+        sha: sha.clone(),
         repository,
     };
     let mut step = Step {

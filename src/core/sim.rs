@@ -9,9 +9,18 @@ use chrono::{DateTime, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::domain::{GitRef, RepoKey};
 use crate::flux::{classify, ObjectRef, Severity};
 
 pub const REPO: &str = "github.com/acme/fleet";
+
+pub fn repo() -> RepoKey {
+    RepoKey::from_url(REPO).expect("a repository key")
+}
+
+pub fn main_ref() -> GitRef {
+    GitRef::parse("refs/heads/main").expect("a full ref")
+}
 
 pub fn sha(n: u8) -> CommitSha {
     CommitSha::parse(&format!("{n:02x}").repeat(20)).unwrap()
@@ -107,8 +116,8 @@ impl World {
         for c in &list {
             self.commits.entry(c.clone()).or_insert_with(|| CommitInfo {
                 sha: c.clone(),
-                repository: REPO.into(),
-                refs: vec!["refs/heads/main".into()],
+                repository: repo(),
+                refs: vec![main_ref()],
             });
         }
         // Followers, and (as the ledger does) objects with a row on the push's tip whose
@@ -121,7 +130,10 @@ impl World {
         };
         let states: Vec<ObjectState> = self.states.values().cloned().collect();
         for st in states {
-            let follows = st.follows.as_ref().is_some_and(|f| f.git_ref == main);
+            let follows = st
+                .follows
+                .as_ref()
+                .is_some_and(|f| f.git_ref.as_str() == main);
             let reported = head.as_ref().is_some_and(|h| {
                 self.targets
                     .get(&(h.clone(), st.object.clone()))
@@ -138,8 +150,8 @@ impl World {
             let mut st2 = st.clone();
             if !follows {
                 st2.follows = Some(Follow {
-                    repository: REPO.into(),
-                    git_ref: main.clone(),
+                    repository: repo(),
+                    git_ref: main_ref(),
                 });
                 self.states.insert(st.object.clone(), st2.clone());
             }

@@ -22,8 +22,8 @@ fn success_applies_the_commit() {
     assert_eq!(
         st.follows,
         Some(Follow {
-            repository: REPO.into(),
-            git_ref: "refs/heads/main".into()
+            repository: repo(),
+            git_ref: main_ref()
         })
     );
     assert!(w.messages.is_empty());
@@ -951,8 +951,8 @@ fn first_apply_walk_is_bounded() {
             c(n + 1),
             CommitInfo {
                 sha: c(n + 1),
-                repository: REPO.into(),
-                refs: vec!["refs/heads/main".into()],
+                repository: repo(),
+                refs: vec![main_ref()],
             },
         );
     }
@@ -1097,8 +1097,8 @@ fn helm_chart_version_links_its_source_commit() {
         twin.clone(),
         CommitInfo {
             sha: twin,
-            repository: REPO.into(),
-            refs: vec!["refs/heads/other".into()],
+            repository: repo(),
+            refs: vec![GitRef::parse("refs/heads/other").unwrap()],
         },
     );
     w.send(&ev(&hr, "UpgradeSucceeded", Some(&version(4)), 50, "ok"));

@@ -162,8 +162,8 @@ impl Ledger {
                 state
                     .as_ref()
                     .and_then(|s| s.applied.as_ref())
-                    .and_then(|a| a.sha.as_deref())
-                    != Some(sha.as_str())
+                    .and_then(|a| a.sha.as_ref())
+                    != Some(&sha)
             });
         let older = state
             .as_ref()
@@ -299,7 +299,8 @@ impl Ledger {
             .as_ref()
             .filter(|f| previous_follow != Some(*f))
         {
-            let follow_pk = super::records::PushRecord::partition(&f.repository, &f.git_ref);
+            let follow_pk =
+                super::records::PushRecord::partition(f.repository.as_str(), f.git_ref.as_str());
             writes.push((
                 Table::Follows,
                 follow_pk.clone(),
@@ -336,17 +337,13 @@ impl Ledger {
             .await?
         {
             let c: CommitRecord = row.record()?;
-            if follows.is_some_and(|f| f.repository != c.repository) {
+            let sha = CommitSha::parse(&row.pk)
+                .map_err(|e| StoreError::Corrupt(format!("commit row {}: {e}", row.pk)))?;
+            let info = c.info(sha)?;
+            if follows.is_some_and(|f| f.repository != info.repository) {
                 continue;
             }
-            let Ok(sha) = CommitSha::parse(&row.pk) else {
-                continue;
-            };
-            found.push(CommitInfo {
-                sha,
-                repository: c.repository,
-                refs: c.refs,
-            });
+            found.push(info);
         }
         if found.len() == 1 {
             return Ok(found.pop());
@@ -399,11 +396,7 @@ impl Ledger {
             return Ok(None);
         };
         let c: CommitRecord = row.record()?;
-        Ok(Some(CommitInfo {
-            sha,
-            repository: c.repository,
-            refs: c.refs,
-        }))
+        Ok(Some(c.info(sha)?))
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::records::{ApprovalRecord, CommitRecord, MergeRecord, PushRecord, ReviewRecord};
 use super::{object_partition, tagged, Ledger, MAX_CONFLICT_RETRIES};
 use crate::core::{self, Follow, ObjectState, TargetRecord};
-use crate::domain::{CommitSha, Revision};
+use crate::domain::{CommitSha, GitRef, Revision};
 use crate::git::{GitEvent, Provider, PullRequest, Push};
 use crate::store::{BatchOp, Entity, Row, StoreError, Table};
 
@@ -42,7 +42,9 @@ fn reports_tip(state: &ObjectState, x: &Expected<'_>) -> bool {
     state.last_revision.as_deref().is_some_and(|r| {
         let r = Revision::parse(r);
         r.commit().is_some_and(|c| x.pushed.contains(&c))
-            && r.candidate_refs().contains(&x.follow.git_ref)
+            && r.candidate_refs()
+                .iter()
+                .any(|c| c == x.follow.git_ref.as_str())
     })
 }
 
@@ -273,11 +275,19 @@ impl Ledger {
         if push.deleted() {
             return Ok(());
         }
-        let repository = push.repository.key.to_string();
-        let follow_pk = PushRecord::partition(&repository, &push.git_ref);
+        let repository = push.repository.key.clone();
+        let git_ref = match GitRef::parse(&push.git_ref) {
+            Ok(r) => r,
+            Err(e) => {
+                // The parsers only make full refs: no object can follow this one.
+                tracing::warn!(error = %e, "push to an unexpected ref: no followers");
+                return Ok(());
+            }
+        };
+        let follow_pk = PushRecord::partition(repository.as_str(), &push.git_ref);
         let follow = Follow {
             repository: repository.clone(),
-            git_ref: push.git_ref.clone(),
+            git_ref: git_ref.clone(),
         };
         let pushed: Vec<CommitSha> = push.commits.iter().map(|c| c.sha.clone()).collect();
         let mut objects: Vec<String> = self
@@ -322,7 +332,7 @@ impl Ledger {
         if objects.is_empty() {
             return Ok(());
         }
-        let graph = self.branch_graph(&repository, &push.git_ref).await?;
+        let graph = self.branch_graph(&repository, &git_ref).await?;
         // A forced push removes what only its `before` descended from: never to arrive.
         let removed = match (&push.before, push.forced) {
             (Some(before), true) => graph.removed(before, push.head.as_ref()),

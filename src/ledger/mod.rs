@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::core::incident::Incident;
 use crate::core::{BranchGraph, IncidentState, ObjectState};
-use crate::domain::{CommitSha, RepoKey};
+use crate::domain::{CommitSha, GitRef, RepoKey};
 use crate::flux::{FluxEvent, ObjectRef};
 use crate::git::{GitEvent, Provider};
 use crate::store::{BatchOp, Entity, Row, Store, StoreError, Table};
@@ -326,13 +326,11 @@ impl Ledger {
     /// The branch graph of one ref, from its recorded pushes.
     async fn branch_graph(
         &self,
-        repository: &str,
-        git_ref: &str,
+        repository: &RepoKey,
+        git_ref: &GitRef,
     ) -> Result<BranchGraph, StoreError> {
-        let key = RepoKey::from_url(repository)
-            .map_err(|e| StoreError::Corrupt(format!("repository key {repository}: {e}")))?;
         let mut graph = BranchGraph::new();
-        for p in self.branch_history(&key, git_ref).await? {
+        for p in self.branch_history(repository, git_ref.as_str()).await? {
             let parse = |s: &Option<String>| s.as_deref().and_then(|s| CommitSha::parse(s).ok());
             let commits: Vec<CommitSha> = p
                 .commits

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::Message;
+use crate::domain::{CommitSha, GitRef, RepoKey};
 use crate::git::{Commit, GitEvent, Merge, Person, Provider, PullRequest, Push, Review};
+use crate::store::StoreError;
 
 /// A delivery in the journal. Written first (`pending`), marked `done` once every projection
 /// below has been written; a `pending` one is finished by a redelivery or at start-up.
@@ -135,6 +137,22 @@ pub struct CommitRecord {
 }
 
 impl CommitRecord {
+    /// What the core needs of it, typed: a stored key or ref that does not parse is a
+    /// corrupt row, said so — never dropped.
+    pub fn info(&self, sha: CommitSha) -> Result<crate::core::CommitInfo, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("commit {sha}: {what}"));
+        Ok(crate::core::CommitInfo {
+            repository: RepoKey::from_url(&self.repository)
+                .map_err(|e| corrupt(format!("repository {:?}: {e}", self.repository)))?,
+            refs: self
+                .refs
+                .iter()
+                .map(|r| GitRef::parse(r).map_err(|e| corrupt(e.to_string())))
+                .collect::<Result<_, _>>()?,
+            sha,
+        })
+    }
+
     pub fn from_push(
         provider: Provider,
         push: &Push,
