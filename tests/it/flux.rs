@@ -8,19 +8,6 @@ use crate::helpers::*;
 
 const SHA: &str = "731f7eaddfb6af01cb2173e18f0f75b0ba780ef1";
 
-fn types(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| {
-            m["type"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("io.fluxtrail.")
-                .to_string()
-        })
-        .collect()
-}
-
 async fn push_main(app: &TestApp) {
     let r = app
         .post_fixture(

@@ -359,3 +359,48 @@ pub fn flux_request(client: &reqwest::Client, url: &str, body: &[u8]) -> reqwest
         )
         .body(body.to_vec())
 }
+
+/// The custom-handler timer invocation for `POST /Sweep` with `Metadata.sys.UtcNow`.
+pub fn timer(utc_now: chrono::DateTime<chrono::Utc>) -> Value {
+    serde_json::json!({
+        "Data": {"timer": {
+            "Schedule": {"AdjustForDST": true},
+            "ScheduleStatus": {"Last": "2025-01-01T10:00:00+00:00", "Next": "2025-01-01T10:05:00+00:00", "LastUpdated": "2025-01-01T10:00:00.01+00:00"},
+            "IsPastDue": false}},
+        "Metadata": {"sys": {"MethodName": "Sweep", "UtcNow": utc_now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "RandGuid": "b03493d4-a708-4dd1-a384-d38e56765d43"}}
+    })
+}
+
+pub async fn sweep_at(app: &TestApp, minutes: i64) -> Value {
+    let resp = app
+        .client
+        .post(app.url("/Sweep"))
+        .header("content-type", "application/json")
+        .json(&timer(
+            chrono::Utc::now() + chrono::Duration::minutes(minutes),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["Outputs"], serde_json::json!({}));
+    assert_eq!(body["ReturnValue"], Value::Null);
+    assert!(body["Logs"].as_array().is_some_and(|l| !l.is_empty()));
+    body
+}
+
+/// The CloudEvent types of `messages`, without the `io.fluxtrail.` prefix.
+pub fn types(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| {
+            m["type"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("io.fluxtrail.")
+                .to_string()
+        })
+        .collect()
+}

@@ -11,34 +11,6 @@ use crate::helpers::*;
 const APPLIED: &str = "731f7eaddfb6af01cb2173e18f0f75b0ba780ef1";
 const NEXT: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 
-fn timer(utc_now: chrono::DateTime<Utc>) -> Value {
-    json!({
-        "Data": {"timer": {
-            "Schedule": {"AdjustForDST": true},
-            "ScheduleStatus": {"Last": "2025-01-01T10:00:00+00:00", "Next": "2025-01-01T10:05:00+00:00", "LastUpdated": "2025-01-01T10:00:00.01+00:00"},
-            "IsPastDue": false}},
-        "Metadata": {"sys": {"MethodName": "Sweep", "UtcNow": utc_now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "RandGuid": "b03493d4-a708-4dd1-a384-d38e56765d43"}}
-    })
-}
-
-async fn sweep_at(app: &TestApp, minutes: i64) -> Value {
-    let resp = app
-        .client
-        .post(app.url("/Sweep"))
-        .header("content-type", "application/json")
-        .json(&timer(Utc::now() + Duration::minutes(minutes)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.headers()["content-type"], "application/json");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["Outputs"], json!({}));
-    assert_eq!(body["ReturnValue"], Value::Null);
-    assert!(body["Logs"].as_array().is_some_and(|l| !l.is_empty()));
-    body
-}
-
 fn stalled_count(body: &Value) -> u64 {
     body["Logs"][0]
         .as_str()

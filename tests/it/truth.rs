@@ -103,19 +103,6 @@ async fn target(app: &TestApp, n: u32) -> Option<Value> {
         .cloned()
 }
 
-fn types(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| {
-            m["type"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("io.fluxtrail.")
-                .to_string()
-        })
-        .collect()
-}
-
 /// The messages once the outbox has had time to deliver `n` of them (and a moment more, so
 /// a message that should not exist would show).
 async fn settled(app: &TestApp, n: usize) -> Vec<String> {
@@ -395,18 +382,7 @@ async fn first_apply_on_a_long_history_is_bounded() {
 }
 
 async fn sweep(app: &TestApp, minutes: i64) {
-    let now = Utc::now() + Duration::minutes(minutes);
-    let resp = app
-        .client
-        .post(app.url("/Sweep"))
-        .json(&json!({
-            "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}},
-            "Metadata": {"sys": {"MethodName": "Sweep", "UtcNow": now.to_rfc3339_opts(SecondsFormat::Millis, true)}}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    sweep_at(app, minutes).await;
 }
 
 fn stall_in_a_minute() -> std::collections::HashMap<String, String> {
