@@ -205,15 +205,9 @@ impl World {
             // Its history row exists: a retry (the ledger answers `duplicate`).
             out.disposition = Disposition::Duplicate;
         }
+        let late = out.disposition != Disposition::Applied;
         for u in &out.targets {
-            if out.disposition != Disposition::Applied {
-                let key = (u.sha.clone(), u.object.clone());
-                if let Some(row) = TargetRecord::merge_replayed(self.targets.remove(&key), u) {
-                    self.targets.insert(key, row);
-                }
-            } else {
-                self.merge(u);
-            }
+            self.merge_event(u, late);
         }
         for i in &out.incidents {
             self.incidents.insert(i.id.clone(), i.clone());
@@ -228,8 +222,13 @@ impl World {
     }
 
     pub fn merge(&mut self, u: &TargetUpdate) {
+        self.merge_event(u, false);
+    }
+
+    /// As the ledger merges an update into its row (`late`: a stale or replayed event's).
+    fn merge_event(&mut self, u: &TargetUpdate, late: bool) {
         let key = (u.sha.clone(), u.object.clone());
-        if let Some(row) = TargetRecord::merge_opt(self.targets.remove(&key), u) {
+        if let Some(row) = TargetRecord::merge_event(self.targets.remove(&key), u, late) {
             self.targets.insert(key, row);
         }
     }

@@ -441,11 +441,7 @@ impl Ledger {
             u.sha.as_str(),
             &rk,
             |stored: Option<TargetRecord>| {
-                let row = if replayed {
-                    TargetRecord::merge_replayed(stored, u)
-                } else {
-                    TargetRecord::merge_opt(stored, u)
-                };
+                let row = TargetRecord::merge_event(stored, u, replayed);
                 written = row.clone();
                 row
             },

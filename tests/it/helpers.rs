@@ -215,6 +215,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// POST without a body on the API with the token.
+    pub async fn post_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// GET on the read API with the token.
     pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
         let resp = self

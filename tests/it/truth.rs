@@ -172,9 +172,7 @@ async fn mixed_clocks_a_cluster_behind() {
 /// superseded by c3 and never stalls.
 #[tokio::test]
 async fn apply_before_push_supersedes_the_skipped_commit() {
-    let mut vars = default_vars();
-    vars.insert("FLUXTRAIL_STALL_AFTER".into(), "1m".into());
-    let app = spawn_with(vars).await;
+    let app = spawn_with(stall_in_a_minute()).await;
     push(&app, "refs/heads/main", Some(0), &[1], false).await;
     applied(&app, 1, 10).await;
     push(&app, "refs/heads/main", Some(1), &[2], false).await;
@@ -185,7 +183,7 @@ async fn apply_before_push_supersedes_the_skipped_commit() {
     assert_eq!(t2["state"], "superseded");
     assert_eq!(t2["supersededBy"], c(3));
     assert_eq!(state(&app, 3).await.as_deref(), Some("applied"));
-    sweep(&app, 10).await;
+    sweep_at(&app, 10).await;
     assert_eq!(
         settled(&app, 0).await,
         Vec::<String>::new(),
@@ -197,9 +195,7 @@ async fn apply_before_push_supersedes_the_skipped_commit() {
 /// pushes to `main` are not expected on it, and nothing stalls.
 #[tokio::test]
 async fn branch_switch_follows_the_new_branch() {
-    let mut vars = default_vars();
-    vars.insert("FLUXTRAIL_STALL_AFTER".into(), "1m".into());
-    let app = spawn_with(vars).await;
+    let app = spawn_with(stall_in_a_minute()).await;
     push(&app, "refs/heads/main", Some(0), &[1], false).await;
     applied(&app, 1, 10).await;
     push(&app, "refs/heads/main", Some(1), &[2], false).await; // pending on apps
@@ -219,7 +215,7 @@ async fn branch_switch_follows_the_new_branch() {
     );
     push(&app, "refs/heads/release", Some(10), &[11], false).await;
     assert_eq!(state(&app, 11).await.as_deref(), Some("pending"));
-    sweep(&app, 10).await;
+    sweep_at(&app, 10).await;
     let msgs = settled(&app, 1).await;
     assert_eq!(msgs, ["rollout.stalled"], "only release's commit 11 stalls");
     assert_eq!(app.messages()[0]["data"]["sha"], c(11));
@@ -303,9 +299,7 @@ async fn rollback_is_not_drift_and_recovers() {
 /// Case 7: push B, amend and force-push B′, apply B′: B is `discarded`, never stalled.
 #[tokio::test]
 async fn forced_push_discards_the_amended_commit() {
-    let mut vars = default_vars();
-    vars.insert("FLUXTRAIL_STALL_AFTER".into(), "1m".into());
-    let app = spawn_with(vars).await;
+    let app = spawn_with(stall_in_a_minute()).await;
     push(&app, "refs/heads/main", Some(0), &[1], false).await;
     applied(&app, 1, 10).await;
     push(&app, "refs/heads/main", Some(1), &[2], false).await;
@@ -313,7 +307,7 @@ async fn forced_push_discards_the_amended_commit() {
     applied(&app, 22, 30).await;
     assert_eq!(state(&app, 2).await.as_deref(), Some("discarded"));
     assert_eq!(state(&app, 22).await.as_deref(), Some("applied"));
-    sweep(&app, 10).await;
+    sweep_at(&app, 10).await;
     assert_eq!(settled(&app, 0).await, Vec::<String>::new());
 }
 
@@ -381,10 +375,6 @@ async fn first_apply_on_a_long_history_is_bounded() {
     assert_eq!(state(&app, 300).await.as_deref(), Some("failed"));
 }
 
-async fn sweep(app: &TestApp, minutes: i64) {
-    sweep_at(app, minutes).await;
-}
-
 fn stall_in_a_minute() -> std::collections::HashMap<String, String> {
     let mut vars = default_vars();
     vars.insert("FLUXTRAIL_STALL_AFTER".into(), "1m".into());
@@ -405,34 +395,16 @@ async fn a_retired_object_expects_nothing_and_its_incident_closes() {
     assert_eq!(settled(&app, 1).await, ["apply.failed"]);
 
     let retire = "/api/objects/prod-eu/Kustomization/flux-system/apps/retire";
-    let r = app
-        .client
-        .post(app.url(retire))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let object: Value = r.json().await.unwrap();
+    let (status, object) = app.post_json(retire).await;
+    assert_eq!(status, StatusCode::OK);
     assert!(object["retiredAt"].is_string(), "{object}");
     assert_eq!(object["incidentId"], Value::Null);
-    let again = app
-        .client
-        .post(app.url(retire))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), StatusCode::OK, "idempotent");
-    let unknown = app
-        .client
-        .post(app.url("/api/objects/prod-eu/Kustomization/flux-system/nope/retire"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
-    let body: Value = unknown.json().await.unwrap();
+    let (again, _) = app.post_json(retire).await;
+    assert_eq!(again, StatusCode::OK, "idempotent");
+    let (unknown, body) = app
+        .post_json("/api/objects/prod-eu/Kustomization/flux-system/nope/retire")
+        .await;
+    assert_eq!(unknown, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "object_not_found");
 
     let (_, open) = app.get_json("/api/incidents?state=open").await;
@@ -442,7 +414,7 @@ async fn a_retired_object_expects_nothing_and_its_incident_closes() {
     // Nothing expected: a new push makes nothing pending, the sweep reports nothing.
     push(&app, "refs/heads/main", Some(2), &[3], false).await;
     assert_eq!(state(&app, 3).await, None);
-    sweep(&app, 10).await;
+    sweep_at(&app, 10).await;
     assert_eq!(
         settled(&app, 1).await,
         ["apply.failed"],
@@ -471,7 +443,7 @@ async fn a_silent_object_is_announced_once_not_per_push() {
     for n in 2..=5 {
         push(&app, "refs/heads/main", Some(n - 1), &[n], false).await;
     }
-    sweep(&app, 10).await;
+    sweep_at(&app, 10).await;
     assert_eq!(
         settled(&app, 3).await,
         ["rollout.stalled", "rollout.stalled", "object.silent"]
@@ -484,7 +456,7 @@ async fn a_silent_object_is_announced_once_not_per_push() {
     }
     let (_, objects) = app.get_json("/api/objects?cluster=prod-eu").await;
     assert_eq!(objects["objects"][0]["silent"], true);
-    sweep(&app, 10).await;
+    sweep_at(&app, 10).await;
     assert_eq!(settled(&app, 3).await.len(), 3, "said once");
     // It reports: the stalled commits are superseded, and stalls are announced again.
     applied(&app, 5, 100).await;
@@ -492,7 +464,7 @@ async fn a_silent_object_is_announced_once_not_per_push() {
         assert_eq!(state(&app, n).await.as_deref(), Some("superseded"), "{n}");
     }
     push(&app, "refs/heads/main", Some(5), &[6], false).await;
-    sweep(&app, 10).await;
+    sweep_at(&app, 10).await;
     let types = settled(&app, 4).await;
     assert_eq!(types.last().map(String::as_str), Some("rollout.stalled"));
     assert_eq!(app.messages()[3]["data"]["sha"], c(6));
