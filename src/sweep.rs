@@ -3,10 +3,11 @@
 //!
 //! 1. **Stalled rollouts.** Every `pending` target older than `FLUXTRAIL_STALL_AFTER` (counted
 //!    from when the push was received) becomes `stalled`, and one `io.fluxtrail.rollout.stalled`
-//!    goes out per (commit, object). The message is inserted into the object's outbox under a
-//!    key derived from its deterministic id *before* the target is marked, so a sweep that
-//!    stops half-way, or two sweeps at once, emit it exactly once. A later apply turns the
-//!    target `applied`; failed, superseded and applied targets are never pending.
+//!    goes out per (commit, object) — decided on the object's state and written with it in
+//!    one conditional batch of the object's partition (see `stall_object`), so a sweep that
+//!    stops half-way, two sweeps at once, or an apply on another instance meanwhile, emit it
+//!    exactly once and never for a commit that was applied. A later apply turns the target
+//!    `applied`; failed, superseded and applied targets are never pending.
 //! 2. **Undelivered messages** due for another attempt are handed to the publisher.
 //! 3. **Retention.** Journal entries of finished deliveries and delivered outbox messages are
 //!    deleted after `FLUXTRAIL_RETAIN_DELIVERIES` (default 7 days), object event history after
@@ -22,7 +23,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::core::message::message_id;
-use crate::core::{Message, MessageType, ObjectState, TargetRecord, TargetState, SILENT_AFTER};
+use crate::core::{
+    Message, MessageType, ObjectState, TargetRecord, TargetState, TargetUpdate, SILENT_AFTER,
+};
+use crate::domain::CommitSha;
 use crate::flux::ObjectRef;
 use crate::ledger::records::{CommitRecord, Delivery, OutboxRecord, ROW_OUTBOX, ROW_STATE};
 use crate::ledger::{object_partition, Ledger};
@@ -159,27 +163,143 @@ fn target_object(t: &TargetRecord) -> ObjectRef {
     }
 }
 
+/// One object's overdue commits, decided against its state and written in one batch of its
+/// partition conditional on the state's etag: the messages, and the state counting them
+/// (`stalled`: which commits were counted, so a sweep that runs again — or another
+/// instance's at the same time — announces each once). The state is where every event of
+/// the object is serialised, so a decision on it cannot race an apply: an apply whose state
+/// was written before the read is seen in it (its commit is among the applied ones or the
+/// targets of its recent events — the write of its target rows may still be on the way, and
+/// is finished here), one written after fails this batch, which is decided again. Only then
+/// are the rows marked `stalled`, each conditionally (a row no longer `pending` is left as
+/// it is). Messages are keyed after the object's latest event (its count) and the stall
+/// count, so they are delivered in the order things happened, before the next event's.
 async fn stall_object(
     ledger: &Ledger,
     pk: &str,
-    rows: Vec<(Entity, TargetRecord)>,
+    mut rows: Vec<(Entity, TargetRecord)>,
     limit: chrono::Duration,
 ) -> Result<usize, StoreError> {
     let store = ledger.store();
-    let (mut state, etag): (Option<ObjectState>, _) =
-        match store.get(Table::Objects, pk, ROW_STATE).await? {
-            Some(e) => (Some(e.record()?), e.etag.clone()),
-            None => (None, None),
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            // Decided again on what is still pending now.
+            let mut fresh = Vec::with_capacity(rows.len());
+            for (row, _) in rows {
+                if let Some(e) = store.get(Table::Commits, &row.pk, &row.rk).await? {
+                    let t: TargetRecord = e.record()?;
+                    if t.state == TargetState::Pending {
+                        fresh.push((e, t));
+                    }
+                }
+            }
+            rows = fresh;
+        }
+        let Some(state_row) = store.get(Table::Objects, pk, ROW_STATE).await? else {
+            return Ok(0);
         };
-    if state.as_ref().is_some_and(|s| s.retired_at.is_some()) {
-        return Ok(0);
+        let mut state: ObjectState = state_row.record()?;
+        if state.retired_at.is_some() {
+            return Ok(0);
+        }
+        let plan = plan_stalls(ledger, &state, &rows, limit).await?;
+        // What the object's recent events settled (their target rows may still be on the
+        // way, e.g. refused on Table Storage while the state was written): finished here.
+        for u in &plan.finish {
+            ledger.merge_target(u, true).await?;
+        }
+        if plan.marks.is_empty() {
+            return Ok(0);
+        }
+        let mut ops = Vec::with_capacity(1 + plan.messages.len());
+        for (rank, message) in &plan.messages {
+            let outbox = OutboxRecord::pending(message.clone());
+            let rk = format!("outbox|{:012}|s{rank:04}|{}", state.events, message.id);
+            let entity = Row::from_record(pk, rk, &outbox).with_tag("rowType", ROW_OUTBOX);
+            ops.push(BatchOp::Insert(entity));
+        }
+        if state.stalled_since_report != plan.count || state.stalled != plan.counted {
+            state.stalled_since_report = plan.count;
+            state.stalled = plan.counted.clone();
+            let entity = Row::from_record(pk, ROW_STATE, &state).with_tag("rowType", ROW_STATE);
+            let etag = state_row
+                .etag
+                .clone()
+                .expect("stored entities carry an etag");
+            ops.insert(0, BatchOp::Update(entity, etag));
+        }
+        if !ops.is_empty() {
+            ledger.forget_state(pk);
+            match store.batch(Table::Objects, pk, ops).await {
+                Ok(_) => {}
+                // An event (or another sweep) changed the object meanwhile: decide again.
+                Err(StoreError::PreconditionFailed | StoreError::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        for (row, _) in &plan.marks {
+            mark_stalled(ledger, row).await?;
+        }
+        if !plan.messages.is_empty() {
+            ledger.notify_outbox(pk);
+        }
+        return Ok(plan.messages.len());
     }
-    let follows = state.as_ref().and_then(|s| s.follows.clone());
-    let mut count = state.as_ref().map_or(0, |s| s.stalled_since_report);
-    let mut stalled = 0;
-    for (row, target) in rows {
-        let object = target_object(&target);
+    Err(StoreError::Unavailable(
+        "object state kept changing under concurrent writers".into(),
+    ))
+}
+
+/// How often one object's stalls are decided again when its state changed meanwhile.
+const MAX_ATTEMPTS: usize = 32;
+
+/// What one object's sweep decides.
+struct StallPlan<'a> {
+    /// The rows to mark stalled.
+    marks: Vec<&'a (Entity, TargetRecord)>,
+    /// The messages to announce, with their rank (the stall count when announced).
+    messages: Vec<(u32, Message)>,
+    count: u32,
+    counted: Vec<CommitSha>,
+    /// Target updates of the object's recent events for commits still pending here.
+    finish: Vec<TargetUpdate>,
+}
+
+async fn plan_stalls<'a>(
+    ledger: &Ledger,
+    state: &ObjectState,
+    rows: &'a [(Entity, TargetRecord)],
+    limit: chrono::Duration,
+) -> Result<StallPlan<'a>, StoreError> {
+    let store = ledger.store();
+    let follows = state.follows.clone();
+    let mut plan = StallPlan {
+        marks: vec![],
+        messages: vec![],
+        count: state.stalled_since_report,
+        counted: state.stalled.clone(),
+        finish: vec![],
+    };
+    for entry in rows {
+        let (row, target) = entry;
+        let object = target_object(target);
         let sha = row.pk.clone();
+        let Ok(commit_sha) = CommitSha::parse(&sha) else {
+            continue;
+        };
+        // Settled by an event the state already holds: applied, or named by a recent
+        // event's targets (superseded, failed…) whose row write may not have landed yet.
+        let recent: Vec<&TargetUpdate> = state
+            .recent
+            .iter()
+            .flat_map(|r| &r.targets)
+            .filter(|u| u.sha == commit_sha && u.object == object)
+            .filter(|u| u.state != TargetState::Pending)
+            .collect();
+        if !recent.is_empty() || state.applied_shas.contains(&commit_sha) {
+            plan.finish.extend(recent.into_iter().cloned());
+            continue;
+        }
         // An object that moved to another branch (or repository) no longer expects the
         // commits of the one it left.
         if let Some(f) = &follows {
@@ -195,106 +315,110 @@ async fn stall_object(
                 continue;
             }
         }
-        // When it became overdue: the same for every sweep that notices it.
-        let overdue_at = target.first_seen_at + limit;
-        let branch = follows
-            .as_ref()
-            .map(|f| f.git_ref.as_str())
-            .unwrap_or("its branch");
-        let message = match count.cmp(&SILENT_AFTER) {
-            std::cmp::Ordering::Less => Some(Message {
-                id: message_id(MessageType::RolloutStalled, &object, &sha),
-                kind: MessageType::RolloutStalled,
-                object: object.clone(),
-                time: overdue_at,
-                revision: follows.as_ref().map(|f| f.git_ref.to_string()),
-                sha: Some(sha.clone()),
-                reason: Some("RolloutStalled".into()),
-                message: Some(format!(
-                    "commit {} was pushed at {} to {branch} and was neither applied nor superseded on {} within {}",
-                    &sha[..sha.len().min(12)],
-                    target.first_seen_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    object.subject(),
-                    humantime::format_duration(limit.to_std().unwrap_or_default()),
-                )),
-                incident_id: None,
-                repository: follows.as_ref().map(|f| f.repository.to_string()),
-            }),
-            // Once per silence: keyed by the object's last report (its event count).
-            std::cmp::Ordering::Equal => Some(Message {
-                id: message_id(
-                    MessageType::ObjectSilent,
-                    &object,
-                    &state.as_ref().map_or(0, |s| s.events).to_string(),
-                ),
-                kind: MessageType::ObjectSilent,
-                object: object.clone(),
-                time: overdue_at,
-                revision: state.as_ref().and_then(|s| s.last_revision.clone()),
-                sha: None,
-                reason: Some("ObjectSilent".into()),
-                message: Some(format!(
-                    "{} has not reported since {}; {} consecutive pushes to {branch} stalled on it. \
-                     Further stalls are not announced until it reports again; if it is gone, \
-                     retire it (POST /api/objects/{}/retire)",
-                    object.subject(),
-                    state
-                        .as_ref()
-                        .and_then(|s| s.last_event_at)
-                        .map_or("it was first seen".into(), |t| t
-                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-                    SILENT_AFTER + 1,
-                    object.subject(),
-                )),
-                incident_id: None,
-                repository: follows.as_ref().map(|f| f.repository.to_string()),
-            }),
-            std::cmp::Ordering::Greater => None,
-        };
-        count += 1;
-        // The message first, under a key derived from its id: a sweep that stops half-way,
-        // or two at once, emit it exactly once.
-        let mut announced = false;
-        if let Some(message) = message {
-            let outbox = OutboxRecord::pending(message.clone());
-            // Keyed by when it became due, so an object's sweep messages are delivered in
-            // the order their commits were pushed (the silence after the stalls before it).
-            let rank = u8::from(message.kind == MessageType::ObjectSilent);
-            let rk = format!(
-                "outbox|sweep|{}|{rank}|{}",
-                overdue_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-                message.id
-            );
-            let entity = Row::from_record(pk, rk, &outbox).with_tag("rowType", ROW_OUTBOX);
-            announced = match store.insert(Table::Objects, entity).await {
-                Ok(_) => true,
-                Err(StoreError::Conflict) => false, // another sweep, or an earlier one that stopped
-                Err(e) => return Err(e),
-            };
+        plan.marks.push(entry);
+        if plan.counted.contains(&commit_sha) {
+            continue; // counted (and announced) by an earlier sweep
         }
-        let mut marked = target.clone();
-        marked.state = TargetState::Stalled;
-        let entity = Row::from_record(&row.pk, &row.rk, &marked);
+        let rank = plan.count;
+        plan.count += 1;
+        if plan.counted.len() <= SILENT_AFTER as usize {
+            plan.counted.push(commit_sha);
+        }
+        if let Some(m) = stall_message(state, target, &sha, rank, limit) {
+            plan.messages.push((rank, m));
+        }
+    }
+    Ok(plan)
+}
+
+/// The message for the `rank`-th commit stalled on the object since its last report: a
+/// `rollout.stalled` for the first [`SILENT_AFTER`], then one `object.silent`, then none.
+fn stall_message(
+    state: &ObjectState,
+    target: &TargetRecord,
+    sha: &str,
+    rank: u32,
+    limit: chrono::Duration,
+) -> Option<Message> {
+    let object = target_object(target);
+    let follows = state.follows.as_ref();
+    // When it became overdue: the same for every sweep that notices it.
+    let overdue_at = target.first_seen_at + limit;
+    let branch = follows.map(|f| f.git_ref.as_str()).unwrap_or("its branch");
+    match rank.cmp(&SILENT_AFTER) {
+        std::cmp::Ordering::Less => Some(Message {
+            id: message_id(MessageType::RolloutStalled, &object, sha),
+            kind: MessageType::RolloutStalled,
+            object: object.clone(),
+            time: overdue_at,
+            revision: follows.map(|f| f.git_ref.to_string()),
+            sha: Some(sha.to_string()),
+            reason: Some("RolloutStalled".into()),
+            message: Some(format!(
+                "commit {} was pushed at {} to {branch} and was neither applied nor superseded on {} within {}",
+                &sha[..sha.len().min(12)],
+                target.first_seen_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                object.subject(),
+                humantime::format_duration(limit.to_std().unwrap_or_default()),
+            )),
+            incident_id: None,
+            repository: follows.map(|f| f.repository.to_string()),
+        }),
+        // Once per silence: keyed by the object's last report (its event count).
+        std::cmp::Ordering::Equal => Some(Message {
+            id: message_id(MessageType::ObjectSilent, &object, &state.events.to_string()),
+            kind: MessageType::ObjectSilent,
+            object: object.clone(),
+            time: overdue_at,
+            revision: state.last_revision.clone(),
+            sha: None,
+            reason: Some("ObjectSilent".into()),
+            message: Some(format!(
+                "{} has not reported since {}; {} consecutive pushes to {branch} stalled on it. \
+                 Further stalls are not announced until it reports again; if it is gone, \
+                 retire it (POST /api/objects/{}/retire)",
+                object.subject(),
+                state
+                    .last_event_at
+                    .map_or("it was first seen".into(), |t| t
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                SILENT_AFTER + 1,
+                object.subject(),
+            )),
+            incident_id: None,
+            repository: follows.map(|f| f.repository.to_string()),
+        }),
+        std::cmp::Ordering::Greater => None,
+    }
+}
+
+/// Marks a row `stalled` if it is still `pending` (conditionally: an apply that lands
+/// meanwhile wins, and a later one merges over `stalled`).
+async fn mark_stalled(ledger: &Ledger, row: &Entity) -> Result<(), StoreError> {
+    let store = ledger.store();
+    let mut current = Some(row.clone());
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(e) = current.take() else {
+            return Ok(());
+        };
+        let mut t: TargetRecord = e.record()?;
+        if t.state != TargetState::Pending {
+            return Ok(());
+        }
+        t.state = TargetState::Stalled;
+        let entity = Row::from_record(&e.pk, &e.rk, &t);
         match store
-            .update(Table::Commits, entity, row.etag.as_ref().expect("etag"))
+            .update(Table::Commits, entity, e.etag.as_ref().expect("etag"))
             .await
         {
-            Ok(_) | Err(StoreError::PreconditionFailed) => {}
+            Ok(_) => return Ok(()),
+            Err(StoreError::PreconditionFailed) => {
+                current = store.get(Table::Commits, &e.pk, &e.rk).await?;
+            }
             Err(e) => return Err(e),
         }
-        if announced {
-            stalled += 1;
-            ledger.notify_outbox(pk);
-        }
     }
-    // The count, conditional on the state read: a report meanwhile reset it, and wins.
-    if let (Some(st), Some(etag)) = (state.as_mut(), etag) {
-        if st.stalled_since_report != count {
-            st.stalled_since_report = count;
-            ledger.write_state(pk, st, &etag).await?;
-        }
-    }
-    Ok(stalled)
+    Ok(())
 }
 
 /// Deletes the entities, one partition's batch (≤ 100) at a time, each delete conditional on

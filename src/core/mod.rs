@@ -110,6 +110,10 @@ pub struct ObjectState {
     /// [`SILENT_AFTER`]); any report resets it.
     #[serde(default)]
     pub stalled_since_report: u32,
+    /// The commits counted in `stalled_since_report` (the first [`SILENT_AFTER`] + 1): a
+    /// sweep that runs again, or another instance's, counts and announces each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stalled: Vec<CommitSha>,
     /// When an operator retired the object (server time): nothing is expected of it any
     /// more. Any report brings it back.
     #[serde(default)]
@@ -157,6 +161,7 @@ impl ObjectState {
             run_applied_at: None,
             since: None,
             stalled_since_report: 0,
+            stalled: vec![],
             retired_at: None,
         }
     }
@@ -323,6 +328,7 @@ pub fn apply_event(
     st.since.get_or_insert(event.timestamp);
     // It speaks: not silent, and (if it was retired) back.
     st.stalled_since_report = 0;
+    st.stalled.clear();
     st.retired_at = None;
     st.last_reason = Some(event.reason.clone());
     st.last_message = Some(event.message.clone());

@@ -23,8 +23,8 @@ impl Rows {
     fn own_row(&self, sha: &CommitSha, object: &ObjectRef) -> Option<TargetRecord> {
         self.blind
             .iter()
-            .find(|(s, _)| s == sha)
-            .map(|(_, row)| row.clone())
+            .find(|(s, _, _)| s == sha)
+            .map(|(_, row, _)| row.clone())
             .or_else(|| {
                 self.read
                     .iter()
@@ -34,20 +34,32 @@ impl Rows {
     }
 }
 
+/// The writes of one outcome, and where in them the state's and its current target row's are.
+struct Planned {
+    writes: Vec<(Table, String, Vec<BatchOp>)>,
+    state_json: String,
+    state_at: usize,
+    target_at: Option<usize>,
+}
+
 /// What one attempt at an event reads before the core runs.
 struct Loaded {
     state: Option<ObjectState>,
     etag: Option<Etag>,
+    /// The etag of the state's current target row, when this process wrote it last.
+    target_etag: Option<Etag>,
     commit: Option<CommitInfo>,
     graph: Option<core::BranchGraph>,
 }
 
-/// The target rows an outcome writes: those this object wrote last, merged from its cached
-/// copy and written blind, and the others, read and written conditionally on what was read.
-/// `None` rows are updates that create nothing (a `discarded` for a commit never expected).
+/// The target rows an outcome writes, each conditionally (no row is ever written blind: a
+/// write that lands late, on Table Storage, must not undo a later one): the row this process
+/// wrote last, merged from its cached copy and written on the etag it got then, and the
+/// others, read and written conditionally on what was read. `None` rows are updates that
+/// create nothing (a `discarded` for a commit never expected).
 #[derive(Default)]
 struct Rows {
-    blind: Vec<(CommitSha, TargetRecord)>,
+    blind: Vec<(CommitSha, TargetRecord, Etag)>,
     read: Vec<(TargetUpdate, Option<TargetRecord>, Option<Etag>)>,
 }
 
@@ -67,6 +79,7 @@ impl Ledger {
             let Loaded {
                 state,
                 etag,
+                target_etag,
                 commit,
                 graph,
             } = loaded;
@@ -82,17 +95,21 @@ impl Ledger {
                 if let Some(etag) = etag {
                     self.states.put_state(&pk, &out.state, etag);
                 }
-                // A retry: its first attempt may have stopped before the target rows.
+                // A retry: its first attempt may have stopped before the target rows, after
+                // its messages (woken now, not left to the periodic scan).
                 for u in &out.targets {
                     self.merge_target(u, true).await?;
                 }
+                self.notify_outbox(&pk);
                 return Ok(Recorded::Duplicate);
             }
             // An older event than the object's last (`Stale`) changes nothing of the object,
             // but what it says of commits is merged into their rows, with its history row,
             // through the same conditional write as any event.
             let stale = out.disposition == Disposition::Stale;
-            let rows = self.plan_rows(&out, cached.as_ref(), stale).await?;
+            let rows = self
+                .plan_rows(&out, cached.as_ref().zip(target_etag.as_ref()), stale)
+                .await?;
             // The commit of the object's latest event (a stale event's is not), and the row
             // the state remembers for it.
             if !stale {
@@ -111,29 +128,45 @@ impl Ledger {
                     });
                 }
             }
-            let (writes, state_json) =
-                self.writes(&pk, &out, etag, &history, &rows, previous_follow.as_ref());
-            let state_etag = match self.store.batches(writes).await {
-                Ok(tags) => tags.into_iter().next().and_then(|t| t.into_iter().next()),
+            let planned = self.writes(&pk, &out, etag, &history, &rows, previous_follow.as_ref());
+            let this = summary(event, class, &out);
+            let (state_etag, target_etag) = match self.store.batches(planned.writes).await {
+                Ok(tags) => {
+                    let first = |i: usize| tags.get(i).and_then(|t| t.first()).cloned();
+                    (first(planned.state_at), planned.target_at.and_then(first))
+                }
                 // A stale event's history row exists: a retry of it. Its first attempt may
                 // have stopped before the target rows (Table Storage): merged again.
                 Err(StoreError::Conflict) if stale && self.history_exists(&history).await? => {
                     for u in &out.targets {
                         self.merge_target(u, true).await?;
                     }
+                    self.notify_outbox(&pk);
                     return Ok(Recorded::Duplicate);
                 }
-                // Another writer changed the state or a target row first: read again.
-                Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
+                // Another writer changed the state or a target row first. On Table Storage
+                // the state may have landed and a target row been changed meanwhile (another
+                // event of the object on another instance): then the rows are merged with
+                // what is there now, and the event is recorded. Otherwise: read again.
+                Err(StoreError::Conflict | StoreError::PreconditionFailed) => {
+                    if self.state_is(&pk, &out.state).await? {
+                        for u in &out.targets {
+                            self.merge_target(u, stale).await?;
+                        }
+                        self.notify_outbox(&pk);
+                        return Ok(Recorded::Accepted(this));
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             if !out.messages.is_empty() {
                 self.notify_outbox(&pk);
             }
             if let Some(etag) = state_etag {
-                self.states.put(&pk, state_json, etag);
+                self.states.put(&pk, planned.state_json, etag, target_etag);
             }
-            return Ok(Recorded::Accepted(summary(event, class, &out)));
+            return Ok(Recorded::Accepted(this));
         }
         Err(StoreError::Unavailable(
             "object state kept changing under concurrent writers".into(),
@@ -145,11 +178,11 @@ impl Ledger {
     /// new commit (it supersedes), starting to follow a branch (its later pushes are
     /// replayed), or arriving late (it may still supersede, or be the object's first report).
     async fn load(&self, pk: &str, event: &FluxEvent, class: Class) -> Result<Loaded, StoreError> {
-        let (state, etag) = match self.states.take(pk) {
-            Some((state, etag)) => (Some(state), Some(etag)),
+        let (state, etag, target_etag) = match self.states.take(pk) {
+            Some(c) => (Some(c.state), Some(c.etag), c.target_etag),
             None => match self.store.get(Table::Objects, pk, "state").await? {
-                Some(e) => (Some(e.record::<ObjectState>()?), e.etag.clone()),
-                None => (None, None),
+                Some(e) => (Some(e.record::<ObjectState>()?), e.etag.clone(), None),
+                None => (None, None, None),
             },
         };
         let commit = self.commit_info(event, state.as_ref()).await?;
@@ -176,32 +209,34 @@ impl Ledger {
         Ok(Loaded {
             state,
             etag,
+            target_etag,
             commit,
             graph,
         })
     }
 
-    /// Merges the outcome's target updates into their rows: the row this object wrote last
-    /// from the cached copy, the others as read now (several updates of one row in order).
+    /// Merges the outcome's target updates into their rows: the row this process wrote last
+    /// from the cached copy (with its etag), the others as read now (several updates of one
+    /// row in order).
     async fn plan_rows(
         &self,
         out: &core::Outcome,
-        cached: Option<&core::CurrentTarget>,
+        cached: Option<(&core::CurrentTarget, &Etag)>,
         stale: bool,
     ) -> Result<Rows, StoreError> {
         let mut rows = Rows::default();
         for u in &out.targets {
             match cached {
-                Some(c) if c.sha == u.sha && c.row.name == u.object.name => {
+                Some((c, etag)) if c.sha == u.sha && c.row.name == u.object.name => {
                     let base = rows
                         .blind
                         .iter()
-                        .position(|(sha, _)| sha == &u.sha)
+                        .position(|(sha, _, _)| sha == &u.sha)
                         .map(|i| rows.blind.remove(i).1)
                         .unwrap_or_else(|| c.row.clone());
                     let merged =
                         TargetRecord::merge_event(Some(base.clone()), u, stale).unwrap_or(base);
-                    rows.blind.push((u.sha.clone(), merged));
+                    rows.blind.push((u.sha.clone(), merged, etag.clone()));
                 }
                 _ => {
                     if let Some((_, row, _)) = rows
@@ -232,11 +267,13 @@ impl Ledger {
         Ok(rows)
     }
 
-    /// The writes of one outcome, in one call: the object's transaction (state, history,
-    /// incidents, outbox), its target rows and a new follows row — one commit on SQLite; on
-    /// Table Storage the object's transaction first, then the rows (a failure after it is
-    /// finished by the retry, which sees a duplicate). Also the state row's text, for the
-    /// cache (the state is encoded once).
+    /// The writes of one outcome, in one call: a new follows row first, then the object's
+    /// transaction (state, history, incidents, outbox), then its target rows — one commit on
+    /// SQLite; on Table Storage in that order, stopping at the first failure. The follows
+    /// row goes first because it is harmless alone (a push that finds it checks the object's
+    /// state), while a state naming a branch whose follows row is missing would be followed
+    /// by no push; a failure after the state is finished by the retry, which sees a
+    /// duplicate. Also the state row's text, for the cache (the state is encoded once).
     fn writes(
         &self,
         pk: &str,
@@ -245,7 +282,23 @@ impl Ledger {
         history: &Row,
         rows: &Rows,
         previous_follow: Option<&core::Follow>,
-    ) -> (Vec<(Table, String, Vec<BatchOp>)>, String) {
+    ) -> Planned {
+        let mut writes = Vec::with_capacity(2 + rows.blind.len() + rows.read.len());
+        let object = &out.state.object;
+        if let Some(f) = out
+            .state
+            .follows
+            .as_ref()
+            .filter(|f| previous_follow != Some(*f))
+        {
+            let follow_pk =
+                super::records::PushRecord::partition(f.repository.as_str(), f.git_ref.as_str());
+            writes.push((
+                Table::Follows,
+                follow_pk.clone(),
+                vec![BatchOp::Upsert(Row::from_record(&follow_pk, pk, object))],
+            ));
+        }
         let mut ops = Vec::with_capacity(2 + out.incidents.len() + out.messages.len());
         let state_row = tagged(pk, "state", &out.state, &[("rowType", ROW_STATE)]);
         let state_json = state_row.json().to_owned();
@@ -274,14 +327,19 @@ impl Ledger {
                 &[("rowType", ROW_OUTBOX)],
             )));
         }
-        let mut writes = vec![(Table::Objects, pk.to_string(), ops)];
-        let object = &out.state.object;
-        for (sha, row) in &rows.blind {
+        let state_at = writes.len();
+        writes.push((Table::Objects, pk.to_string(), ops));
+        let current = out.state.current_target.as_ref().map(|c| &c.sha);
+        let mut target_at = None;
+        for (sha, row, etag) in &rows.blind {
             let entity = Row::from_record(sha.as_str(), TargetRecord::row_key(object), row);
+            if Some(sha) == current {
+                target_at = Some(writes.len());
+            }
             writes.push((
                 Table::Commits,
                 sha.to_string(),
-                vec![BatchOp::Upsert(entity)],
+                vec![BatchOp::Update(entity, etag.clone())],
             ));
         }
         for (u, row, etag) in &rows.read {
@@ -291,23 +349,17 @@ impl Ledger {
                 Some(etag) => BatchOp::Update(entity, etag.clone()),
                 None => BatchOp::Insert(entity),
             };
+            if Some(&u.sha) == current && &u.object == object {
+                target_at = Some(writes.len());
+            }
             writes.push((Table::Commits, u.sha.to_string(), vec![op]));
         }
-        if let Some(f) = out
-            .state
-            .follows
-            .as_ref()
-            .filter(|f| previous_follow != Some(*f))
-        {
-            let follow_pk =
-                super::records::PushRecord::partition(f.repository.as_str(), f.git_ref.as_str());
-            writes.push((
-                Table::Follows,
-                follow_pk.clone(),
-                vec![BatchOp::Upsert(Row::from_record(&follow_pk, pk, object))],
-            ));
+        Planned {
+            writes,
+            state_json,
+            state_at,
+            target_at,
         }
-        (writes, state_json)
     }
 
     /// A Helm chart version's abbreviated commit: the one pushed commit with that prefix —
@@ -325,7 +377,7 @@ impl Ledger {
         {
             return Ok(Some(c.clone()));
         }
-        if self.missing.known_missing(prefix, Instant::now()) {
+        if repeats(state, prefix) && self.missing.known_missing(prefix, Instant::now()) {
             return Ok(None);
         }
         let epoch = self.missing.epoch();
@@ -350,6 +402,15 @@ impl Ledger {
         }
         self.missing.note(prefix, epoch, Instant::now());
         Ok(None)
+    }
+
+    /// Whether the object's stored state is `state` (an attempt whose later writes failed
+    /// landed its state).
+    async fn state_is(&self, pk: &str, state: &ObjectState) -> Result<bool, StoreError> {
+        Ok(match self.store.get(Table::Objects, pk, "state").await? {
+            Some(e) => e.record::<ObjectState>()? == *state,
+            None => false,
+        })
     }
 
     async fn history_exists(&self, history: &Row) -> Result<bool, StoreError> {
@@ -382,8 +443,11 @@ impl Ledger {
         {
             return Ok(Some(c.clone()));
         }
-        // Not pushed a moment ago: not looked up again yet.
-        if self.missing.known_missing(sha.as_str(), Instant::now()) {
+        // Not pushed a moment ago: not looked up again yet — when the object reported it
+        // before. Its first report always looks: the commit may have been recorded since by
+        // another instance, and a first report decides what the object skipped.
+        if repeats(state, sha.as_str()) && self.missing.known_missing(sha.as_str(), Instant::now())
+        {
             return Ok(None);
         }
         let epoch = self.missing.epoch();
@@ -398,6 +462,18 @@ impl Ledger {
         let c: CommitRecord = row.record()?;
         Ok(Some(c.info(sha)?))
     }
+}
+
+/// Whether the object's latest report named the commit `sha` (or an abbreviation of it):
+/// the next event of the same revision.
+fn repeats(state: Option<&ObjectState>, sha: &str) -> bool {
+    state
+        .and_then(|s| s.last_revision.as_deref())
+        .map(crate::domain::Revision::parse)
+        .is_some_and(|r| {
+            r.commit().is_some_and(|c| c.as_str().starts_with(sha))
+                || r.commit_prefix().is_some_and(|p| p == sha)
+        })
 }
 
 fn summary(event: &FluxEvent, class: Class, out: &core::Outcome) -> serde_json::Value {

@@ -397,14 +397,10 @@ impl Ledger {
                 &state,
                 &[("rowType", super::records::ROW_STATE)],
             );
-            // The state and the follows row: one call (one commit on SQLite; on Table
-            // Storage the state first — a follows row lost after it is part 9's issue).
+            // The follows row, then the state (one commit on SQLite; on Table Storage in
+            // that order): a follows row alone is harmless — a push that finds it reads the
+            // state — while a state without its follows row would never expect a push.
             let writes = vec![
-                (
-                    Table::Objects,
-                    pk.to_string(),
-                    vec![BatchOp::Update(entity, row.etag.clone().expect("etag"))],
-                ),
                 (
                     Table::Follows,
                     x.follow_pk.to_string(),
@@ -413,6 +409,11 @@ impl Ledger {
                         pk,
                         &state.object,
                     ))],
+                ),
+                (
+                    Table::Objects,
+                    pk.to_string(),
+                    vec![BatchOp::Update(entity, row.etag.clone().expect("etag"))],
                 ),
             ];
             match self.store.batches(writes).await {
@@ -429,7 +430,7 @@ impl Ledger {
     /// Writes one target update into the commit's partition (`replayed`: re-issued for a
     /// duplicate event, see [`TargetRecord::merge_replayed`]) and returns the row as written
     /// (`None`: the update creates no row, e.g. `discarded` for a commit never expected).
-    pub(super) async fn merge_target(
+    pub(crate) async fn merge_target(
         &self,
         u: &core::TargetUpdate,
         replayed: bool,

@@ -251,6 +251,11 @@ impl Ledger {
         Ok(finished)
     }
 
+    /// Forgets the cached state of an object written outside the Flux path (the sweep).
+    pub(crate) fn forget_state(&self, pk: &str) {
+        self.states.forget(pk);
+    }
+
     pub(crate) fn notify_outbox(&self, partition: &str) {
         if let Some(tx) = &self.outbox_tx {
             // A full queue only delays delivery: the dispatcher's periodic scan finds it.
@@ -390,23 +395,6 @@ impl Ledger {
 }
 
 impl Ledger {
-    /// Writes an object's state read with `etag` (the sweep's count of stalls). A writer
-    /// that changed it meanwhile wins: `false`.
-    pub async fn write_state(
-        &self,
-        pk: &str,
-        state: &ObjectState,
-        etag: &crate::store::Etag,
-    ) -> Result<bool, StoreError> {
-        self.states.forget(pk);
-        let row = tagged(pk, "state", state, &[("rowType", ROW_STATE)]);
-        match self.store.update(Table::Objects, row, etag).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::PreconditionFailed) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Retires an object (an operator says it is gone: deleted, renamed, its cluster
     /// retired): nothing is expected of it any more — pushes no longer make commits pending
     /// on it, the sweep stalls nothing on it — and its open incident closes without

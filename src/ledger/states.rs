@@ -24,10 +24,22 @@ use crate::store::Etag;
 /// States kept: the busiest two thousand objects, ~5 MB.
 pub const CAPACITY: usize = 2048;
 
+/// A cached state: the state, its row's etag, and — when this process also wrote the row of
+/// the state's current target last — that row's etag, so the next event of the same commit
+/// writes the row conditionally without reading it (another writer's change fails the
+/// write, and the event is read again).
+#[derive(Debug)]
+pub struct Cached {
+    pub state: ObjectState,
+    pub etag: Etag,
+    pub target_etag: Option<Etag>,
+}
+
 #[derive(Debug)]
 pub struct StateCache {
-    /// An object's partition key → its state's JSON text and etag.
-    states: Shards<(String, Etag)>,
+    /// An object's partition key → its state's JSON text and etag, and the etag of its
+    /// current target row as this process wrote it (see [`Cached`]).
+    states: Shards<(String, Etag, Option<Etag>)>,
 }
 
 impl Default for StateCache {
@@ -44,24 +56,29 @@ impl StateCache {
     }
 
     /// Takes the object's state out, if this process wrote it last.
-    pub fn take(&self, pk: &str) -> Option<(ObjectState, Etag)> {
-        let (json, etag) = self.states.remove(pk)?;
+    pub fn take(&self, pk: &str) -> Option<Cached> {
+        let (json, etag, target_etag) = self.states.remove(pk)?;
         // It was encoded here: a failure is a bug, and reading the store is the remedy.
-        serde_json::from_str(&json).ok().map(|state| (state, etag))
+        serde_json::from_str(&json).ok().map(|state| Cached {
+            state,
+            etag,
+            target_etag,
+        })
     }
 
     /// Remembers a state read and left unchanged, with its etag.
     pub fn put_state(&self, pk: &str, state: &ObjectState, etag: Etag) {
         if let Ok(json) = serde_json::to_string(state) {
-            self.put(pk, json, etag);
+            self.put(pk, json, etag, None);
         }
     }
 
     /// Remembers the state just written, as the JSON text of its row (the text the store
-    /// was given: encoded once for both), with its etag.
-    pub fn put(&self, pk: &str, json: String, etag: Etag) {
+    /// was given: encoded once for both), with its etag and its current target row's.
+    pub fn put(&self, pk: &str, json: String, etag: Etag, target_etag: Option<Etag>) {
         if let Some(mut shard) = self.states.lock(pk) {
-            self.states.insert(&mut shard, pk, (json, etag), |_| {});
+            self.states
+                .insert(&mut shard, pk, (json, etag, target_etag), |_| {});
         }
     }
 
@@ -99,9 +116,9 @@ mod tests {
     fn an_entry_is_taken_once() {
         let cache = StateCache::default();
         cache.put_state("a", &state("a"), Etag("1".into()));
-        let (s, e) = cache.take("a").expect("cached");
-        assert_eq!(s.object.name, "a");
-        assert_eq!(e, Etag("1".into()));
+        let c = cache.take("a").expect("cached");
+        assert_eq!(c.state.object.name, "a");
+        assert_eq!(c.etag, Etag("1".into()));
         assert!(cache.take("a").is_none(), "a second event reads the store");
     }
 

@@ -15,6 +15,7 @@ mod outage;
 mod parsers;
 mod process;
 mod read_api;
+mod scale;
 mod servicebus;
 mod store;
 mod sweep;
