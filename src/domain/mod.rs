@@ -11,4 +11,4 @@ mod sha;
 pub use git_ref::{GitRef, GitRefError};
 pub use repo::{RepoKey, RepoKeyError};
 pub use revision::Revision;
-pub use sha::{CommitSha, ShaError};
+pub use sha::{CommitSha, MergeCommit, ShaError};

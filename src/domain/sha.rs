@@ -70,9 +70,86 @@ impl<'de> Deserialize<'de> for CommitSha {
     }
 }
 
+/// The commit a pull request's merge produced, as the host names it: a full id, or — Bitbucket
+/// Cloud's `pullrequest:fulfilled` always — an abbreviation (7 to 39 hex digits), which the
+/// ledger resolves against the commits pushed to the repository. Stored as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MergeCommit {
+    Full(CommitSha),
+    Abbreviated(String),
+}
+
+impl MergeCommit {
+    /// A full id, or an abbreviation of at least 7 hex digits (lowered).
+    pub fn parse(s: &str) -> Result<Self, ShaError> {
+        match CommitSha::parse(s) {
+            Ok(sha) => Ok(MergeCommit::Full(sha)),
+            Err(e) if s.len() >= 40 => Err(e),
+            Err(_) if s.len() < 7 => Err(ShaError::Length(s.chars().count())),
+            Err(_) if !s.bytes().all(|b| b.is_ascii_hexdigit()) => Err(ShaError::NotHex),
+            Err(_) => Ok(MergeCommit::Abbreviated(s.to_ascii_lowercase())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            MergeCommit::Full(sha) => sha.as_str(),
+            MergeCommit::Abbreviated(s) => s,
+        }
+    }
+
+    pub fn full(&self) -> Option<&CommitSha> {
+        match self {
+            MergeCommit::Full(sha) => Some(sha),
+            MergeCommit::Abbreviated(_) => None,
+        }
+    }
+}
+
+impl From<CommitSha> for MergeCommit {
+    fn from(sha: CommitSha) -> Self {
+        MergeCommit::Full(sha)
+    }
+}
+
+impl fmt::Display for MergeCommit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for MergeCommit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MergeCommit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        MergeCommit::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_commit_is_full_or_an_abbreviation_of_at_least_seven() {
+        let full = "709d658dc5b6d6afcd46049c2f332ee3f515a67d";
+        assert_eq!(
+            MergeCommit::parse(full).unwrap().full().unwrap().as_str(),
+            full
+        );
+        assert_eq!(
+            MergeCommit::parse("709D658DC5B6").unwrap(),
+            MergeCommit::Abbreviated("709d658dc5b6".into())
+        );
+        assert!(MergeCommit::parse("709d65").is_err());
+        assert!(MergeCommit::parse("709d658xc5b6").is_err());
+        assert!(MergeCommit::parse(&"a".repeat(41)).is_err());
+    }
 
     #[test]
     fn accepts_sha1_and_sha256_and_lowers_case() {

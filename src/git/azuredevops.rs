@@ -280,7 +280,7 @@ fn pr_event(r: PrResource) -> Result<GitEvent, ParseError> {
         number: r.pull_request_id,
         url,
         merge: Some(Merge {
-            sha: sha("resource.lastMergeCommit.commitId", &merge_commit.commit_id)?,
+            sha: sha("resource.lastMergeCommit.commitId", &merge_commit.commit_id)?.into(),
             merged_by: r.closed_by.as_ref().and_then(Identity::handle),
             merged_at: timestamp(r.closed_date.as_deref()),
             target_ref: r.target_ref_name.as_deref().map(branch_ref),

@@ -279,11 +279,16 @@ fn base(p: &PrPayload) -> Result<PullRequest, ParseError> {
 
 fn fulfilled_event(p: PrPayload) -> Result<GitEvent, ParseError> {
     let pr = &p.pullrequest;
-    let Some(merge_sha) = full_sha("pullrequest.merge_commit.hash", pr.merge_commit.as_ref())
-    else {
-        return Ok(GitEvent::ignored(
-            "merge commit hash is missing or abbreviated; the approval cannot be linked to a commit",
-        ));
+    // Always abbreviated (12 hex digits) in Atlassian's samples and real deliveries: the
+    // ledger resolves it against the commits pushed to the repository.
+    let merge_sha = match pr.merge_commit.as_ref() {
+        Some(h) => crate::domain::MergeCommit::parse(&h.hash)
+            .map_err(|e| ParseError::invalid("pullrequest.merge_commit.hash", e))?,
+        None => {
+            return Ok(GitEvent::ignored(
+                "merge commit hash is missing; the approval cannot be linked to a commit",
+            ))
+        }
     };
     let head = full_sha(
         "pullrequest.source.commit.hash",

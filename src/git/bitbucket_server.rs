@@ -69,10 +69,28 @@ struct Project {
 
 #[derive(Deserialize)]
 struct RepoLinks {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_list")]
     clone: Vec<NamedHref>,
-    #[serde(rename = "self", default)]
+    #[serde(rename = "self", default, deserialize_with = "lenient_list")]
     self_: Vec<NamedHref>,
+}
+
+/// A list of links, keeping the entries that are links: Atlassian's own samples carry
+/// `"self":[null]`, and a link is never what an event needs (strict about what is needed,
+/// lenient about the rest).
+fn lenient_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .filter_map(|i| serde_json::from_value(i).ok())
+            .collect(),
+        _ => vec![],
+    })
 }
 
 #[derive(Deserialize)]
@@ -300,7 +318,7 @@ fn merged_event(p: PrPayload) -> Result<GitEvent, ParseError> {
     )?;
     let mut out = base(&p)?;
     out.merge = Some(Merge {
-        sha: sha("pullRequest.properties.mergeCommit.id", &merge.id)?,
+        sha: sha("pullRequest.properties.mergeCommit.id", &merge.id)?.into(),
         merged_by: p.actor.as_ref().and_then(User::handle),
         merged_at: pr.closed_date.and_then(millis_to_rfc3339),
         target_ref: pr.to_ref.id.as_deref().map(branch_ref),

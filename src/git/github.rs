@@ -244,7 +244,7 @@ impl PullRequestPayload {
             number: self.number()?,
             url: pr.html_url.clone(),
             merge: Some(Merge {
-                sha: sha("pull_request.merge_commit_sha", merge_sha)?,
+                sha: sha("pull_request.merge_commit_sha", merge_sha)?.into(),
                 merged_by: pr.merged_by.as_ref().and_then(User::handle),
                 merged_at: timestamp(pr.merged_at.as_deref()),
                 target_ref: pr

@@ -214,7 +214,7 @@ fn merge_request_event(p: MergeRequestPayload) -> Result<GitEvent, ParseError> {
                 })?,
             };
             pr.merge = Some(Merge {
-                sha,
+                sha: sha.into(),
                 merged_by: actor,
                 merged_at: timestamp(a.updated_at.as_deref()),
                 target_ref: a.target_branch.as_deref().map(branch_ref),

@@ -255,8 +255,9 @@ pub struct PullRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Merge {
-    /// The commit the target branch now holds (merge, squash or rebase result).
-    pub sha: CommitSha,
+    /// The commit the target branch now holds (merge, squash or rebase result); Bitbucket
+    /// Cloud names it by an abbreviation.
+    pub sha: crate::domain::MergeCommit,
     pub merged_by: Option<String>,
     pub merged_at: Option<String>,
     pub target_ref: Option<String>,
@@ -365,19 +366,34 @@ pub(crate) fn tag_ref(name: &str) -> String {
     }
 }
 
-/// RFC 3339 in UTC when it parses; the host's text otherwise (an auditor would rather see
-/// an odd timestamp than none).
+/// RFC 3339 in UTC. Hosts also send `2017-12-10 17:08:07 UTC` (GitLab merge requests, still
+/// on gitlab.com) and `2017-12-10 17:08:07 +0100`; a value that is no time at all is dropped
+/// (logged): every time fluxtrail returns is RFC 3339.
 pub(crate) fn timestamp(value: Option<&str>) -> Option<String> {
     let v = value?.trim();
     if v.is_empty() {
         return None;
     }
-    Some(match chrono::DateTime::parse_from_rfc3339(v) {
-        Ok(t) => t
-            .with_timezone(&chrono::Utc)
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-        Err(_) => v.to_string(),
-    })
+    let utc = |t: chrono::DateTime<chrono::FixedOffset>| t.with_timezone(&chrono::Utc);
+    let parsed = chrono::DateTime::parse_from_rfc3339(v)
+        .map(utc)
+        .or_else(|_| chrono::DateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f %z").map(utc))
+        .or_else(|_| {
+            let naive = v
+                .strip_suffix(" UTC")
+                .or_else(|| v.strip_suffix('Z'))
+                .unwrap_or(v);
+            chrono::NaiveDateTime::parse_from_str(naive, "%Y-%m-%d %H:%M:%S%.f")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(naive, "%Y-%m-%dT%H:%M:%S%.f"))
+                .map(|n| n.and_utc())
+        });
+    match parsed {
+        Ok(t) => Some(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        Err(_) => {
+            tracing::warn!(value = v, "a host's timestamp that is not a time: dropped");
+            None
+        }
+    }
 }
 
 /// Splits Bitbucket's `Name <email>` author strings.
@@ -460,5 +476,32 @@ fn check(ok: bool) -> Result<(), AuthError> {
         Ok(())
     } else {
         Err(AuthError::Mismatch(Credential::Signature))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timestamp;
+
+    #[test]
+    fn host_times_come_out_as_rfc3339_in_utc() {
+        for (given, want) in [
+            ("2017-12-10 17:08:07 UTC", Some("2017-12-10T17:08:07Z")),
+            ("2017-12-10 18:08:07 +0100", Some("2017-12-10T17:08:07Z")),
+            ("2017-12-10T18:08:07+01:00", Some("2017-12-10T17:08:07Z")),
+            (
+                "2015-06-09T03:34:50.000000+00:00",
+                Some("2015-06-09T03:34:50Z"),
+            ),
+            (
+                "2017-12-10 17:08:07.250 UTC",
+                Some("2017-12-10T17:08:07.250Z"),
+            ),
+            ("2017-12-10T17:08:07", Some("2017-12-10T17:08:07Z")),
+            ("yesterday", None),
+            ("  ", None),
+        ] {
+            assert_eq!(timestamp(Some(given)).as_deref(), want, "{given}");
+        }
     }
 }

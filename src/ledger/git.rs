@@ -7,7 +7,7 @@ use serde_json::json;
 use super::records::{ApprovalRecord, CommitRecord, MergeRecord, PushRecord, ReviewRecord};
 use super::{object_partition, tagged, Ledger, MAX_CONFLICT_RETRIES};
 use crate::core::{self, Follow, ObjectState, TargetRecord};
-use crate::domain::{CommitSha, GitRef, Revision};
+use crate::domain::{CommitSha, GitRef, MergeCommit, Revision};
 use crate::git::{GitEvent, Provider, PullRequest, Push};
 use crate::store::{BatchOp, Entity, Row, StoreError, Table};
 
@@ -22,6 +22,12 @@ pub(super) enum PushRows {
     NotNew,
     /// Nothing known (several pushes, or an entry an earlier attempt left).
     Unknown,
+}
+
+/// The `pulls` partition of the pull requests whose merge commit is named by an abbreviation
+/// (or a full id) starting with `sha`'s first 7 digits (the shortest abbreviation taken).
+fn merge_marker(sha: &str) -> String {
+    format!("merge-commit|{}", &sha[..sha.len().min(7)])
 }
 
 /// What one push asks of the objects that follow its ref.
@@ -74,6 +80,9 @@ impl Ledger {
                         [sha, &sha[..12]]
                     }));
                     self.expect_on_followers(push, received_at).await?;
+                    if provider == Provider::Bitbucket {
+                        self.resolve_merges(push).await?;
+                    }
                     refs.push(push.git_ref.clone());
                 }
                 Ok(json!({"event": "push", "commits": commits, "refs": refs}))
@@ -193,6 +202,16 @@ impl Ledger {
     ) -> Result<(), StoreError> {
         let pk = format!("{}#{}", pr.repository.key, pr.number);
         if let Some(m) = &pr.merge {
+            if let MergeCommit::Abbreviated(abbreviation) = &m.sha {
+                // Found by the push of that commit, should it come later: written before the
+                // approval looks the commit up, so one of the two sees the other.
+                let marker = Row::from_record(
+                    merge_marker(abbreviation),
+                    &pk,
+                    &json!({"abbreviation": abbreviation}),
+                );
+                self.store.upsert(Table::Pulls, marker).await?;
+            }
             let rec = MergeRecord::new(provider, pr, m);
             self.modify(Table::Pulls, &pk, "merge", |_: Option<MergeRecord>| {
                 Some(rec.clone())
@@ -219,7 +238,14 @@ impl Ledger {
             let Some(merge_row) = rows.iter().find(|e| e.rk == "merge") else {
                 return Ok(()); // Not merged (yet): the merge event will derive the approval.
             };
-            let merge: MergeRecord = merge_row.record()?;
+            let mut merge: MergeRecord = merge_row.record()?;
+            if CommitSha::parse(&merge.sha).is_err() {
+                // An abbreviation: the approval waits for the push that names the commit.
+                match self.resolve_abbreviation(&merge).await? {
+                    Some(sha) => merge.sha = sha.to_string(),
+                    None => return Ok(()),
+                }
+            }
             let reviews = rows
                 .iter()
                 .filter(|e| e.rk.starts_with("review|"))
@@ -262,6 +288,56 @@ impl Ledger {
         Err(StoreError::Unavailable(
             "approval kept changing under concurrent writers".into(),
         ))
+    }
+
+    /// The full id of a merge commit named by an abbreviation: the one commit of the pull
+    /// request's repository pushed with that prefix (to its target branch, when several).
+    async fn resolve_abbreviation(
+        &self,
+        merge: &MergeRecord,
+    ) -> Result<Option<CommitSha>, StoreError> {
+        let mut found = Vec::new();
+        for row in self
+            .store
+            .query_pk_prefix(Table::Commits, &merge.sha, "commit")
+            .await?
+        {
+            let c: CommitRecord = row.record()?;
+            if c.repository == merge.repository {
+                let on_target = merge
+                    .target_ref
+                    .as_ref()
+                    .is_some_and(|t| c.refs.iter().any(|r| r == t));
+                found.push((on_target, c.sha));
+            }
+        }
+        if found.iter().any(|(on_target, _)| *on_target) {
+            found.retain(|(on_target, _)| *on_target);
+        }
+        Ok(match found.as_slice() {
+            [(_, sha)] => CommitSha::parse(sha).ok(),
+            _ => None,
+        })
+    }
+
+    /// A Bitbucket Cloud push: the pull requests merged into one of its commits whose merge
+    /// named it by an abbreviation (and arrived first) get their approval now.
+    async fn resolve_merges(&self, push: &Push) -> Result<(), StoreError> {
+        let markers: Vec<String> = push
+            .commits
+            .iter()
+            .map(|c| merge_marker(c.sha.as_str()))
+            .collect();
+        for rows in self
+            .store
+            .query_partitions(Table::Pulls, &markers, None)
+            .await?
+        {
+            for row in rows {
+                self.refresh_approval(&row.rk).await?;
+            }
+        }
+        Ok(())
     }
 
     /// A push to a ref: every object that follows it expects the pushed commits (`pending`,

@@ -160,8 +160,7 @@ async fn azuredevops_merge_and_push_in_both_orders() {
     .await;
 }
 
-#[tokio::test]
-async fn bitbucket_cloud_approval_fulfil_and_push_in_all_orders() {
+async fn bitbucket_cloud_orders() {
     let deliveries: Vec<Delivery> = vec![
         (
             "bitbucket",
@@ -188,8 +187,25 @@ async fn bitbucket_cloud_approval_fulfil_and_push_in_all_orders() {
     .await;
 }
 
+/// Bitbucket Cloud names the merge commit by 12 hex digits (`SOURCES.md`): resolved against
+/// the push's full ids, whichever arrives first.
+#[tokio::test]
+async fn bitbucket_cloud_approval_fulfil_and_push_in_all_orders() {
+    bitbucket_cloud_orders().await;
+}
+
 #[tokio::test]
 async fn bitbucket_server_approval_merge_and_push_in_all_orders() {
+    bitbucket_server_orders("").await;
+}
+
+/// Atlassian's own example shape, `"links":{"self":[null]}`: accepted, the link ignored.
+#[tokio::test]
+async fn bitbucket_server_events_with_null_links_in_all_orders() {
+    bitbucket_server_orders("-self-null").await;
+}
+
+async fn bitbucket_server_orders(variant: &str) {
     let merge_sha = "7e48f426f0a6e47c5b5e862c31be6ca5f0f9ade2";
     let push = push_with_head("bitbucket-server/refs-changed.json", |v| {
         v["changes"][0]["toHash"] = json!(merge_sha);
@@ -197,12 +213,14 @@ async fn bitbucket_server_approval_merge_and_push_in_all_orders() {
     let deliveries: Vec<Delivery> = vec![
         (
             "bitbucket-server",
-            fixture("bitbucket-server/pr-reviewer-approved.json"),
+            fixture(&format!(
+                "bitbucket-server/pr-reviewer-approved{variant}.json"
+            )),
             vec![("X-Event-Key", "pr:reviewer:approved")],
         ),
         (
             "bitbucket-server",
-            fixture("bitbucket-server/pr-merged.json"),
+            fixture(&format!("bitbucket-server/pr-merged{variant}.json")),
             vec![("X-Event-Key", "pr:merged")],
         ),
         (
