@@ -103,8 +103,15 @@ pub async fn sweep(
             "timestamp",
             settings.retain_history,
         ),
+        // Parts of journal entries too large for one entity (counted with the entries).
+        (
+            Table::Deliveries,
+            ("state", "part"),
+            "receivedAt",
+            settings.retain_deliveries,
+        ),
     ];
-    let mut deleted = [0; 3];
+    let mut deleted = [0; 4];
     for (n, (table, kind, time_prop, keep)) in kinds.into_iter().enumerate() {
         let old = ledger
             .store()
@@ -112,11 +119,14 @@ pub async fn sweep(
             .await?;
         deleted[n] = delete(ledger, table, old).await?;
     }
+    let parts;
     [
         report.deleted_deliveries,
         report.deleted_messages,
         report.deleted_history,
+        parts,
     ] = deleted;
+    report.deleted_deliveries += parts;
     Ok(report)
 }
 

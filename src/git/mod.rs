@@ -310,6 +310,9 @@ pub fn authenticate(
     }
 }
 
+/// The longest commit message kept (bytes); the rest is cut, saying so.
+pub const MAX_COMMIT_MESSAGE: usize = 16 * 1024;
+
 /// Parses an authenticated delivery.
 pub fn parse(provider: Provider, d: &Delivery<'_>) -> Result<Parsed, ParseError> {
     let parsed = match provider {
@@ -320,6 +323,16 @@ pub fn parse(provider: Provider, d: &Delivery<'_>) -> Result<Parsed, ParseError>
         Provider::BitbucketServer => bitbucket_server::parse(d),
         Provider::Gitea | Provider::Forgejo => gitea::parse(d),
     }?;
+    let mut parsed = parsed;
+    if let GitEvent::Push { pushes } = &mut parsed.event {
+        // A commit message is copied into its commit row (and the journal): bounded like a
+        // Flux message, saying so.
+        for c in pushes.iter_mut().flat_map(|p| p.commits.iter_mut()) {
+            if let Some(m) = c.message.take() {
+                c.message = Some(crate::flux::cut(m, MAX_COMMIT_MESSAGE));
+            }
+        }
+    }
     if matches!(parsed.event, GitEvent::Ignored { .. }) {
         // Event types we do not model are answered without reading them, but a body that is
         // not a JSON object is malformed whatever its event type says.

@@ -101,7 +101,7 @@ impl ApiError {
             ReadTokenMissing => (StatusCode::UNAUTHORIZED, "token_missing"),
             ReadTokenInvalid => (StatusCode::UNAUTHORIZED, "token_invalid"),
             // Undecodable stored data will not heal by retrying: that is our bug, a 500.
-            StoreUnavailable(StoreError::Corrupt(_)) => {
+            StoreUnavailable(StoreError::Corrupt(_) | StoreError::TooLarge(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
             StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
@@ -124,7 +124,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 h.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::StoreUnavailable(e) if !matches!(e, StoreError::Corrupt(_)) => {
+            ApiError::StoreUnavailable(e)
+                if !matches!(e, StoreError::Corrupt(_) | StoreError::TooLarge(_)) =>
+            {
                 // Git hosts and Flux retry; tell them when.
                 h.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }

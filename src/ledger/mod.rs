@@ -119,12 +119,37 @@ impl Ledger {
     ) -> Result<Recorded, StoreError> {
         let source = payload.source();
         let pk = delivery_partition(source, delivery_id);
+        let text = serde_json::to_string(payload).expect("deliveries serialise");
+        let mut pieces = records::journal_pieces(&text);
+        let event = if pieces.len() == 1 {
+            pieces.pop().unwrap_or_default()
+        } else {
+            // Too large for one entity: the parts first, each idempotent; the entry below is
+            // the commit point (parts without an entry are inert, removed by retention).
+            for (n, piece) in pieces.iter().enumerate() {
+                let part = records::JournalPart {
+                    state: "part".into(),
+                    received_at,
+                    text: piece.clone(),
+                };
+                let key = records::journal_part_key(delivery_id, n);
+                self.store
+                    .upsert(Table::Deliveries, Row::from_record(&pk, key, &part))
+                    .await?;
+            }
+            String::new()
+        };
         let journal = DeliveryRecord {
             source: source.to_string(),
             delivery_id: delivery_id.to_string(),
             state: DeliveryState::Pending,
             received_at,
-            event: serde_json::to_string(payload).expect("deliveries serialise"),
+            event,
+            parts: if pieces.len() > 1 {
+                pieces.len() as u32
+            } else {
+                0
+            },
         };
         let entry = || Row::from_record(&pk, delivery_id, &journal);
         // A delivery of one push: its journal entry and the push's rows (when all new) in one
@@ -191,17 +216,9 @@ impl Ledger {
         // with its own data. (Tests check, on every delivery, that the two are the same.)
         let stored;
         let payload = if fresh {
-            debug_assert_eq!(
-                serde_json::from_str::<Journaled>(&journal.event)
-                    .ok()
-                    .as_ref(),
-                Some(payload),
-                "a journal entry reads back as the delivery"
-            );
             payload
         } else {
-            stored = serde_json::from_str::<Journaled>(&journal.event)
-                .map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))?;
+            stored = self.journaled(&pk, &journal).await?;
             &stored
         };
         let summary = match payload {
@@ -216,6 +233,7 @@ impl Ledger {
         let done = DeliveryRecord {
             state: DeliveryState::Done,
             event: String::new(),
+            parts: 0,
             ..journal
         };
         match self
@@ -242,8 +260,7 @@ impl Ledger {
         let mut finished = 0;
         for entity in pending {
             let rec: DeliveryRecord = entity.record()?;
-            let payload: Journaled = serde_json::from_str(&rec.event)
-                .map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))?;
+            let payload = self.journaled(&entity.pk, &rec).await?;
             self.record(&rec.delivery_id, &payload, rec.received_at)
                 .await?;
             finished += 1;
@@ -254,6 +271,32 @@ impl Ledger {
     /// Forgets the cached state of an object written outside the Flux path (the sweep).
     pub(crate) fn forget_state(&self, pk: &str) {
         self.states.forget(pk);
+    }
+
+    /// The delivery a journal entry holds: its own text, or its parts' in order.
+    async fn journaled(&self, pk: &str, rec: &DeliveryRecord) -> Result<Journaled, StoreError> {
+        let text = if rec.parts == 0 {
+            rec.event.clone()
+        } else {
+            let prefix = format!("{}|part|", rec.delivery_id);
+            let parts = self
+                .store
+                .query_partition(Table::Deliveries, pk, Some(&prefix))
+                .await?;
+            if parts.len() != rec.parts as usize {
+                return Err(StoreError::Corrupt(format!(
+                    "journal {}: {} of {} parts",
+                    rec.delivery_id,
+                    parts.len(),
+                    rec.parts
+                )));
+            }
+            parts
+                .iter()
+                .map(|p| p.record::<records::JournalPart>().map(|p| p.text))
+                .collect::<Result<String, _>>()?
+        };
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))
     }
 
     pub(crate) fn notify_outbox(&self, partition: &str) {

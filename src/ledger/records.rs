@@ -24,8 +24,54 @@ pub struct DeliveryRecord {
     pub state: DeliveryState,
     pub received_at: DateTime<Utc>,
     /// The normalised delivery ([`Journaled`] as JSON text) while `pending`; empty once
-    /// `done`.
+    /// `done`, and empty when it is kept in `parts`.
     pub event: String,
+    /// How many part rows (`{delivery id}|part|{n}`, [`JournalPart`]) hold the delivery's
+    /// text instead: one entity of Table Storage holds at most 1 MiB, and a push may list
+    /// 2,048 commits. Written before this entry, which is the commit point.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One piece of a journal entry's text too large for one entity. Tagged `state: part` so
+/// recovery (`pending`) never takes it for an entry, and retention deletes it with them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalPart {
+    pub state: String,
+    pub received_at: DateTime<Utc>,
+    pub text: String,
+}
+
+/// The most UTF-16 units of a journal's text kept in one entity (800 KB of Table Storage's
+/// 1 MiB per entity, which counts strings in UTF-16).
+pub const JOURNAL_PART_UNITS: usize = 400_000;
+
+/// The text cut into pieces of at most [`JOURNAL_PART_UNITS`] UTF-16 units (never inside a
+/// character); one piece when it fits.
+pub fn journal_pieces(text: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut current = String::new();
+    let mut units = 0;
+    for c in text.chars() {
+        if units + c.len_utf16() > JOURNAL_PART_UNITS {
+            out.push(std::mem::take(&mut current));
+            units = 0;
+        }
+        units += c.len_utf16();
+        current.push(c);
+    }
+    out.push(current);
+    out
+}
+
+/// The row key of part `n` of a delivery's journal entry.
+pub fn journal_part_key(delivery_id: &str, n: usize) -> String {
+    format!("{delivery_id}|part|{n:05}")
 }
 
 /// What a journal entry replays: a Git delivery, which touches many partitions. (A Flux

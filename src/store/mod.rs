@@ -14,6 +14,7 @@
 //! Keys here are logical strings: any character may appear. A backend with key restrictions
 //! (Table Storage forbids `/ \ # ?`) encodes them itself.
 
+pub mod limits;
 pub mod sqlite;
 
 use std::fmt;
@@ -198,6 +199,9 @@ pub enum StoreError {
     /// Stored data does not decode: a bug or tampering, never retried.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A row Table Storage would refuse (see `limits`): a bug, never retried.
+    #[error("row exceeds Table Storage's limits: {0}")]
+    TooLarge(String),
 }
 
 /// The persistence operations the ledger needs, and nothing Table Storage couldn't do.

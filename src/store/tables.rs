@@ -34,7 +34,9 @@ use sha2::{Digest, Sha256};
 
 use super::{BatchOp, Entity, Etag, Row, Store, StoreError, Table};
 
+/// UTF-16 units per data property (the limit is 32 Ki units: 64 KiB).
 const CHUNK: usize = 30_000;
+/// UTF-16 units of an encoded key (the limit is 512: 1 KiB).
 const MAX_KEY: usize = 400;
 
 #[derive(Debug, Clone)]
@@ -151,8 +153,8 @@ fn location_and_credentials(
 /// than the limit keep their first part and a hash.
 pub fn encode_key(key: &str) -> String {
     let out = escape_key(key);
-    if out.chars().count() > MAX_KEY {
-        let head: String = out.chars().take(KEPT_HEAD).collect();
+    if out.encode_utf16().count() > MAX_KEY {
+        let head = utf16_head(&out, KEPT_HEAD);
         let hash = hex::encode(Sha256::digest(key.as_bytes()));
         return format!("{head}~{hash}");
     }
@@ -181,10 +183,21 @@ fn escape_key(key: &str) -> String {
 /// an over-long key keeps (the rest of such keys is a hash, so the caller filters).
 fn encode_prefix(prefix: &str) -> String {
     let out = escape_key(prefix);
-    if out.chars().count() > KEPT_HEAD {
-        return out.chars().take(KEPT_HEAD).collect();
+    if out.encode_utf16().count() > KEPT_HEAD {
+        return utf16_head(&out, KEPT_HEAD);
     }
     out
+}
+
+/// The longest head of `s` of at most `units` UTF-16 units.
+fn utf16_head(s: &str, units: usize) -> String {
+    let mut n = 0;
+    s.chars()
+        .take_while(|c| {
+            n += c.len_utf16();
+            n <= units
+        })
+        .collect()
 }
 
 /// An OData string literal.
@@ -198,7 +211,22 @@ fn is_identifier(k: &str) -> bool {
         && k.len() < 200
 }
 
-fn to_wire(row: &Row) -> Value {
+/// The entity Table Storage is sent for `row`, checked against Table Storage's limits, with
+/// its size in Azure's count.
+fn to_wire(row: &Row) -> Result<(Value, usize), StoreError> {
+    let wire = encode(row);
+    let size = super::limits::check_entity(wire.as_object().expect("an object"))
+        .map_err(|e| StoreError::TooLarge(format!("{}/{}: {e}", row.pk, row.rk)))?;
+    Ok((wire, size))
+}
+
+/// Checks `row` as this backend would send it (the SQLite backend asks, in debug builds, so
+/// that every test run catches a row real Azure would refuse).
+pub fn check_row(row: &Row) -> Result<usize, StoreError> {
+    to_wire(row).map(|(_, size)| size)
+}
+
+fn encode(row: &Row) -> Value {
     let (pk, rk) = (&row.pk, &row.rk);
     let mut m = Map::new();
     m.insert("PartitionKey".into(), Value::String(encode_key(pk)));
@@ -212,13 +240,49 @@ fn to_wire(row: &Row) -> Value {
             }
         }
     }
-    let chars: Vec<char> = row.json().chars().collect();
-    let chunks: Vec<String> = chars.chunks(CHUNK).map(|c| c.iter().collect()).collect();
+    let chunks = chunks(row.json());
     m.insert("dn".into(), Value::String(chunks.len().to_string()));
     for (i, c) in chunks.into_iter().enumerate() {
         m.insert(format!("d{i}"), Value::String(c));
     }
     Value::Object(m)
+}
+
+/// The record's JSON text in pieces of at most [`CHUNK`] UTF-16 units (Table Storage counts
+/// strings in UTF-16: 64 KiB is 32 Ki units), never splitting a character.
+fn chunks(json: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut current = String::new();
+    let mut units = 0;
+    for c in json.chars() {
+        if units + c.len_utf16() > CHUNK {
+            out.push(std::mem::take(&mut current));
+            units = 0;
+        }
+        units += c.len_utf16();
+        current.push(c);
+    }
+    if !current.is_empty() || out.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// A batch operation once its entity is encoded: what remains to name it.
+enum Staged {
+    Insert,
+    Upsert(String),
+    Update(String, Etag),
+    Delete { rk: String, etag: Option<Etag> },
+}
+
+fn op_of(op: BatchOp) -> Staged {
+    match op {
+        BatchOp::Insert(_) => Staged::Insert,
+        BatchOp::Upsert(e) => Staged::Upsert(e.rk),
+        BatchOp::Update(e, etag) => Staged::Update(e.rk, etag),
+        BatchOp::Delete { rk, etag } => Staged::Delete { rk, etag },
+    }
 }
 
 fn from_wire(mut m: Map<String, Value>) -> Result<Entity, StoreError> {
@@ -349,7 +413,7 @@ impl Store for TableStore {
     }
 
     async fn insert(&self, table: Table, row: Row) -> Result<Etag, StoreError> {
-        let wire = to_wire(&row);
+        let (wire, _) = to_wire(&row)?;
         let resp = self
             .table(table)
             .insert::<_, Map<String, Value>>(wire)
@@ -361,7 +425,7 @@ impl Store for TableStore {
     }
 
     async fn update(&self, table: Table, row: Row, etag: &Etag) -> Result<Etag, StoreError> {
-        let wire = to_wire(&row);
+        let (wire, _) = to_wire(&row)?;
         let client = self
             .table(table)
             .partition_key_client(encode_key(&row.pk))
@@ -380,7 +444,7 @@ impl Store for TableStore {
     }
 
     async fn upsert(&self, table: Table, row: Row) -> Result<Etag, StoreError> {
-        let wire = to_wire(&row);
+        let (wire, _) = to_wire(&row)?;
         let client = self
             .table(table)
             .partition_key_client(encode_key(&row.pk))
@@ -402,22 +466,39 @@ impl Store for TableStore {
         let pkc = self.table(table).partition_key_client(encode_key(pk));
         let mut tx = pkc.transaction();
         let n = ops.len();
+        let mut staged = Vec::with_capacity(n);
         for op in ops {
-            tx = match op {
-                BatchOp::Insert(e) => tx.insert(to_wire(&e)),
-                BatchOp::Upsert(e) => tx.insert_or_replace(encode_key(&e.rk), to_wire(&e)),
-                BatchOp::Update(e, etag) => tx.update(
-                    encode_key(&e.rk),
-                    to_wire(&e),
+            let wire = match &op {
+                BatchOp::Insert(e) | BatchOp::Upsert(e) | BatchOp::Update(e, _) => {
+                    Some(to_wire(e)?)
+                }
+                BatchOp::Delete { .. } => None,
+            };
+            staged.push((wire, op_of(op)));
+        }
+        let sizes: Vec<usize> = staged
+            .iter()
+            .map(|(w, _)| w.as_ref().map_or(0, |(_, size)| *size))
+            .collect();
+        super::limits::check_batch(&sizes)
+            .map_err(|e| StoreError::TooLarge(format!("{}/{pk}: {e}", table.name())))?;
+        for (wire, op) in staged {
+            tx = match (op, wire.map(|(w, _)| w)) {
+                (Staged::Insert, Some(w)) => tx.insert(w),
+                (Staged::Upsert(rk), Some(w)) => tx.insert_or_replace(encode_key(&rk), w),
+                (Staged::Update(rk, etag), Some(w)) => tx.update(
+                    encode_key(&rk),
+                    w,
                     Some(IfMatchCondition::Etag(azure_etag(&etag))),
                 ),
-                BatchOp::Delete { rk, etag } => tx.delete(
+                (Staged::Delete { rk, etag }, _) => tx.delete(
                     encode_key(&rk),
                     Some(match etag {
                         Some(e) => IfMatchCondition::Etag(azure_etag(&e)),
                         None => IfMatchCondition::Any,
                     }),
                 ),
+                (_, None) => unreachable!("every write is staged with its entity"),
             }
             .map_err(map_err)?;
         }
@@ -553,6 +634,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn data_is_cut_in_utf16_units_never_inside_a_character() {
+        let json = format!("{{\"t\":\"{}\"}}", "a😀é".repeat(20_000));
+        let parts = chunks(&json);
+        assert!(parts.len() >= 3);
+        assert!(parts.iter().all(|p| p.encode_utf16().count() <= CHUNK));
+        assert_eq!(parts.concat(), json);
+        assert_eq!(chunks(""), vec![String::new()]);
+    }
+
+    #[test]
     fn keys_escape_what_table_storage_forbids_and_keep_prefixes() {
         assert_eq!(
             encode_key("github.com/o/r|refs/heads/main"),
@@ -562,7 +653,10 @@ mod tests {
         assert!(encode_key("review|o'brien").starts_with(&encode_key("review|")));
         let long = "x/".repeat(400);
         let k = encode_key(&long);
-        assert!(k.chars().count() <= MAX_KEY);
+        assert!(k.encode_utf16().count() <= MAX_KEY);
+        let wide = "😀/".repeat(300);
+        assert!(encode_key(&wide).encode_utf16().count() <= MAX_KEY);
+        assert!(encode_key(&wide).starts_with(&encode_prefix("😀/😀")));
         assert_ne!(encode_key(&long), encode_key(&"x/".repeat(401)));
         assert_eq!(literal("it's"), "'it''s'");
     }
@@ -576,7 +670,7 @@ mod tests {
             serde_json::json!({"a": [1, 2, {"b": "c"}]}),
         );
         props.insert("big".into(), Value::String("é".repeat(70_000)));
-        let wire = to_wire(&Row::from_record("p/1", "r#2", &props));
+        let (wire, _) = to_wire(&Row::from_record("p/1", "r#2", &props)).unwrap();
         let m = wire.as_object().unwrap();
         assert_eq!(m["p_state"], "pending");
         assert!(m.get("p_big").is_none(), "long strings are not promoted");

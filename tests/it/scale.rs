@@ -563,3 +563,110 @@ async fn an_event_whose_answer_was_lost_is_finished_by_its_retry() {
     push(&l, "refs/heads/main", Some(1), &[2], 20).await;
     assert_eq!(state(&l, 2).await.as_deref(), Some("pending"));
 }
+
+/// Case 6: GitHub lists up to 2,048 commits in one push. Its journal entry (the normalised
+/// delivery, ~3 MB in UTF-16 here) is over Table Storage's 1 MiB per entity: it is kept in
+/// parts. The push is recorded whole, a redelivery is a duplicate, and so is a huge commit
+/// message (cut, saying so).
+#[tokio::test]
+async fn a_push_of_2048_commits_is_recorded_whole() {
+    let app = crate::helpers::spawn_app().await;
+    let commits: Vec<u32> = (1..=2048).collect();
+    let mut p: Value = serde_json::from_slice(&push_body(
+        "acme/fleet",
+        "refs/heads/main",
+        None,
+        &commits,
+        false,
+    ))
+    .unwrap();
+    for (i, commit) in p["commits"].as_array_mut().unwrap().iter_mut().enumerate() {
+        commit["message"] = json!(format!(
+            "change {i}: {}",
+            "raise the replicas ✓ ".repeat(30)
+        ));
+        commit["url"] = json!(format!(
+            "https://github.com/acme/fleet/commit/{}",
+            c(i as u32 + 1)
+        ));
+    }
+    p["commits"][7]["message"] = json!("😀".repeat(300_000));
+    let body = serde_json::to_vec(&p).unwrap();
+    assert!(body.len() > 2_000_000, "{} bytes", body.len());
+    for expected in [reqwest::StatusCode::ACCEPTED, reqwest::StatusCode::OK] {
+        let r = app
+            .post_git(
+                "github",
+                &[
+                    ("X-GitHub-Event", "push"),
+                    ("X-GitHub-Delivery", "big-push"),
+                ],
+                &body,
+            )
+            .await;
+        assert_eq!(r.status(), expected);
+    }
+    for n in [1, 8, 1024, 2048] {
+        let (status, ev) = app.evidence(&c(n)).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "commit {n}");
+        let message = ev["commit"]["message"].as_str().unwrap();
+        assert!(message.len() <= 17 * 1024, "{}", message.len());
+        if n == 8 {
+            assert!(
+                message.ends_with("not kept]"),
+                "{}",
+                &message[message.len() - 40..]
+            );
+        }
+    }
+}
+
+/// Case 6: a journal entry kept in parts is finished from its parts by the retry of a
+/// delivery whose first attempt stopped after the entry (a commit row refused).
+#[tokio::test]
+async fn a_large_journal_entry_is_finished_from_its_parts() {
+    let (_d, inner) = sqlite();
+    let store = Scripted::new(inner);
+    let l = Ledger::new(store.clone());
+    let commits: Vec<u32> = (1..=2048).collect();
+    let mut p: Value = serde_json::from_slice(&push_body(
+        "acme/fleet",
+        "refs/heads/main",
+        None,
+        &commits,
+        false,
+    ))
+    .unwrap();
+    for commit in p["commits"].as_array_mut().unwrap() {
+        commit["message"] = json!("roll out ✓ ".repeat(60));
+    }
+    let (id, ev) = github(&serde_json::to_vec(&p).unwrap(), "big");
+    let sha = c(1000);
+    store.rule(once(
+        move |o| o.table == Table::Commits && o.pk == sha,
+        || Fault::Refuse,
+    ));
+    assert!(l
+        .record_git(Provider::GitHub, &id, &ev, server(0))
+        .await
+        .is_err());
+    let parts = l
+        .store()
+        .query_where(Table::Deliveries, "state", "part")
+        .await
+        .unwrap();
+    assert!(parts.len() >= 2, "{} parts", parts.len());
+    // Start-up recovery finishes it from the parts alone.
+    assert_eq!(l.recover().await.unwrap(), 1);
+    assert!(l
+        .evidence(&CommitSha::parse(&c(1000)).unwrap())
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        l.record_git(Provider::GitHub, &id, &ev, server(1))
+            .await
+            .unwrap(),
+        Recorded::Duplicate
+    );
+}
