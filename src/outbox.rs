@@ -8,8 +8,12 @@
 //!
 //! Failures back off exponentially with jitter (base `FLUXTRAIL_PUBLISH_RETRY_BASE`, doubling,
 //! capped at 5 minutes); a later message of the same object waits for an earlier one. After
-//! `FLUXTRAIL_PUBLISH_MAX_ATTEMPTS` a message is parked as `dead`: kept, listed by
-//! `GET /api/outbox?delivery=dead`, re-driven by `POST /api/outbox/redrive` (or the sweep).
+//! `FLUXTRAIL_PUBLISH_MAX_ATTEMPTS` a message is parked: counted and listed as dead
+//! (`GET /api/outbox?delivery=dead`, health), but kept in line and tried again by itself at
+//! the capped backoff, so an outage of any length ends with every message delivered once, in
+//! order, by itself. A message the publisher refuses (`Rejected`) is `dead` at once and does
+//! not hold its object's next messages back. `POST /api/outbox/redrive` puts both back in
+//! line for an attempt at once.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -214,6 +218,7 @@ impl Dispatcher {
                 d.rec.delivered_at = Some(now);
                 d.rec.next_attempt_at = None;
                 d.rec.last_error = None;
+                d.rec.parked = false;
                 pass.delivered += 1;
                 handled.push(d);
             }
@@ -222,14 +227,16 @@ impl Dispatcher {
             };
             d.rec.attempts += 1;
             d.rec.last_error = Some(e.to_string());
-            let give_up = matches!(e, PublishError::Rejected(_))
-                || d.rec.attempts >= self.policy.max_attempts;
-            let waits = if give_up {
+            let waits = if matches!(e, PublishError::Rejected(_)) {
                 d.rec.delivery = Delivery::Dead;
                 d.rec.next_attempt_at = None;
-                tracing::error!(id = %d.rec.message.id, attempts = d.rec.attempts, error = %e, "message parked as dead; re-drive with POST /api/outbox/redrive");
+                tracing::error!(id = %d.rec.message.id, attempts = d.rec.attempts, error = %e, "message refused by the publisher, parked as dead; re-drive with POST /api/outbox/redrive");
                 None
             } else {
+                if d.rec.attempts >= self.policy.max_attempts && !d.rec.parked {
+                    d.rec.parked = true;
+                    tracing::error!(id = %d.rec.message.id, attempts = d.rec.attempts, error = %e, "message parked after its attempts: shown as dead, tried again by itself every 5 minutes (POST /api/outbox/redrive tries at once)");
+                }
                 let at = now
                     + chrono::Duration::from_std(
                         self.policy.backoff(d.rec.attempts, &d.rec.message.id),

@@ -148,7 +148,9 @@ pub(super) async fn outbox(
         .map(|r| {
             json!({
                 "message": r.message.to_cloudevent(),
-                "delivery": r.delivery,
+                // A parked message is listed as dead (see `outbox.rs`), and says it is parked.
+                "delivery": if r.parked { Delivery::Dead } else { r.delivery },
+                "parked": r.parked,
                 "attempts": r.attempts,
                 "nextAttemptAt": r.next_attempt_at,
                 "lastError": r.last_error,
@@ -200,14 +202,7 @@ pub(super) async fn health(
 
 /// Messages waiting and parked, for the health report (`null` when the store cannot say).
 async fn outbox_counts(state: &AppState) -> serde_json::Value {
-    let count = |d: Delivery| async move {
-        state
-            .ledger
-            .store()
-            .query_where(crate::store::Table::Objects, "delivery", d.as_str())
-            .await
-            .map(|v| v.len())
-    };
+    let count = |d: Delivery| async move { state.ledger.outbox(d).await.map(|v| v.len()) };
     match (count(Delivery::Pending).await, count(Delivery::Dead).await) {
         (Ok(pending), Ok(dead)) => json!({"pending": pending, "dead": dead}),
         _ => serde_json::Value::Null,

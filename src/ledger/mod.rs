@@ -485,17 +485,33 @@ impl Ledger {
     }
 
     /// Outbox messages in one delivery state (`pending`, `delivered`, `dead`), oldest first.
+    /// Parked messages (see `OutboxRecord::parked`) count as dead, not pending.
     pub async fn outbox(
         &self,
         delivery: records::Delivery,
     ) -> Result<Vec<records::OutboxRecord>, StoreError> {
-        let mut out = self
-            .store
-            .query_where(Table::Objects, "delivery", delivery.as_str())
-            .await?
-            .iter()
-            .map(Entity::record::<records::OutboxRecord>)
-            .collect::<Result<Vec<_>, _>>()?;
+        use records::Delivery::{Dead, Pending};
+        let read = |d: records::Delivery| async move {
+            self.store
+                .query_where(Table::Objects, "delivery", d.as_str())
+                .await?
+                .iter()
+                .map(Entity::record::<records::OutboxRecord>)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut out = match delivery {
+            Pending => read(Pending)
+                .await?
+                .into_iter()
+                .filter(|r| !r.parked)
+                .collect(),
+            Dead => {
+                let mut dead = read(Dead).await?;
+                dead.extend(read(Pending).await?.into_iter().filter(|r| r.parked));
+                dead
+            }
+            other => read(other).await?,
+        };
         out.sort_by(|a, b| {
             a.message
                 .time
@@ -505,17 +521,35 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Puts every parked (`dead`) message back in line for delivery. Returns how many.
+    /// Puts every dead or parked message back in line for an attempt now (a fresh series of
+    /// attempts), and every message waiting out a backoff up for one now. Returns how many
+    /// dead or parked messages it re-drove.
     pub async fn redrive(&self) -> Result<usize, StoreError> {
-        let dead = self
+        let mut rows = self
             .store
             .query_where(Table::Objects, "delivery", records::Delivery::Dead.as_str())
             .await?;
+        rows.extend(
+            self.store
+                .query_where(
+                    Table::Objects,
+                    "delivery",
+                    records::Delivery::Pending.as_str(),
+                )
+                .await?,
+        );
         let mut n = 0;
-        for row in dead {
+        for row in rows {
             let mut rec: records::OutboxRecord = row.record()?;
+            let parked = rec.delivery == records::Delivery::Dead || rec.parked;
+            if !parked && rec.next_attempt_at.is_none() {
+                continue; // due already
+            }
+            if parked {
+                rec.attempts = 0;
+            }
             rec.delivery = records::Delivery::Pending;
-            rec.attempts = 0;
+            rec.parked = false;
             rec.next_attempt_at = None;
             let entity =
                 Row::from_record(&row.pk, &row.rk, &rec).with_tag("rowType", records::ROW_OUTBOX);
@@ -525,7 +559,7 @@ impl Ledger {
                 .await
             {
                 Ok(_) => {
-                    n += 1;
+                    n += usize::from(parked);
                     self.notify_outbox(&row.pk);
                 }
                 Err(StoreError::PreconditionFailed) => {}

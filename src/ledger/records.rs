@@ -134,6 +134,12 @@ pub struct OutboxRecord {
     pub next_attempt_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Still `pending` after `FLUXTRAIL_PUBLISH_MAX_ATTEMPTS` failed attempts (an outage):
+    /// listed and counted as dead, but kept in line — its object's later messages wait
+    /// behind it — and tried again by itself every capped backoff (5 min) until the
+    /// publisher takes it. Only a message the publisher refuses stops (`dead`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
 }
 
 impl OutboxRecord {
@@ -146,6 +152,7 @@ impl OutboxRecord {
             delivered_at: None,
             next_attempt_at: None,
             last_error: None,
+            parked: false,
         }
     }
 }
