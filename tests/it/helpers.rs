@@ -120,6 +120,16 @@ pub async fn spawn_with(mut vars: HashMap<String, String>) -> TestApp {
     app
 }
 
+/// The server with exactly these variables (no test-store override), over a temporary data
+/// directory.
+pub async fn spawn_exact(vars: HashMap<String, String>) -> TestApp {
+    trace_to_file();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = start(vars, tmp.path()).await;
+    app._tmp = Some(tmp);
+    app
+}
+
 async fn start(mut vars: HashMap<String, String>, dir: &Path) -> TestApp {
     vars.insert("FLUXTRAIL_DATA_DIR".into(), dir.display().to_string());
     let settings = Settings::from_vars(|k| vars.get(k).cloned()).unwrap();

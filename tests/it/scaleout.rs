@@ -1,0 +1,427 @@
+//! The scale-out harness (part 9): a randomized but realistic event log — pushes (some
+//! forced, some redelivered), Flux events of many objects on several clusters with skewed
+//! clocks (progressing, applied, failed, lagging reports, retries of identical bytes), sweeps
+//! — sent to 2–3 instances at random over one Azurite behind the fault proxy (`proxy.rs`), a
+//! refused delivery retried as the host or Flux would; then compared with one instance, no
+//! faults, over the same log: the evidence of every commit, the objects, the incidents, and
+//! the message ids the one Service Bus topic holds must be the same, and no message twice.
+//!
+//! Needs Azurite (`scripts/test.sh` starts it and runs the ignored tests). Runs
+//! `FLUXTRAIL_SCALEOUT_RUNS` logs (default 3) from seed `FLUXTRAIL_SCALEOUT_SEED` (default
+//! 1); prints one line per run and a total (the figures in RELIABILITY.md).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use crate::fake_sb::FakeServiceBus;
+use crate::helpers::*;
+use crate::proxy::{FaultProxy, Faults, Rng};
+use crate::scale::{c, push_body};
+
+/// One delivery of the log.
+#[derive(Debug, Clone)]
+enum Delivery {
+    Git { id: String, body: Vec<u8> },
+    Flux { cluster: String, body: Vec<u8> },
+}
+
+#[derive(Debug, Default)]
+struct Phase {
+    /// In order (a host sends a ref's pushes one after the other).
+    pushes: Vec<Delivery>,
+    /// Per object, in its own order; objects concurrently.
+    flux: Vec<Vec<Delivery>>,
+    sweep: bool,
+}
+
+const OBJECTS: [&str; 3] = ["apps", "infra", "monitoring"];
+
+fn cluster_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A realistic history from `seed`.
+fn workload(seed: u64) -> (Vec<Phase>, u32) {
+    let mut rng = Rng::new(seed);
+    let mut clusters = vec!["prod-eu", "prod-us"];
+    if rng.chance(500) {
+        clusters.push("staging");
+    }
+    // Each cluster's clock is off by up to five minutes either way.
+    let skew: HashMap<&str, i64> = clusters
+        .iter()
+        .map(|c| (*c, rng.below(600) as i64 - 300))
+        .collect();
+    let epoch = DateTime::parse_from_rfc3339("2026-11-02T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let phases = 6 + rng.below(4) as usize;
+    let mut out = Vec::new();
+    let mut next = 1u32;
+    let mut head: Option<u32> = None;
+    let mut history: Vec<u32> = vec![];
+    for p in 0..phases {
+        let mut phase = Phase::default();
+        // A push of 1–3 commits, or (1 in 10, after the first) a forced push replacing the tip.
+        let forced = head.is_some() && rng.chance(100);
+        let n = 1 + rng.below(3) as u32;
+        let commits: Vec<u32> = (next..next + n).collect();
+        next += n;
+        let before = head;
+        if forced {
+            history.pop();
+        }
+        history.extend(&commits);
+        head = commits.last().copied();
+        let body = push_body("acme/fleet", "refs/heads/main", before, &commits, forced);
+        let id = format!("push-{seed}-{p}");
+        phase.pushes.push(Delivery::Git {
+            id: id.clone(),
+            body: body.clone(),
+        });
+        if rng.chance(150) {
+            // The host redelivers it.
+            phase.pushes.push(Delivery::Git { id, body });
+        }
+        // Flux: each object reacts or not; most apply the tip, some lag, some fail.
+        for cluster in &clusters {
+            for (o, name) in OBJECTS.iter().enumerate() {
+                let mut events = vec![];
+                if !rng.chance(800) {
+                    phase.flux.push(events);
+                    continue;
+                }
+                let base = epoch
+                    + chrono::Duration::seconds(p as i64 * 900 + skew[cluster] + o as i64 * 7);
+                let target = if rng.chance(150) && history.len() > 1 {
+                    history[history.len() - 2]
+                } else {
+                    head.unwrap()
+                };
+                let mut t = 0;
+                let mut send = |reason: &str, events: &mut Vec<Delivery>, rng: &mut Rng| {
+                    t += 1 + rng.below(20) as i64;
+                    let severity = if reason.ends_with("Failed") {
+                        "error"
+                    } else {
+                        "info"
+                    };
+                    let body = flux_event("kustomization-succeeded.json", |v| {
+                        v["involvedObject"]["name"] = json!(name);
+                        v["reason"] = json!(reason);
+                        v["severity"] = json!(severity);
+                        v["message"] = json!(format!("{reason} {name} at {}", c(target)));
+                        v["timestamp"] = json!(cluster_time(base + chrono::Duration::seconds(t)));
+                        v["metadata"]["revision"] = json!(format!("main@sha1:{}", c(target)));
+                    });
+                    let d = Delivery::Flux {
+                        cluster: cluster.to_string(),
+                        body,
+                    };
+                    events.push(d.clone());
+                    if rng.chance(150) {
+                        events.push(d); // Flux retries the same bytes
+                    }
+                };
+                send("Progressing", &mut events, &mut rng);
+                if rng.chance(200) {
+                    send("ReconciliationFailed", &mut events, &mut rng);
+                    if rng.chance(500) {
+                        send("ReconciliationSucceeded", &mut events, &mut rng);
+                    }
+                } else {
+                    send("ReconciliationSucceeded", &mut events, &mut rng);
+                }
+                phase.flux.push(events);
+            }
+        }
+        phase.sweep = p % 3 == 2 || p + 1 == phases;
+        out.push(phase);
+    }
+    (out, next)
+}
+
+/// One side of the comparison: its instances, the topic they share.
+struct Side {
+    apps: Vec<TestApp>,
+    bus: FakeServiceBus,
+}
+
+async fn side(instances: usize, tables: String, prefix: &str) -> Side {
+    let bus = FakeServiceBus::start().await;
+    let mut apps = Vec::new();
+    for _ in 0..instances {
+        let mut vars = default_vars();
+        vars.insert("FLUXTRAIL_TABLES".into(), tables.clone());
+        vars.insert("FLUXTRAIL_TABLES_PREFIX".into(), prefix.to_string());
+        vars.insert(
+            "FLUXTRAIL_SERVICEBUS".into(),
+            format!("Endpoint=sb://{SB_NAMESPACE}.servicebus.windows.net/;SharedAccessKeyName={SB_KEY_NAME};SharedAccessKey={SB_KEY}"),
+        );
+        vars.insert("FLUXTRAIL_SERVICEBUS_ENDPOINT".into(), bus.url());
+        vars.insert("FLUXTRAIL_PUBLISH_RETRY_BASE".into(), "20ms".into());
+        vars.insert("FLUXTRAIL_STALL_AFTER".into(), "10m".into());
+        apps.push(spawn_exact(vars).await);
+    }
+    Side { apps, bus }
+}
+
+/// Sends one delivery to a random instance until one accepts it (a host or Flux retrying).
+/// Returns how many refusals it took.
+async fn deliver(side: &Side, d: &Delivery, rng: &std::sync::Mutex<Rng>) -> u64 {
+    for refused in 0..200 {
+        let i = rng.lock().unwrap().below(side.apps.len() as u64) as usize;
+        let app = &side.apps[i];
+        let status = match d {
+            Delivery::Git { id, body } => app
+                .post_git(
+                    "github",
+                    &[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", id)],
+                    body,
+                )
+                .await
+                .status(),
+            Delivery::Flux { cluster, body } => app
+                .post_flux(&format!("/api/hooks/flux/{cluster}"), body)
+                .await
+                .status(),
+        };
+        if status.is_success() {
+            return refused;
+        }
+        assert!(
+            status.is_server_error(),
+            "a delivery is refused only for a while: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("a delivery was refused 200 times");
+}
+
+async fn sweep_all(side: &Side, now: DateTime<Utc>) {
+    let sweeps = side.apps.iter().map(|app| async move {
+        for _ in 0..50 {
+            let r = app
+                .client
+                .post(app.url("/Sweep"))
+                .json(&timer(now))
+                .send()
+                .await
+                .unwrap();
+            if r.status().is_success() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("a sweep kept failing");
+    });
+    futures_util::future::join_all(sweeps).await;
+}
+
+/// Runs the log on a side. Returns the refusals the senders met.
+async fn play(side: &Side, phases: &[Phase], seed: u64, now: DateTime<Utc>) -> u64 {
+    let rng = std::sync::Mutex::new(Rng::new(seed ^ 0xA5A5));
+    let mut refused = 0;
+    for phase in phases {
+        for d in &phase.pushes {
+            refused += deliver(side, d, &rng).await;
+        }
+        let objects = phase.flux.iter().map(|events| {
+            let rng = &rng;
+            async move {
+                let mut n = 0;
+                for d in events {
+                    n += deliver(side, d, rng).await;
+                }
+                n
+            }
+        });
+        refused += futures_util::future::join_all(objects)
+            .await
+            .into_iter()
+            .sum::<u64>();
+        if phase.sweep {
+            sweep_all(side, now).await;
+        }
+    }
+    refused
+}
+
+/// Server times (a push's receipt, when a sweep noticed something) differ between two runs;
+/// cluster times (2026-11 here) do not. Every string that is a time within a day of now is
+/// the server's: replaced by a placeholder.
+fn normalise(v: &mut Value, now: DateTime<Utc>) {
+    match v {
+        Value::String(s) => {
+            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+                if (t.with_timezone(&Utc) - now).num_hours().abs() < 24 {
+                    *s = "<server time>".into();
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| normalise(x, now)),
+        Value::Object(m) => m.values_mut().for_each(|x| normalise(x, now)),
+        _ => {}
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    evidence: BTreeMap<u32, Value>,
+    objects: Value,
+    incidents: Value,
+    messages: BTreeSet<String>,
+}
+
+/// Waits until the outbox is empty and the topic stops growing, then reads everything.
+async fn outcome(side: &Side, commits: u32, now: DateTime<Utc>) -> (Outcome, usize) {
+    let app = &side.apps[0];
+    let mut last = usize::MAX;
+    for _ in 0..400 {
+        let (_, h) = app.get_json("/api/health").await;
+        let n = side.bus.accepted().len();
+        if h["outbox"]["pending"] == 0 && h["outbox"]["dead"] == 0 && n == last {
+            break;
+        }
+        last = n;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut evidence = BTreeMap::new();
+    for n in 1..commits {
+        let (status, mut ev) = app.evidence(&c(n)).await;
+        assert!(status.is_success(), "commit {n}: {status}");
+        normalise(&mut ev, now);
+        evidence.insert(n, ev);
+    }
+    let (_, mut objects) = app.get_json("/api/objects").await;
+    normalise(&mut objects, now);
+    let (_, mut incidents) = app.get_json("/api/incidents").await;
+    normalise(&mut incidents, now);
+    let requests = side.bus.requests();
+    let handed_twice = requests.len() - side.bus.accepted().len();
+    let messages = side.bus.accepted().iter().map(|r| r.message_id()).collect();
+    (
+        Outcome {
+            evidence,
+            objects,
+            incidents,
+            messages,
+        },
+        handed_twice,
+    )
+}
+
+/// What differs between two outcomes, as paths (empty: none).
+fn divergences(a: &Outcome, b: &Outcome) -> Vec<String> {
+    let mut out = vec![];
+    for (n, ev) in &a.evidence {
+        if b.evidence.get(n) != Some(ev) {
+            out.push(format!(
+                "commit {n}: one instance {ev}\n  scaled out {}",
+                b.evidence.get(n).unwrap_or(&Value::Null)
+            ));
+        }
+    }
+    if a.objects != b.objects {
+        out.push(format!("objects:\n  {}\n  {}", a.objects, b.objects));
+    }
+    if a.incidents != b.incidents {
+        out.push(format!("incidents:\n  {}\n  {}", a.incidents, b.incidents));
+    }
+    if a.messages != b.messages {
+        out.push(format!(
+            "messages only with one instance {:?}, only scaled out {:?}",
+            a.messages.difference(&b.messages).collect::<Vec<_>>(),
+            b.messages.difference(&a.messages).collect::<Vec<_>>()
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Azurite: scripts/test.sh starts it and runs the ignored tests"]
+async fn many_instances_with_faults_end_in_the_one_instance_state() {
+    let runs: u64 = std::env::var("FLUXTRAIL_SCALEOUT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let first: u64 = std::env::var("FLUXTRAIL_SCALEOUT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let azurite = crate::store::azurite();
+    let upstream = azurite
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("TableEndpoint="))
+        .expect("a TableEndpoint")
+        .trim_end_matches('/')
+        .trim_end_matches("/devstoreaccount1")
+        .to_string();
+    let faults = Faults {
+        refuse: 60,
+        lose: 40,
+        delay: 40,
+        precondition: 30,
+        outage: 12,
+    };
+    let (mut total_events, mut total_faults, mut total_refused, mut total_twice) = (0, 0, 0, 0);
+    let mut failures = vec![];
+    for seed in first..first + runs {
+        let (phases, commits) = workload(seed);
+        let events: usize = phases
+            .iter()
+            .map(|p| p.pushes.len() + p.flux.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        let now = Utc::now() + chrono::Duration::hours(2);
+        // One instance, no faults.
+        let one = side(1, azurite.clone(), &crate::store::unique_prefix()).await;
+        play(&one, &phases, seed, now).await;
+        let (want, _) = outcome(&one, commits, Utc::now()).await;
+        drop(one);
+        // 2–3 instances behind the proxy, with faults; reads at the end without them.
+        let proxy = FaultProxy::start(&upstream, Faults::NONE, seed).await;
+        let instances = 2 + (seed % 2) as usize;
+        let many = side(
+            instances,
+            proxy.connection_string(),
+            &crate::store::unique_prefix(),
+        )
+        .await;
+        proxy.set(faults);
+        let refused = play(&many, &phases, seed, now).await;
+        // Let the outboxes finish under faults for a moment, then without.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.set(Faults::NONE);
+        let (got, twice) = outcome(&many, commits, Utc::now()).await;
+        let injected = proxy.counts.injected();
+        let diverged = divergences(&want, &got);
+        println!(
+            "scale-out run seed={seed}: {instances} instances, {events} deliveries, {} store requests, {injected} faults injected (refused {}, lost {}, delayed {}, 412 {}, outages {}), {refused} deliveries refused and retried, {} messages ({twice} handed over twice, deduplicated), {} divergences",
+            proxy.counts.requests.load(Ordering::Relaxed),
+            proxy.counts.refused.load(Ordering::Relaxed),
+            proxy.counts.lost.load(Ordering::Relaxed),
+            proxy.counts.delayed.load(Ordering::Relaxed),
+            proxy.counts.preconditions.load(Ordering::Relaxed),
+            proxy.counts.outages.load(Ordering::Relaxed),
+            want.messages.len(),
+            diverged.len(),
+        );
+        assert!(!want.messages.is_empty() && want.evidence.len() > 5);
+        total_events += events;
+        total_faults += injected;
+        total_refused += refused;
+        total_twice += twice;
+        if !diverged.is_empty() {
+            failures.push(format!("seed {seed}:\n{}", diverged.join("\n")));
+        }
+    }
+    println!(
+        "scale-out total: {runs} runs, {total_events} deliveries, {total_faults} faults injected, {total_refused} refusals retried, {total_twice} messages handed over twice (deduplicated), {} runs diverged",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
