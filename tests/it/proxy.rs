@@ -7,7 +7,7 @@
 //!   later ones);
 //! - **precondition**: answer 412 to a conditional write (`If-Match`) without forwarding (a
 //!   spurious conflict: the writer must re-read and try again);
-//! - **outage**: refuse everything for 1–5 s (longer than the SDK's own retries, so the
+//! - **outage**: refuse everything for 2–6 s (longer than the SDK's own retries, so the
 //!   delivery in flight is answered 503 and its sender retries it).
 //!
 //! What was injected is counted, per kind.
@@ -193,7 +193,7 @@ async fn handle(
         if st.outage_until.is_some_and(|until| now < until) {
             Action::Refuse
         } else if st.rng.below(10_000) < f.outage {
-            let ms = 1000 + st.rng.below(4000);
+            let ms = 2000 + st.rng.below(4000);
             st.outage_until = Some(now + Duration::from_millis(ms));
             counts.outages.fetch_add(1, Ordering::Relaxed);
             Action::Refuse

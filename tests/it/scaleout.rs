@@ -29,12 +29,19 @@ enum Delivery {
     Flux { cluster: String, body: Vec<u8> },
 }
 
+/// Deliveries sent at once (each to a random instance): Flux sends an object's events from
+/// concurrent goroutines, and retries one while its first attempt may still be in flight.
+type Group = Vec<Delivery>;
+
 #[derive(Debug, Default)]
 struct Phase {
+    /// Before the push: Flux saw the new commit before its webhook arrived (the source's
+    /// artifact, sometimes an object applying it). Per object, in order.
+    early: Vec<Vec<Group>>,
     /// In order (a host sends a ref's pushes one after the other).
     pushes: Vec<Delivery>,
-    /// Per object, in its own order; objects concurrently.
-    flux: Vec<Vec<Delivery>>,
+    /// Per object, its groups in order; objects concurrently.
+    flux: Vec<Vec<Group>>,
     sweep: bool,
 }
 
@@ -42,6 +49,67 @@ const OBJECTS: [&str; 3] = ["apps", "infra", "monitoring"];
 
 fn cluster_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// An object's events in one phase, as groups: a `Progressing` goes out together with the
+/// event after it (the two orders end the same: a late progress report changes nothing), and
+/// a retry of identical bytes goes with its original or after it.
+struct Events<'a> {
+    cluster: &'a str,
+    kind: &'a str,
+    name: &'a str,
+    base: DateTime<Utc>,
+    t: i64,
+    groups: Vec<Group>,
+    with_next: bool,
+}
+
+impl Events<'_> {
+    fn send(&mut self, reason: &str, sha: u32, rng: &mut Rng) {
+        self.t += 1 + rng.below(20) as i64;
+        let severity = if reason.ends_with("Failed") {
+            "error"
+        } else {
+            "info"
+        };
+        let (file, controller) = if self.kind == "GitRepository" {
+            ("gitrepository-new-artifact.json", "source-controller")
+        } else {
+            ("kustomization-succeeded.json", "kustomize-controller")
+        };
+        let (name, t) = (self.name, self.base + chrono::Duration::seconds(self.t));
+        let body = flux_event(file, |v| {
+            v["involvedObject"]["name"] = json!(name);
+            v["reason"] = json!(reason);
+            v["severity"] = json!(severity);
+            v["message"] = json!(format!("{reason} {name} at {}", c(sha)));
+            v["timestamp"] = json!(cluster_time(t));
+            v["metadata"]["revision"] = json!(format!("main@sha1:{}", c(sha)));
+            v["reportingController"] = json!(controller);
+        });
+        let d = Delivery::Flux {
+            cluster: self.cluster.to_string(),
+            body,
+        };
+        let mut group = if self.with_next {
+            self.groups.pop().unwrap_or_default()
+        } else {
+            vec![]
+        };
+        group.push(d.clone());
+        self.with_next = reason == "Progressing" && rng.chance(500);
+        if rng.chance(150) {
+            if rng.chance(500) {
+                group.push(d); // retried while the first attempt is in flight
+                self.groups.push(group);
+            } else {
+                self.groups.push(group);
+                self.groups.push(vec![d]); // retried after it
+            }
+        } else {
+            self.groups.push(group);
+        }
+    }
 }
 
 /// A realistic history from `seed`.
@@ -55,6 +123,10 @@ fn workload(seed: u64) -> (Vec<Phase>, u32) {
     let skew: HashMap<&str, i64> = clusters
         .iter()
         .map(|c| (*c, rng.below(600) as i64 - 300))
+        .collect();
+    // Objects start reporting in different phases (added to the cluster later).
+    let start: Vec<u64> = (0..clusters.len() * OBJECTS.len())
+        .map(|_| rng.below(4))
         .collect();
     let epoch = DateTime::parse_from_rfc3339("2026-11-02T10:00:00Z")
         .unwrap()
@@ -77,6 +149,7 @@ fn workload(seed: u64) -> (Vec<Phase>, u32) {
         }
         history.extend(&commits);
         head = commits.last().copied();
+        let tip = head.unwrap();
         let body = push_body("acme/fleet", "refs/heads/main", before, &commits, forced);
         let id = format!("push-{seed}-{p}");
         phase.pushes.push(Delivery::Git {
@@ -87,56 +160,57 @@ fn workload(seed: u64) -> (Vec<Phase>, u32) {
             // The host redelivers it.
             phase.pushes.push(Delivery::Git { id, body });
         }
-        // Flux: each object reacts or not; most apply the tip, some lag, some fail.
-        for cluster in &clusters {
+        let phase_base = epoch + chrono::Duration::seconds(p as i64 * 900);
+        for (ci, cluster) in clusters.iter().enumerate() {
+            let base = phase_base + chrono::Duration::seconds(skew[cluster]);
+            // The source fetched the new tip before the webhook arrived (1 in 3).
+            if rng.chance(330) {
+                let mut source = Events {
+                    cluster,
+                    kind: "GitRepository",
+                    name: "flux-system",
+                    base,
+                    t: 0,
+                    groups: vec![],
+                    with_next: false,
+                };
+                source.send("NewArtifact", tip, &mut rng);
+                phase.early.push(source.groups);
+            }
             for (o, name) in OBJECTS.iter().enumerate() {
-                let mut events = vec![];
-                if !rng.chance(800) {
-                    phase.flux.push(events);
+                if (p as u64) < start[ci * OBJECTS.len() + o] || !rng.chance(800) {
                     continue;
                 }
-                let base = epoch
-                    + chrono::Duration::seconds(p as i64 * 900 + skew[cluster] + o as i64 * 7);
+                let mut ev = Events {
+                    cluster,
+                    kind: "Kustomization",
+                    name,
+                    base: base + chrono::Duration::seconds(60 + o as i64 * 7),
+                    t: 0,
+                    groups: vec![],
+                    with_next: false,
+                };
+                // Applied before the push told us (1 in 10).
+                if rng.chance(100) {
+                    ev.send("ReconciliationSucceeded", tip, &mut rng);
+                    phase.early.push(ev.groups);
+                    continue;
+                }
                 let target = if rng.chance(150) && history.len() > 1 {
                     history[history.len() - 2]
                 } else {
-                    head.unwrap()
+                    tip
                 };
-                let mut t = 0;
-                let mut send = |reason: &str, events: &mut Vec<Delivery>, rng: &mut Rng| {
-                    t += 1 + rng.below(20) as i64;
-                    let severity = if reason.ends_with("Failed") {
-                        "error"
-                    } else {
-                        "info"
-                    };
-                    let body = flux_event("kustomization-succeeded.json", |v| {
-                        v["involvedObject"]["name"] = json!(name);
-                        v["reason"] = json!(reason);
-                        v["severity"] = json!(severity);
-                        v["message"] = json!(format!("{reason} {name} at {}", c(target)));
-                        v["timestamp"] = json!(cluster_time(base + chrono::Duration::seconds(t)));
-                        v["metadata"]["revision"] = json!(format!("main@sha1:{}", c(target)));
-                    });
-                    let d = Delivery::Flux {
-                        cluster: cluster.to_string(),
-                        body,
-                    };
-                    events.push(d.clone());
-                    if rng.chance(150) {
-                        events.push(d); // Flux retries the same bytes
-                    }
-                };
-                send("Progressing", &mut events, &mut rng);
+                ev.send("Progressing", target, &mut rng);
                 if rng.chance(200) {
-                    send("ReconciliationFailed", &mut events, &mut rng);
+                    ev.send("ReconciliationFailed", target, &mut rng);
                     if rng.chance(500) {
-                        send("ReconciliationSucceeded", &mut events, &mut rng);
+                        ev.send("ReconciliationSucceeded", target, &mut rng);
                     }
                 } else {
-                    send("ReconciliationSucceeded", &mut events, &mut rng);
+                    ev.send("ReconciliationSucceeded", target, &mut rng);
                 }
-                phase.flux.push(events);
+                phase.flux.push(ev.groups);
             }
         }
         phase.sweep = p % 3 == 2 || p + 1 == phases;
@@ -222,28 +296,36 @@ async fn sweep_all(side: &Side, now: DateTime<Utc>) {
     futures_util::future::join_all(sweeps).await;
 }
 
+/// Sends per-object lists of groups: objects concurrently, an object's groups in order, a
+/// group's deliveries at once. Returns the refusals met.
+async fn send_objects(side: &Side, objects: &[Vec<Group>], rng: &std::sync::Mutex<Rng>) -> u64 {
+    let objects = objects.iter().map(|groups| async move {
+        let mut n = 0;
+        for group in groups {
+            let sent = group.iter().map(|d| deliver(side, d, rng));
+            n += futures_util::future::join_all(sent)
+                .await
+                .into_iter()
+                .sum::<u64>();
+        }
+        n
+    });
+    futures_util::future::join_all(objects)
+        .await
+        .into_iter()
+        .sum()
+}
+
 /// Runs the log on a side. Returns the refusals the senders met.
 async fn play(side: &Side, phases: &[Phase], seed: u64, now: DateTime<Utc>) -> u64 {
     let rng = std::sync::Mutex::new(Rng::new(seed ^ 0xA5A5));
     let mut refused = 0;
     for phase in phases {
+        refused += send_objects(side, &phase.early, &rng).await;
         for d in &phase.pushes {
             refused += deliver(side, d, &rng).await;
         }
-        let objects = phase.flux.iter().map(|events| {
-            let rng = &rng;
-            async move {
-                let mut n = 0;
-                for d in events {
-                    n += deliver(side, d, rng).await;
-                }
-                n
-            }
-        });
-        refused += futures_util::future::join_all(objects)
-            .await
-            .into_iter()
-            .sum::<u64>();
+        refused += send_objects(side, &phase.flux, &rng).await;
         if phase.sweep {
             sweep_all(side, now).await;
         }
@@ -366,7 +448,7 @@ async fn many_instances_with_faults_end_in_the_one_instance_state() {
         lose: 40,
         delay: 40,
         precondition: 30,
-        outage: 12,
+        outage: 25,
     };
     let (mut total_events, mut total_faults, mut total_refused, mut total_twice) = (0, 0, 0, 0);
     let mut failures = vec![];
@@ -374,7 +456,10 @@ async fn many_instances_with_faults_end_in_the_one_instance_state() {
         let (phases, commits) = workload(seed);
         let events: usize = phases
             .iter()
-            .map(|p| p.pushes.len() + p.flux.iter().map(Vec::len).sum::<usize>())
+            .map(|p| {
+                let groups = |g: &Vec<Vec<Group>>| g.iter().flatten().map(Vec::len).sum::<usize>();
+                p.pushes.len() + groups(&p.early) + groups(&p.flux)
+            })
             .sum();
         let now = Utc::now() + chrono::Duration::hours(2);
         // One instance, no faults.
