@@ -54,19 +54,7 @@ pub const JOURNAL_PART_UNITS: usize = 400_000;
 /// The text cut into pieces of at most [`JOURNAL_PART_UNITS`] UTF-16 units (never inside a
 /// character); one piece when it fits.
 pub fn journal_pieces(text: &str) -> Vec<String> {
-    let mut out = vec![];
-    let mut current = String::new();
-    let mut units = 0;
-    for c in text.chars() {
-        if units + c.len_utf16() > JOURNAL_PART_UNITS {
-            out.push(std::mem::take(&mut current));
-            units = 0;
-        }
-        units += c.len_utf16();
-        current.push(c);
-    }
-    out.push(current);
-    out
+    crate::store::utf16_pieces(text, JOURNAL_PART_UNITS)
 }
 
 /// The row key of part `n` of a delivery's journal entry.

@@ -172,6 +172,24 @@ fn prefix_end(prefix: &str) -> Option<String> {
     Some(end.into_iter().collect())
 }
 
+/// `text` in pieces of at most `units` UTF-16 units (how Table Storage counts strings), never
+/// splitting a character; one (possibly empty) piece when it fits.
+pub fn utf16_pieces(text: &str, units: usize) -> Vec<String> {
+    let mut out = vec![];
+    let mut current = String::new();
+    let mut n = 0;
+    for c in text.chars() {
+        if n + c.len_utf16() > units {
+            out.push(std::mem::take(&mut current));
+            n = 0;
+        }
+        n += c.len_utf16();
+        current.push(c);
+    }
+    out.push(current);
+    out
+}
+
 /// One operation of an atomic batch.
 #[derive(Debug, Clone)]
 pub enum BatchOp {

@@ -251,21 +251,7 @@ fn encode(row: &Row) -> Value {
 /// The record's JSON text in pieces of at most [`CHUNK`] UTF-16 units (Table Storage counts
 /// strings in UTF-16: 64 KiB is 32 Ki units), never splitting a character.
 fn chunks(json: &str) -> Vec<String> {
-    let mut out = vec![];
-    let mut current = String::new();
-    let mut units = 0;
-    for c in json.chars() {
-        if units + c.len_utf16() > CHUNK {
-            out.push(std::mem::take(&mut current));
-            units = 0;
-        }
-        units += c.len_utf16();
-        current.push(c);
-    }
-    if !current.is_empty() || out.is_empty() {
-        out.push(current);
-    }
-    out
+    super::utf16_pieces(json, CHUNK)
 }
 
 /// A batch operation once its entity is encoded: what remains to name it.

@@ -301,6 +301,49 @@ impl Drop for TestApp {
     }
 }
 
+/// A GitHub push body (from `github/push-forced.json`) of `commits` (`(n, sha)`, oldest first,
+/// messages `commit {n}`) to `git_ref`, from `before` (`None`: the ref is created), in
+/// repository `repo` (`owner/name`; `None`: the fixture's).
+pub fn github_push(
+    repo: Option<&str>,
+    git_ref: &str,
+    before: Option<String>,
+    commits: &[(u32, String)],
+    forced: bool,
+) -> Vec<u8> {
+    let mut p: Value = serde_json::from_slice(&fixture("github/push-forced.json")).unwrap();
+    let list: Vec<Value> = commits
+        .iter()
+        .map(|(n, sha)| {
+            serde_json::json!({"id": sha, "message": format!("commit {n}"),
+                   "timestamp": "2026-11-02T09:00:00Z",
+                   "author": {"name": "Dana Ops", "email": "dana@acme.example", "username": "dana-ops"}})
+        })
+        .collect();
+    if let Some(repo) = repo {
+        let (owner, name) = repo.split_once('/').unwrap();
+        let r = &mut p["repository"];
+        r["name"] = name.into();
+        r["full_name"] = repo.into();
+        r["owner"]["login"] = owner.into();
+        r["owner"]["name"] = owner.into();
+        for k in ["html_url", "url"] {
+            r[k] = format!("https://github.com/{repo}").into();
+        }
+        r["clone_url"] = format!("https://github.com/{repo}.git").into();
+        r["ssh_url"] = format!("git@github.com:{repo}.git").into();
+        r["git_url"] = format!("git://github.com/{repo}.git").into();
+    }
+    p["ref"] = git_ref.into();
+    p["before"] = before.clone().unwrap_or_else(|| "0".repeat(40)).into();
+    p["created"] = before.is_none().into();
+    p["after"] = commits.last().unwrap().1.clone().into();
+    p["forced"] = forced.into();
+    p["head_commit"] = list.last().cloned().unwrap();
+    p["commits"] = list.into();
+    serde_json::to_vec(&p).unwrap()
+}
+
 /// A Flux event fixture, with fields overridden (`"timestamp"`, `"message"`, `metadata.*`).
 pub fn flux_event(file: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

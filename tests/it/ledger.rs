@@ -16,73 +16,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::HeaderMap;
 
 use crate::helpers::fixture;
-
-/// A store that fails its `fail_at`-th write (counting from 1), then works again.
-#[derive(Debug)]
-struct Faulty {
-    inner: SqliteStore,
-    writes: AtomicUsize,
-    fail_at: AtomicUsize,
-}
-
-impl Faulty {
-    fn check(&self) -> Result<(), StoreError> {
-        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.fail_at.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("injected fault".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl Store for Faulty {
-    async fn get(&self, t: Table, pk: &str, rk: &str) -> Result<Option<Entity>, StoreError> {
-        self.inner.get(t, pk, rk).await
-    }
-    async fn insert(&self, t: Table, e: Row) -> Result<Etag, StoreError> {
-        self.check()?;
-        self.inner.insert(t, e).await
-    }
-    async fn update(&self, t: Table, e: Row, etag: &Etag) -> Result<Etag, StoreError> {
-        self.check()?;
-        self.inner.update(t, e, etag).await
-    }
-    async fn upsert(&self, t: Table, e: Row) -> Result<Etag, StoreError> {
-        self.check()?;
-        self.inner.upsert(t, e).await
-    }
-    async fn batch(&self, t: Table, pk: &str, ops: Vec<BatchOp>) -> Result<Vec<Etag>, StoreError> {
-        self.check()?;
-        self.inner.batch(t, pk, ops).await
-    }
-    async fn query_partition(
-        &self,
-        t: Table,
-        pk: &str,
-        p: Option<&str>,
-    ) -> Result<Vec<Entity>, StoreError> {
-        self.inner.query_partition(t, pk, p).await
-    }
-    async fn query_where(&self, t: Table, prop: &str, v: &str) -> Result<Vec<Entity>, StoreError> {
-        self.inner.query_where(t, prop, v).await
-    }
-    async fn query_pk_prefix(
-        &self,
-        t: Table,
-        p: &str,
-        rk: &str,
-    ) -> Result<Vec<Entity>, StoreError> {
-        self.inner.query_pk_prefix(t, p, rk).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    fn backend(&self) -> &'static str {
-        "test"
-    }
-}
+use crate::scale::{Fault, Scripted};
 
 fn parse(provider: Provider, file: &str, headers: &[(&str, &str)]) -> (String, GitEvent) {
     let body = fixture(file);
@@ -160,13 +94,20 @@ async fn reference() -> Vec<serde_json::Value> {
     snapshot(&ledger).await
 }
 
-/// A ledger on a fresh database whose `fail_at`-th write fails.
+/// A ledger on a fresh database whose `fail_at`-th write (counting from 1) fails, then works
+/// again; its batches land one by one, as on Table Storage.
 fn faulty_ledger(dir: &tempfile::TempDir, fail_at: usize) -> Ledger {
-    Ledger::new(Arc::new(Faulty {
-        inner: SqliteStore::open(dir.path()).unwrap(),
-        writes: AtomicUsize::new(0),
-        fail_at: AtomicUsize::new(fail_at),
-    }))
+    let store = Scripted::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    let mut writes = 0;
+    store.rule(move |_| {
+        writes += 1;
+        if writes == fail_at {
+            Fault::Refuse
+        } else {
+            Fault::Pass
+        }
+    });
+    Ledger::new(store)
 }
 
 #[tokio::test]

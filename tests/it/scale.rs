@@ -23,7 +23,7 @@ use hyper::HeaderMap;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::helpers::{fixture, flux_event};
+use crate::helpers::flux_event;
 
 /// One write as the store sees it.
 #[derive(Debug, Clone)]
@@ -197,7 +197,7 @@ fn server(s: i64) -> DateTime<Utc> {
     at(s) - Duration::hours(1)
 }
 
-/// A GitHub push body of `commits` to `git_ref` of `repo` (`owner/name`).
+/// A GitHub push body of commits `n` (oldest first) to `git_ref` of `repo` (`owner/name`).
 pub fn push_body(
     repo: &str,
     git_ref: &str,
@@ -205,34 +205,8 @@ pub fn push_body(
     commits: &[u32],
     forced: bool,
 ) -> Vec<u8> {
-    let mut p: Value = serde_json::from_slice(&fixture("github/push-forced.json")).unwrap();
-    let list: Vec<Value> = commits
-        .iter()
-        .map(|n| {
-            json!({"id": c(*n), "message": format!("commit {n}"),
-                   "timestamp": "2026-11-02T09:00:00Z",
-                   "author": {"name": "Dana Ops", "email": "dana@acme.example", "username": "dana-ops"}})
-        })
-        .collect();
-    let (owner, name) = repo.split_once('/').unwrap();
-    p["repository"]["name"] = json!(name);
-    p["repository"]["full_name"] = json!(repo);
-    p["repository"]["owner"]["login"] = json!(owner);
-    p["repository"]["owner"]["name"] = json!(owner);
-    for k in ["html_url", "url"] {
-        p["repository"][k] = json!(format!("https://github.com/{repo}"));
-    }
-    p["repository"]["clone_url"] = json!(format!("https://github.com/{repo}.git"));
-    p["repository"]["ssh_url"] = json!(format!("git@github.com:{repo}.git"));
-    p["repository"]["git_url"] = json!(format!("git://github.com/{repo}.git"));
-    p["ref"] = json!(git_ref);
-    p["before"] = json!(before.map_or("0".repeat(40), c));
-    p["created"] = json!(before.is_none());
-    p["after"] = json!(c(*commits.last().unwrap()));
-    p["forced"] = json!(forced);
-    p["head_commit"] = list.last().cloned().unwrap();
-    p["commits"] = json!(list);
-    serde_json::to_vec(&p).unwrap()
+    let commits: Vec<(u32, String)> = commits.iter().map(|n| (*n, c(*n))).collect();
+    crate::helpers::github_push(Some(repo), git_ref, before.map(c), &commits, forced)
 }
 
 fn github(body: &[u8], delivery: &str) -> (String, GitEvent) {
@@ -564,6 +538,17 @@ async fn an_event_whose_answer_was_lost_is_finished_by_its_retry() {
     assert_eq!(state(&l, 2).await.as_deref(), Some("pending"));
 }
 
+/// A GitHub push of 2,048 commits (GitHub's most) to main, commit `i`'s message `message(i)`.
+fn big_push(message: impl Fn(usize) -> String) -> Value {
+    let commits: Vec<u32> = (1..=2048).collect();
+    let body = push_body("acme/fleet", "refs/heads/main", None, &commits, false);
+    let mut p: Value = serde_json::from_slice(&body).unwrap();
+    for (i, commit) in p["commits"].as_array_mut().unwrap().iter_mut().enumerate() {
+        commit["message"] = json!(message(i));
+    }
+    p
+}
+
 /// Case 6: GitHub lists up to 2,048 commits in one push. Its journal entry (the normalised
 /// delivery, ~3 MB in UTF-16 here) is over Table Storage's 1 MiB per entity: it is kept in
 /// parts. The push is recorded whole, a redelivery is a duplicate, and so is a huge commit
@@ -571,20 +556,8 @@ async fn an_event_whose_answer_was_lost_is_finished_by_its_retry() {
 #[tokio::test]
 async fn a_push_of_2048_commits_is_recorded_whole() {
     let app = crate::helpers::spawn_app().await;
-    let commits: Vec<u32> = (1..=2048).collect();
-    let mut p: Value = serde_json::from_slice(&push_body(
-        "acme/fleet",
-        "refs/heads/main",
-        None,
-        &commits,
-        false,
-    ))
-    .unwrap();
+    let mut p = big_push(|i| format!("change {i}: {}", "raise the replicas ✓ ".repeat(30)));
     for (i, commit) in p["commits"].as_array_mut().unwrap().iter_mut().enumerate() {
-        commit["message"] = json!(format!(
-            "change {i}: {}",
-            "raise the replicas ✓ ".repeat(30)
-        ));
         commit["url"] = json!(format!(
             "https://github.com/acme/fleet/commit/{}",
             c(i as u32 + 1)
@@ -628,18 +601,7 @@ async fn a_large_journal_entry_is_finished_from_its_parts() {
     let (_d, inner) = sqlite();
     let store = Scripted::new(inner);
     let l = Ledger::new(store.clone());
-    let commits: Vec<u32> = (1..=2048).collect();
-    let mut p: Value = serde_json::from_slice(&push_body(
-        "acme/fleet",
-        "refs/heads/main",
-        None,
-        &commits,
-        false,
-    ))
-    .unwrap();
-    for commit in p["commits"].as_array_mut().unwrap() {
-        commit["message"] = json!("roll out ✓ ".repeat(60));
-    }
+    let p = big_push(|_| "roll out ✓ ".repeat(60));
     let (id, ev) = github(&serde_json::to_vec(&p).unwrap(), "big");
     let sha = c(1000);
     store.rule(once(

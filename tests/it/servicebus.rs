@@ -18,6 +18,19 @@ fn failing_event(at: &str) -> Vec<u8> {
     })
 }
 
+/// The CloudEvent types of accepted Service Bus requests, in order.
+fn accepted_types(accepted: &[crate::fake_sb::Captured]) -> Vec<String> {
+    accepted
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 async fn push_and_fail(app: &TestApp) {
     let r = app
         .post_fixture(
@@ -173,15 +186,7 @@ async fn nothing_is_lost_across_a_restart_during_an_outage() {
     app.restart().await;
     sb.fallback(201);
     let accepted = sb.wait_accepted(2).await;
-    let types: Vec<String> = accepted
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<Value>(&r.body).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let types = accepted_types(&accepted);
     assert_eq!(
         types,
         ["io.fluxtrail.apply.failed", "io.fluxtrail.apply.recovered"],
@@ -268,15 +273,7 @@ async fn messages_parked_by_an_outage_are_delivered_by_themselves_in_order() {
     );
     sb.fallback(201);
     let accepted = sb.wait_accepted(2).await;
-    let types: Vec<String> = accepted
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<Value>(&r.body).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let types = accepted_types(&accepted);
     assert_eq!(
         types,
         ["io.fluxtrail.apply.failed", "io.fluxtrail.apply.recovered"]
@@ -305,27 +302,15 @@ async fn a_parked_message_is_re_driven_at_once() {
     sb.wait_requests(1).await;
     // Two more failed attempts without waiting out the 10 s backoff: re-driven twice.
     for n in 2..=3 {
-        let r = app
-            .client
-            .post(app.url("/api/outbox/redrive"))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        let (status, _) = app.post_json("/api/outbox/redrive").await;
+        assert_eq!(status, StatusCode::OK);
         sb.wait_requests(n).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, dead) = app.get_json("/api/outbox?delivery=dead").await;
     assert_eq!(dead["messages"].as_array().unwrap().len(), 1);
-    let r = app
-        .client
-        .post(app.url("/api/outbox/redrive"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"redriven": 1}));
+    let (_, redriven) = app.post_json("/api/outbox/redrive").await;
+    assert_eq!(redriven, json!({"redriven": 1}));
     assert_eq!(sb.wait_accepted(1).await.len(), 1);
     let (_, dead) = app.get_json("/api/outbox?delivery=dead").await;
     assert_eq!(dead["messages"], json!([]));

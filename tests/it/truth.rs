@@ -29,28 +29,14 @@ fn at(s: i64) -> DateTime<Utc> {
 
 /// A GitHub push of `commits` (oldest first) to `git_ref`, from `before` (`None`: created).
 async fn push(app: &TestApp, git_ref: &str, before: Option<u32>, commits: &[u32], forced: bool) {
-    let mut p: Value = serde_json::from_slice(&fixture("github/push-forced.json")).unwrap();
-    let list: Vec<Value> = commits
-        .iter()
-        .map(|n| {
-            json!({"id": c(*n), "message": format!("commit {n}"),
-                   "timestamp": "2026-11-02T09:00:00Z",
-                   "author": {"name": "Dana Ops", "email": "dana@acme.example", "username": "dana-ops"}})
-        })
-        .collect();
-    p["ref"] = json!(git_ref);
-    p["before"] = json!(before.map_or("0".repeat(40), c));
-    p["created"] = json!(before.is_none());
-    p["after"] = json!(c(*commits.last().unwrap()));
-    p["forced"] = json!(forced);
-    p["head_commit"] = list.last().cloned().unwrap();
-    p["commits"] = json!(list);
+    let list: Vec<(u32, String)> = commits.iter().map(|n| (*n, c(*n))).collect();
+    let body = github_push(None, git_ref, before.map(c), &list, forced);
     let delivery = format!("{git_ref}-{before:?}-{commits:?}-{forced}");
     let r = app
         .post_git(
             "github",
             &[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", &delivery)],
-            &serde_json::to_vec(&p).unwrap(),
+            &body,
         )
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED, "push {commits:?}");
