@@ -73,7 +73,14 @@ impl Ledger {
     ) -> Result<Recorded, StoreError> {
         let class = classify(event);
         let pk = object_partition(&event.object);
-        let history = history_row(&pk, event, class);
+        // This call's mark on the event's history row (written with the object's batch): a
+        // later attempt that finds the event recorded tells its own earlier attempt — on
+        // Table Storage the object's batch landed and a target row write was beaten — from a
+        // redelivery, and answers accepted, not duplicate.
+        let attempt = attempt_id();
+        let history = history_row(&pk, event, class, &attempt);
+        // Whether an attempt of this call may have landed (its write failed part-way).
+        let mut tried = false;
         for _ in 0..MAX_CONFLICT_RETRIES {
             let loaded = self.load(&pk, event, class).await?;
             let Loaded {
@@ -101,6 +108,9 @@ impl Ledger {
                     self.merge_target(u, true).await?;
                 }
                 self.notify_outbox(&pk);
+                if tried && self.history_owner(&history).await?.as_deref() == Some(&attempt) {
+                    return Ok(Recorded::Accepted(summary(event, class, &out)));
+                }
                 return Ok(Recorded::Duplicate);
             }
             // An older event than the object's last (`Stale`) changes nothing of the object,
@@ -135,28 +145,30 @@ impl Ledger {
                     let first = |i: usize| tags.get(i).and_then(|t| t.first()).cloned();
                     (first(planned.state_at), planned.target_at.and_then(first))
                 }
-                // A stale event's history row exists: a retry of it. Its first attempt may
-                // have stopped before the target rows (Table Storage): merged again.
-                Err(StoreError::Conflict) if stale && self.history_exists(&history).await? => {
-                    for u in &out.targets {
-                        self.merge_target(u, true).await?;
-                    }
-                    self.notify_outbox(&pk);
-                    return Ok(Recorded::Duplicate);
-                }
-                // Another writer changed the state or a target row first. On Table Storage
-                // the state may have landed and a target row been changed meanwhile (another
-                // event of the object on another instance): then the rows are merged with
-                // what is there now, and the event is recorded. Otherwise: read again.
+                // Someone recorded the event (its history row exists): this call's own earlier
+                // attempt, whose later writes failed (its rows are merged with what is there
+                // now: accepted), or a redelivery (a stale event's retry: its first attempt may
+                // have stopped before the target rows, merged again: duplicate). Otherwise
+                // another writer changed the state or a target row first: read again.
                 Err(StoreError::Conflict | StoreError::PreconditionFailed) => {
-                    if self.state_is(&pk, &out.state).await? {
-                        for u in &out.targets {
-                            self.merge_target(u, stale).await?;
+                    tried = true;
+                    match self.history_owner(&history).await? {
+                        Some(owner) if owner == attempt => {
+                            for u in &out.targets {
+                                self.merge_target(u, stale).await?;
+                            }
+                            self.notify_outbox(&pk);
+                            return Ok(Recorded::Accepted(this));
                         }
-                        self.notify_outbox(&pk);
-                        return Ok(Recorded::Accepted(this));
+                        Some(_) if stale => {
+                            for u in &out.targets {
+                                self.merge_target(u, true).await?;
+                            }
+                            self.notify_outbox(&pk);
+                            return Ok(Recorded::Duplicate);
+                        }
+                        _ => continue,
                     }
-                    continue;
                 }
                 Err(e) => return Err(e),
             };
@@ -404,21 +416,20 @@ impl Ledger {
         Ok(None)
     }
 
-    /// Whether the object's stored state is `state` (an attempt whose later writes failed
-    /// landed its state).
-    async fn state_is(&self, pk: &str, state: &ObjectState) -> Result<bool, StoreError> {
-        Ok(match self.store.get(Table::Objects, pk, "state").await? {
-            Some(e) => e.record::<ObjectState>()? == *state,
-            None => false,
-        })
-    }
-
-    async fn history_exists(&self, history: &Row) -> Result<bool, StoreError> {
+    /// The attempt that wrote the event's history row, if it exists (`""` for a row written
+    /// before attempts were marked).
+    async fn history_owner(&self, history: &Row) -> Result<Option<String>, StoreError> {
         Ok(self
             .store
             .get(Table::Objects, &history.pk, &history.rk)
             .await?
-            .is_some())
+            .map(|e| {
+                e.props
+                    .get("attempt")
+                    .and_then(|a| a.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            }))
     }
 
     /// What a push recorded about the event's source commit: from the object's state when it
@@ -490,11 +501,27 @@ fn summary(event: &FluxEvent, class: Class, out: &core::Outcome) -> serde_json::
     })
 }
 
+/// A mark unique to one call (this process, this moment, a counter): which attempt wrote a
+/// history row.
+fn attempt_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:x}.{:x}.{:x}",
+        std::process::id(),
+        started,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Every event is kept in its object's history: row `event|{time}|{fingerprint}`, keyed so a
 /// retry rewrites the same row. The time keeps its nanoseconds: two events of one second
 /// (or an event without a timestamp, which takes its arrival time, sent twice) are two rows.
 /// Long messages (Helm appends its logs) are cut.
-fn history_row(pk: &str, event: &FluxEvent, class: Class) -> Row {
+fn history_row(pk: &str, event: &FluxEvent, class: Class, attempt: &str) -> Row {
     /// The row's properties, borrowed from the event: serialised straight to text.
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -506,6 +533,8 @@ fn history_row(pk: &str, event: &FluxEvent, class: Class) -> Row {
         message: &'a str,
         revision: Option<&'a str>,
         reporting_controller: &'a Option<String>,
+        /// Which call wrote it (see `project_flux`).
+        attempt: &'a str,
     }
     let message = crate::flux::cut(event.message.clone(), 8 * 1024);
     let rk = format!(
@@ -523,6 +552,7 @@ fn history_row(pk: &str, event: &FluxEvent, class: Class) -> Row {
         message: &message,
         revision: event.revision(),
         reporting_controller: &event.reporting_controller,
+        attempt,
     };
     tagged(pk, &rk, &history, &[("rowType", ROW_EVENT)])
 }
