@@ -227,26 +227,17 @@ impl TestApp {
 
     /// POST without a body on the API with the token.
     pub async fn post_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
-        let resp = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        self.api(self.client.post(self.url(path))).await
     }
 
     /// GET on the read API with the token.
     pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
-        let resp = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        self.api(self.client.get(self.url(path))).await
+    }
+
+    /// Sends an API request with the token: its status and JSON body (`null` without one).
+    async fn api(&self, req: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value) {
+        let resp = req.bearer_auth(API_TOKEN).send().await.unwrap();
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -281,15 +272,7 @@ impl TestApp {
     }
 
     pub async fn evidence(&self, sha: &str) -> (reqwest::StatusCode, Value) {
-        let resp = self
-            .client
-            .get(self.url(&format!("/api/commits/{sha}")))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        self.get_json(&format!("/api/commits/{sha}")).await
     }
 }
 
