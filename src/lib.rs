@@ -12,6 +12,7 @@ pub mod git;
 pub mod http;
 pub mod ledger;
 pub mod outbox;
+pub mod policy;
 pub mod publish;
 pub mod startup;
 pub mod store;

@@ -373,6 +373,7 @@ fn stall_message(
             )),
             incident_id: None,
             repository: follows.map(|f| f.repository.to_string()),
+            custom: None,
         }),
         // Once per silence: keyed by the object's last report (its event count).
         std::cmp::Ordering::Equal => Some(Message {
@@ -397,6 +398,7 @@ fn stall_message(
             )),
             incident_id: None,
             repository: follows.map(|f| f.repository.to_string()),
+            custom: None,
         }),
         std::cmp::Ordering::Greater => None,
     }

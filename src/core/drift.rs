@@ -30,6 +30,7 @@ pub fn message(f: &Facts<'_>) -> Message {
         message: Some(e.message.clone()),
         incident_id: None,
         repository: f.repository.as_ref().map(ToString::to_string),
+        custom: None,
     }
 }
 

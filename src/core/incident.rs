@@ -65,6 +65,7 @@ impl Facts<'_> {
             message: Some(self.event.message.clone()),
             incident_id: Some(incident.id.clone()),
             repository: self.repository.as_ref().map(ToString::to_string),
+            custom: None,
         }
     }
 }

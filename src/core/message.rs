@@ -23,6 +23,10 @@ pub enum MessageType {
     /// instead of one `rollout.stalled` per further push (until it reports again).
     #[serde(rename = "io.fluxtrail.object.silent")]
     ObjectSilent,
+    /// A commit applied on a cluster under the approval policy without a sufficient approval
+    /// once the grace passed (contract §10): once per (commit, cluster).
+    #[serde(rename = "io.fluxtrail.change.unapproved")]
+    ChangeUnapproved,
 }
 
 impl MessageType {
@@ -33,13 +37,14 @@ impl MessageType {
             MessageType::DriftDetected => "io.fluxtrail.drift.detected",
             MessageType::RolloutStalled => "io.fluxtrail.rollout.stalled",
             MessageType::ObjectSilent => "io.fluxtrail.object.silent",
+            MessageType::ChangeUnapproved => "io.fluxtrail.change.unapproved",
         }
     }
 
     /// For subscription filters (`severity` application property).
     pub fn severity(self) -> &'static str {
         match self {
-            MessageType::ApplyFailed => "error",
+            MessageType::ApplyFailed | MessageType::ChangeUnapproved => "error",
             MessageType::ApplyRecovered => "info",
             MessageType::DriftDetected
             | MessageType::RolloutStalled
@@ -62,6 +67,17 @@ pub struct Message {
     pub message: Option<String>,
     pub incident_id: Option<String>,
     pub repository: Option<String>,
+    /// A message about something other than one object (`change.unapproved`): its own
+    /// subject and data; `object` then names only the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<Custom>,
+}
+
+/// The subject and data of a message that is not about one object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Custom {
+    pub subject: String,
+    pub data: serde_json::Value,
 }
 
 /// A short, stable id from the parts that make an occurrence unique.
@@ -75,6 +91,18 @@ pub fn message_id(kind: MessageType, object: &ObjectRef, discriminator: &str) ->
 impl Message {
     /// The CloudEvents 1.0 structured JSON document of contract §4.
     pub fn to_cloudevent(&self) -> serde_json::Value {
+        if let Some(c) = &self.custom {
+            return json!({
+                "specversion": "1.0",
+                "id": self.id,
+                "source": "fluxtrail",
+                "type": self.kind.as_str(),
+                "subject": c.subject,
+                "time": self.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "datacontenttype": "application/json",
+                "data": c.data,
+            });
+        }
         json!({
             "specversion": "1.0",
             "id": self.id,
@@ -120,6 +148,7 @@ impl Message {
             message: None,
             incident_id: None,
             repository: None,
+            custom: None,
         }
     }
 }

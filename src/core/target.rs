@@ -76,6 +76,10 @@ pub struct TargetRecord {
     pub last_applied_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failed_at: Option<DateTime<Utc>>,
+    /// The object's first failure at this commit (Flux time): with `applied_at` (the first
+    /// success) it dates the change for the audit feed, whatever order the events arrive in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<DateTime<Utc>>,
 }
 
 impl TargetRecord {
@@ -85,6 +89,17 @@ impl TargetRecord {
             "target|{}|{}|{}|{}",
             object.cluster, object.kind, object.namespace, object.name
         )
+    }
+
+    /// When the object first reported this commit applied or failed (its own clock): the
+    /// change's time in the audit feed; `None` while it never did. Only ever moves earlier
+    /// (a late older event), so the index row keyed by it moves at most that way.
+    pub fn changed_at(&self) -> Option<DateTime<Utc>> {
+        let failed = self.failed_at.or(self.last_failed_at);
+        match (self.applied_at, failed) {
+            (Some(a), Some(f)) => Some(a.min(f)),
+            (a, f) => a.or(f),
+        }
     }
 
     /// Merges what one event says of commits: `late` for an event older than the object's
@@ -157,6 +172,7 @@ impl TargetRecord {
             superseded_by: u.superseded_by.as_ref().map(ToString::to_string),
             last_applied_at: (u.state == TargetState::Applied).then_some(u.at),
             last_failed_at: (u.state == TargetState::Failed).then_some(u.at),
+            failed_at: (u.state == TargetState::Failed).then_some(u.at),
         };
         let Some(mut row) = existing else {
             return match u.state {
@@ -219,7 +235,10 @@ impl TargetRecord {
                 row.last_applied_at = max(row.last_applied_at);
                 row.applied_at = Some(row.applied_at.map_or(u.at, |a| a.min(u.at)));
             }
-            TargetState::Failed => row.last_failed_at = max(row.last_failed_at),
+            TargetState::Failed => {
+                row.last_failed_at = max(row.last_failed_at);
+                row.failed_at = Some(row.failed_at.map_or(u.at, |f| f.min(u.at)));
+            }
             _ => {}
         }
         row.first_seen_at = row.first_seen_at.min(u.at);

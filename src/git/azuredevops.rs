@@ -211,6 +211,7 @@ struct PrResource {
     #[serde(default)]
     reviewers: Vec<Reviewer>,
     closed_by: Option<Identity>,
+    created_by: Option<Identity>,
     closed_date: Option<String>,
     target_ref_name: Option<String>,
     repository: AzRepo,
@@ -279,6 +280,7 @@ fn pr_event(r: PrResource) -> Result<GitEvent, ParseError> {
         repository: r.repository.to_repository()?,
         number: r.pull_request_id,
         url,
+        author: r.created_by.as_ref().and_then(Identity::handle),
         merge: Some(Merge {
             sha: sha("resource.lastMergeCommit.commitId", &merge_commit.commit_id)?.into(),
             merged_by: r.closed_by.as_ref().and_then(Identity::handle),

@@ -219,6 +219,7 @@ struct PrBody {
     links: Option<Links>,
     merge_commit: Option<HashOnly>,
     closed_by: Option<Account>,
+    author: Option<Account>,
     updated_on: Option<String>,
     destination: Option<Destination>,
     source: Option<Destination>,
@@ -272,6 +273,7 @@ fn base(p: &PrPayload) -> Result<PullRequest, ParseError> {
             .as_ref()
             .and_then(|l| l.html.as_ref())
             .map(|h| h.href.clone()),
+        author: p.pullrequest.author.as_ref().and_then(Account::handle),
         merge: None,
         reviews: vec![],
     })

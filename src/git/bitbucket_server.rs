@@ -252,6 +252,7 @@ struct PrBody {
     closed_date: Option<i64>,
     from_ref: Option<PrRef>,
     to_ref: PrRef,
+    author: Option<Participant>,
     #[serde(default)]
     reviewers: Vec<Participant>,
     properties: Option<Properties>,
@@ -296,6 +297,11 @@ fn base(p: &PrPayload) -> Result<PullRequest, ParseError> {
             .as_ref()
             .and_then(|l| l.self_.first())
             .map(|h| h.href.clone()),
+        author: pr
+            .author
+            .as_ref()
+            .and_then(|a| a.user.as_ref())
+            .and_then(User::handle),
         merge: None,
         reviews: vec![],
     })

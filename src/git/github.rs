@@ -199,6 +199,8 @@ pub(super) struct PullRequestBody {
     pub merge_commit_sha: Option<String>,
     pub merged_by: Option<User>,
     pub merged_at: Option<String>,
+    /// The author (GitHub and Gitea alike).
+    pub user: Option<User>,
     pub base: Option<BranchRef>,
     pub head: Option<BranchRef>,
 }
@@ -243,6 +245,7 @@ impl PullRequestPayload {
             repository: self.repository.to_repository()?,
             number: self.number()?,
             url: pr.html_url.clone(),
+            author: pr.user.as_ref().and_then(User::handle),
             merge: Some(Merge {
                 sha: sha("pull_request.merge_commit_sha", merge_sha)?.into(),
                 merged_by: pr.merged_by.as_ref().and_then(User::handle),
@@ -282,6 +285,7 @@ impl PullRequestPayload {
             repository: self.repository.to_repository()?,
             number: self.number()?,
             url: self.pull_request.html_url.clone(),
+            author: self.pull_request.user.as_ref().and_then(User::handle),
             merge: None,
             reviews: vec![Review {
                 user,

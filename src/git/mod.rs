@@ -248,6 +248,10 @@ pub struct PullRequest {
     pub repository: Repository,
     pub number: u64,
     pub url: Option<String>,
+    /// Who opened it (their login, as reviewers are named): their own approval does not
+    /// count under the approval policy. `None` where the host does not say.
+    #[serde(default)]
+    pub author: Option<String>,
     pub merge: Option<Merge>,
     pub reviews: Vec<Review>,
 }

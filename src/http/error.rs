@@ -3,7 +3,7 @@
 //! 5xx bodies carry no internals; the cause goes to the log.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde_json::json;
@@ -11,7 +11,17 @@ use serde_json::json;
 use crate::git::{AuthError, Credential, ParseError};
 use crate::store::StoreError;
 
-pub type Body = Full<Bytes>;
+/// Every response body: a whole one (`full`), or a stream (the CSV export), whose error ends
+/// the response without its terminating chunk, so a client never takes a cut file for whole.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// What a streamed body fails with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body of these bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -145,7 +155,7 @@ impl ApiError {
 
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -164,7 +174,10 @@ mod tests {
         .into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[RETRY_AFTER], "5");
-        let body = format!("{:?}", resp.body());
+        let body = futures::executor::block_on(resp.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body);
         assert!(!body.contains("/secret/path"), "{body}");
         assert!(body.contains("store_unavailable"), "{body}");
         let corrupt = ApiError::from(StoreError::Corrupt("x".into())).into_response();

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::CONTENT_LENGTH;
 use hyper::service::service_fn;
@@ -223,7 +223,7 @@ fn allow(req: &Request<Incoming>, methods: &[Method], allow: &'static str) -> Re
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(error::full(Bytes::new()));
     *resp.status_mut() = status;
     resp
 }

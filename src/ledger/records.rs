@@ -300,6 +300,9 @@ pub struct MergeRecord {
     pub repository: String,
     pub number: u64,
     pub url: Option<String>,
+    /// The pull request's author, when the merge event names them.
+    #[serde(default)]
+    pub author: Option<String>,
     pub sha: String,
     pub merged_by: Option<String>,
     pub merged_at: Option<String>,
@@ -314,6 +317,7 @@ impl MergeRecord {
             repository: pr.repository.key.to_string(),
             number: pr.number,
             url: pr.url.clone(),
+            author: pr.author.clone(),
             sha: m.sha.to_string(),
             merged_by: m.merged_by.clone(),
             merged_at: m.merged_at.clone(),
@@ -366,6 +370,9 @@ pub struct ApprovalRecord {
     pub repository: String,
     pub number: u64,
     pub url: Option<String>,
+    /// The pull request's author (contract §10): not one of its approvers under the policy.
+    #[serde(default)]
+    pub author: Option<String>,
     pub merged_by: Option<String>,
     pub merged_at: Option<String>,
     pub target_ref: Option<String>,
@@ -386,6 +393,7 @@ impl ApprovalRecord {
             repository: merge.repository.clone(),
             number: merge.number,
             url: merge.url.clone(),
+            author: merge.author.clone(),
             merged_by: merge.merged_by.clone(),
             merged_at: merge.merged_at.clone(),
             target_ref: merge.target_ref.clone(),

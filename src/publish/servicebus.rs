@@ -229,9 +229,12 @@ impl ServiceBusPublisher {
         };
         put("type", message.kind.as_str());
         put("cluster", &o.cluster);
-        put("namespace", &o.namespace);
-        put("kind", &o.kind);
-        put("name", &o.name);
+        // A message about a (commit, cluster) names no object.
+        for (k, v) in [("namespace", &o.namespace), ("kind", &o.kind), ("name", &o.name)] {
+            if !v.is_empty() {
+                put(k, v);
+            }
+        }
         put("severity", message.kind.severity());
         if let Some(r) = &message.repository {
             put("repository", r);
@@ -244,7 +247,12 @@ impl ServiceBusPublisher {
                 label: Some(message.kind.as_str().into()),
                 // One session per object: session-enabled subscriptions receive an object's
                 // messages in order; others ignore it.
-                session_id: Some(o.subject()),
+                session_id: Some(
+                    message
+                        .custom
+                        .as_ref()
+                        .map_or_else(|| o.subject(), |c| c.subject.clone()),
+                ),
                 ..Default::default()
             }),
             custom_properties: Some(props),

@@ -39,16 +39,20 @@ pub enum Table {
     Objects,
     /// One partition per (repository, ref): the objects that follow it.
     Follows,
+    /// Index rows for the audit queries (part 10): changes per cluster and per day, and the
+    /// approval checks the sweep still has to decide. See ARCHITECTURE.md.
+    Audit,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Deliveries,
         Table::Commits,
         Table::Pushes,
         Table::Pulls,
         Table::Objects,
         Table::Follows,
+        Table::Audit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Table {
             Table::Pulls => "pulls",
             Table::Objects => "objects",
             Table::Follows => "follows",
+            Table::Audit => "audit",
         }
     }
 }
@@ -291,6 +296,16 @@ pub trait Store: Send + Sync + fmt::Debug {
         }
         Ok(out)
     }
+    /// At most `limit` entities of one partition whose row keys are in `[from, to)`, ordered
+    /// by row key: one key-range read (the audit queries page through their index with it).
+    async fn query_range(
+        &self,
+        table: Table,
+        pk: &str,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError>;
     /// The entities with row key `rk` in every partition whose key starts with `pk_prefix`:
     /// a key-range read (a commit by an abbreviated sha: its partitions are its full sha).
     async fn query_pk_prefix(

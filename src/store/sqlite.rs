@@ -966,6 +966,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn query_range(
+        &self,
+        table: Table,
+        pk: &str,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let (pk, from, to) = (pk.to_string(), from.to_string(), to.to_string());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT pk, rk, etag, props FROM entities
+                     WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3 AND rk < ?4 ORDER BY rk LIMIT ?5",
+                )
+                .map_err(map_err)?;
+            entities(
+                &mut stmt,
+                params![table.name(), pk, from, to, limit.min(i64::MAX as usize) as i64],
+            )
+        })
+        .await
+    }
+
     async fn query_pk_prefix(
         &self,
         table: Table,

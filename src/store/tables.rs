@@ -541,6 +541,45 @@ impl Store for TableStore {
         Ok(out)
     }
 
+    async fn query_range(
+        &self,
+        table: Table,
+        pk: &str,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        // Escaping keeps the order of the keys this is used with (their leading parts are
+        // digits and key separators); over-long keys keep their prefix, so a bound on it holds.
+        let query = format!(
+            "PartitionKey eq {} and RowKey ge {} and RowKey lt {}",
+            literal(&encode_key(pk)),
+            literal(&escape_key(from)),
+            literal(&escape_key(to))
+        );
+        let mut stream = self
+            .table(table)
+            .query()
+            .filter(query)
+            .top(limit.clamp(1, 1000) as u32)
+            .into_stream::<Map<String, Value>>();
+        let mut out = Vec::new();
+        while let Some(page) = stream.next().await {
+            for e in page.map_err(map_err)?.entities {
+                let e = from_wire(e)?;
+                if e.rk.as_str() >= from && e.rk.as_str() < to {
+                    out.push(e);
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out.sort_by(|a, b| a.rk.cmp(&b.rk));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn query_pk_prefix(
         &self,
         table: Table,

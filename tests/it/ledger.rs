@@ -586,6 +586,17 @@ impl Store for Counting {
         self.tick();
         self.inner.query_where(t, prop, v).await
     }
+    async fn query_range(
+        &self,
+        t: Table,
+        pk: &str,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        self.tick();
+        self.inner.query_range(t, pk, from, to, limit).await
+    }
     async fn query_pk_prefix(
         &self,
         t: Table,

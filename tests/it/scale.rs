@@ -150,6 +150,16 @@ impl Store for Scripted {
     async fn query_where(&self, t: Table, prop: &str, v: &str) -> Result<Vec<Entity>, StoreError> {
         self.inner.query_where(t, prop, v).await
     }
+    async fn query_range(
+        &self,
+        t: Table,
+        pk: &str,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        self.inner.query_range(t, pk, from, to, limit).await
+    }
     async fn query_pk_prefix(
         &self,
         t: Table,

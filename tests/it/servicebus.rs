@@ -392,6 +392,7 @@ async fn managed_identity_sends_a_bearer_token_instead_of_sas() {
         message: None,
         incident_id: None,
         repository: None,
+        custom: None,
     };
     publisher.publish(&message).await.unwrap();
     let r = &sb.requests()[0];
