@@ -115,6 +115,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// `FLUXTRAIL_APPROVAL_*` (contract §10).
+    pub approval: crate::policy::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +239,21 @@ impl Settings {
                 }
             },
         };
+        let min_approvers = match get("FLUXTRAIL_APPROVAL_MIN_APPROVERS") {
+            None => 1,
+            Some(v) => v.trim().parse::<usize>().map_err(|_| ConfigError::Size {
+                name: "FLUXTRAIL_APPROVAL_MIN_APPROVERS",
+                value: v,
+            })?,
+        };
+        let approval = crate::policy::Policy::new(
+            &get("FLUXTRAIL_APPROVAL_REQUIRED").unwrap_or_default(),
+            min_approvers,
+            &get("FLUXTRAIL_APPROVAL_EXEMPT").unwrap_or_default(),
+            duration("FLUXTRAIL_APPROVAL_GRACE", Duration::from_secs(600))?,
+        );
         Ok(Settings {
+            approval,
             listen,
             data_dir,
             messages_file,

@@ -82,7 +82,9 @@ impl Application {
             max_attempts: settings.publish_max_attempts,
         };
         let dispatcher = Dispatcher::new(store.clone(), publisher.clone(), policy);
-        let ledger = Ledger::new(store).with_outbox(wake_tx);
+        let ledger = Ledger::new(store)
+            .with_outbox(wake_tx)
+            .with_policy(settings.approval.clone());
         let recovered = ledger.recover().await?;
         if recovered > 0 {
             tracing::warn!(

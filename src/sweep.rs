@@ -51,12 +51,19 @@ pub struct SweepReport {
     pub deleted_deliveries: usize,
     pub deleted_messages: usize,
     pub deleted_history: usize,
+    /// Approval decisions taken, and how many were `change.unapproved` (contract §10).
+    pub approvals_decided: usize,
+    pub unapproved: usize,
 }
 
 impl SweepReport {
     pub fn logs(&self) -> Vec<String> {
         vec![
             format!("stalled {} rollouts", self.stalled),
+            format!(
+                "decided {} approvals, {} unapproved",
+                self.approvals_decided, self.unapproved
+            ),
             format!("delivered {} waiting messages", self.delivered),
             format!(
                 "retention deleted {} journal entries, {} delivered messages, {} history rows",
@@ -76,6 +83,9 @@ pub async fn sweep(
         stalled: stall(ledger, settings.stall_after, now).await?,
         ..SweepReport::default()
     };
+    let approvals = ledger.decide_approvals(now).await?;
+    report.approvals_decided = approvals.decided;
+    report.unapproved = approvals.unapproved;
     report.delivered = dispatcher.deliver_all(now).await?.delivered;
     // Retention: the store filters by age; at most RETENTION_BATCH rows of each kind per
     // sweep, so a sweep's memory and time stay bounded whatever the history (the next sweeps

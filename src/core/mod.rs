@@ -21,7 +21,7 @@ use drift::DriftEpisode;
 pub use history::BranchGraph;
 pub use incident::IncidentState;
 use incident::{Facts, Incident};
-pub use message::{Message, MessageType};
+pub use message::{message_id, Custom, Message, MessageType};
 pub use target::{TargetRecord, TargetState, TargetUpdate};
 
 /// How many recent events' target updates the state keeps, so a retried event whose first

@@ -27,6 +27,19 @@ pub enum TargetState {
 }
 
 impl TargetState {
+    /// The contract's name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Pending => "pending",
+            TargetState::Stalled => "stalled",
+            TargetState::Progressing => "progressing",
+            TargetState::Applied => "applied",
+            TargetState::Failed => "failed",
+            TargetState::Superseded => "superseded",
+            TargetState::Discarded => "discarded",
+        }
+    }
+
     /// States the object itself reported (its row's times are Flux times, of the object's
     /// clock). The others (`pending`, `stalled`, `superseded`, `discarded`) say what the
     /// object never reported: their times are a push's receipt or another commit's apply,

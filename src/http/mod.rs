@@ -6,6 +6,7 @@
 //! JSON shape; a framework's own rejections (its 404/405/413 bodies) would have to be
 //! overridden one by one. Invariant: only this module knows status codes.
 
+mod audit;
 pub mod error;
 mod hooks;
 mod read;
@@ -41,6 +42,9 @@ pub const FUNCTION_ROUTES: &[(&str, &str, &str)] = &[
     ("FluxHook", "POST", "/api/hooks/flux"),
     ("FluxHookCluster", "POST", "/api/hooks/flux/{cluster}"),
     ("Commit", "GET", "/api/commits/{sha}"),
+    ("Commits", "GET", "/api/commits"),
+    ("Changes", "GET", "/api/changes"),
+    ("ChangesSummary", "GET", "/api/changes/summary"),
     ("Objects", "GET", "/api/objects"),
     ("Incidents", "GET", "/api/incidents"),
     ("Outbox", "GET", "/api/outbox"),
@@ -201,6 +205,18 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         ["api", "incidents"] => {
             allow(&req, &[Method::GET], "GET")?;
             read::incidents(state, req.uri().query(), req.headers()).await
+        }
+        ["api", "commits"] => {
+            allow(&req, &[Method::GET], "GET")?;
+            audit::branch_commits(state, req.uri().query(), req.headers()).await
+        }
+        ["api", "changes"] => {
+            allow(&req, &[Method::GET], "GET")?;
+            audit::changes(state, req.uri().query(), req.headers()).await
+        }
+        ["api", "changes", "summary"] => {
+            allow(&req, &[Method::GET], "GET")?;
+            audit::summary(state, req.uri().query(), req.headers()).await
         }
         ["api", "commits", sha] => {
             allow(&req, &[Method::GET], "GET")?;

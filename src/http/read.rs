@@ -12,7 +12,7 @@ use crate::domain::CommitSha;
 use crate::git::signature::token_matches;
 use crate::ledger::records::Delivery;
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.settings.api_token else {
         return Ok(());
     };

@@ -37,6 +37,8 @@ impl Rows {
 /// The writes of one outcome, and where in them the state's and its current target row's are.
 struct Planned {
     writes: Vec<(Table, String, Vec<BatchOp>)>,
+    /// Audit index rows to delete once the writes landed (a change that moved earlier).
+    after: Vec<(Table, String, Vec<BatchOp>)>,
     state_json: String,
     state_at: usize,
     target_at: Option<usize>,
@@ -60,7 +62,11 @@ struct Loaded {
 #[derive(Default)]
 struct Rows {
     blind: Vec<(CommitSha, TargetRecord, Etag)>,
+    /// The cached row the `blind` one was merged from (as stored).
+    blind_old: Option<TargetRecord>,
     read: Vec<(TargetUpdate, Option<TargetRecord>, Option<Etag>)>,
+    /// Each `read` row as it was read, for the audit index.
+    read_old: Vec<Option<TargetRecord>>,
 }
 
 impl Ledger {
@@ -138,7 +144,15 @@ impl Ledger {
                     });
                 }
             }
-            let planned = self.writes(&pk, &out, etag, &history, &rows, previous_follow.as_ref());
+            let planned = self.writes(
+                &pk,
+                &out,
+                etag,
+                &history,
+                &rows,
+                previous_follow.as_ref(),
+                received_at,
+            );
             let this = summary(event, class, &out);
             let (state_etag, target_etag) = match self.store.batches(planned.writes).await {
                 Ok(tags) => {
@@ -172,6 +186,7 @@ impl Ledger {
                 }
                 Err(e) => return Err(e),
             };
+            self.finish_index(planned.after).await?;
             if !out.messages.is_empty() {
                 self.notify_outbox(&pk);
             }
@@ -249,6 +264,7 @@ impl Ledger {
                     let merged =
                         TargetRecord::merge_event(Some(base.clone()), u, stale).unwrap_or(base);
                     rows.blind.push((u.sha.clone(), merged, etag.clone()));
+                    rows.blind_old = Some(c.row.clone());
                 }
                 _ => {
                     if let Some((_, row, _)) = rows
@@ -271,8 +287,9 @@ impl Ledger {
                         Some(e) => (Some(e.record::<TargetRecord>()?), e.etag.clone()),
                         None => (None, None),
                     };
-                    let row = TargetRecord::merge_event(record, u, stale);
+                    let row = TargetRecord::merge_event(record.clone(), u, stale);
                     rows.read.push((u.clone(), row, etag));
+                    rows.read_old.push(record);
                 }
             }
         }
@@ -294,7 +311,9 @@ impl Ledger {
         history: &Row,
         rows: &Rows,
         previous_follow: Option<&core::Follow>,
+        received_at: DateTime<Utc>,
     ) -> Planned {
+        let mut after = vec![];
         let mut writes = Vec::with_capacity(2 + rows.blind.len() + rows.read.len());
         let object = &out.state.object;
         if let Some(f) = out
@@ -344,6 +363,11 @@ impl Ledger {
         let current = out.state.current_target.as_ref().map(|c| &c.sha);
         let mut target_at = None;
         for (sha, row, etag) in &rows.blind {
+            // The audit index first: the target row is the commit point (see `audit`).
+            let index =
+                self.index_writes(sha.as_str(), rows.blind_old.as_ref(), Some(row), received_at);
+            writes.extend(index.before);
+            after.extend(index.after);
             let entity = Row::from_record(sha.as_str(), TargetRecord::row_key(object), row);
             if Some(sha) == current {
                 target_at = Some(writes.len());
@@ -354,8 +378,11 @@ impl Ledger {
                 vec![BatchOp::Update(entity, etag.clone())],
             ));
         }
-        for (u, row, etag) in &rows.read {
+        for ((u, row, etag), old) in rows.read.iter().zip(&rows.read_old) {
             let Some(row) = row else { continue };
+            let index = self.index_writes(u.sha.as_str(), old.as_ref(), Some(row), received_at);
+            writes.extend(index.before);
+            after.extend(index.after);
             let entity = Row::from_record(u.sha.as_str(), TargetRecord::row_key(&u.object), row);
             let op = match etag {
                 Some(etag) => BatchOp::Update(entity, etag.clone()),
@@ -368,6 +395,7 @@ impl Ledger {
         }
         Planned {
             writes,
+            after,
             state_json,
             state_at,
             target_at,

@@ -117,11 +117,10 @@ impl Ledger {
         let mut inserts = vec![(
             Table::Pushes,
             pk.clone(),
-            vec![BatchOp::Insert(Row::from_record(
-                &pk,
-                record.row(),
-                &record,
-            ))],
+            vec![
+                BatchOp::Insert(Row::from_record(&pk, record.row(), &record)),
+                BatchOp::Insert(super::audit::push_log_row(&pk, &record)),
+            ],
         )];
         inserts.extend(push.commits.iter().map(|c| {
             let r = CommitRecord::from_push(provider, push, c, received_at);
@@ -161,11 +160,13 @@ impl Ledger {
     ) -> Result<usize, StoreError> {
         let record = PushRecord::new(provider, push, received_at);
         let pk = PushRecord::partition(&record.repository, &record.git_ref);
-        match self
-            .store
-            .insert(Table::Pushes, Row::from_record(&pk, record.row(), &record))
-            .await
-        {
+        // The push row and its log row (branch history, newest first) in one batch: both
+        // or neither, so a redelivery that finds the push row finds its log row too.
+        let ops = vec![
+            BatchOp::Insert(Row::from_record(&pk, record.row(), &record)),
+            BatchOp::Insert(super::audit::push_log_row(&pk, &record)),
+        ];
+        match self.store.batch(Table::Pushes, &pk, ops).await {
             Ok(_) | Err(StoreError::Conflict) => {}
             Err(e) => return Err(e),
         }
@@ -512,18 +513,42 @@ impl Ledger {
         replayed: bool,
     ) -> Result<Option<TargetRecord>, StoreError> {
         let rk = TargetRecord::row_key(&u.object);
-        let mut written = None;
-        self.modify(
-            Table::Commits,
-            u.sha.as_str(),
-            &rk,
-            |stored: Option<TargetRecord>| {
-                let row = TargetRecord::merge_event(stored, u, replayed);
-                written = row.clone();
-                row
-            },
-        )
-        .await?;
-        Ok(written)
+        let pk = u.sha.as_str();
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let stored = self.store.get(Table::Commits, pk, &rk).await?;
+            let (old, etag) = match stored {
+                Some(e) => (Some(e.record::<TargetRecord>()?), e.etag),
+                None => (None, None),
+            };
+            let Some(new) = TargetRecord::merge_event(old.clone(), u, replayed) else {
+                return Ok(None);
+            };
+            if old.as_ref() == Some(&new) {
+                return Ok(Some(new));
+            }
+            // The audit index first (see `audit`): the target row is the commit point.
+            let index = self.index_writes(pk, old.as_ref(), Some(&new), Utc::now());
+            let entity = Row::from_record(pk, rk.as_str(), &new);
+            let mut writes = index.before;
+            writes.push((
+                Table::Commits,
+                pk.to_string(),
+                vec![match etag {
+                    Some(etag) => BatchOp::Update(entity, etag),
+                    None => BatchOp::Insert(entity),
+                }],
+            ));
+            match self.store.batches(writes).await {
+                Ok(_) => {
+                    self.finish_index(index.after).await?;
+                    return Ok(Some(new));
+                }
+                Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "commits: target row kept changing under concurrent writers".into(),
+        ))
     }
 }

@@ -13,6 +13,7 @@
 //! A crash between 1 and 3 leaves a `pending` entry that a redelivery, or the next start-up,
 //! finishes. No 2xx is sent before 3, so nothing acknowledged is ever half-written.
 
+pub mod audit;
 pub mod evidence;
 mod flux;
 mod git;
@@ -61,6 +62,8 @@ pub struct Ledger {
     states: Arc<states::StateCache>,
     /// Commits recently looked up and not found (see `missing.rs`).
     missing: Arc<missing::MissingCommits>,
+    /// The approval policy (contract §10).
+    policy: Arc<crate::policy::Policy>,
 }
 
 impl Ledger {
@@ -70,7 +73,19 @@ impl Ledger {
             outbox_tx: None,
             states: Arc::default(),
             missing: Arc::default(),
+            policy: Arc::default(),
         }
+    }
+
+    /// Decides approvals under `policy`.
+    pub fn with_policy(mut self, policy: crate::policy::Policy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// The approval policy in force.
+    pub fn policy(&self) -> &crate::policy::Policy {
+        &self.policy
     }
 
     /// Tells the dispatcher behind `tx` about partitions with new messages.
@@ -356,9 +371,11 @@ impl Ledger {
         git_ref: &str,
     ) -> Result<Vec<PushRecord>, StoreError> {
         let pk = PushRecord::partition(repository.as_str(), git_ref);
+        // Push rows only (`{before}..{after}`, hex or `0` first): the log rows (`log|…`)
+        // sort after them.
         let mut pushes = self
             .store
-            .query_partition(Table::Pushes, &pk, None)
+            .query_range(Table::Pushes, &pk, "", "log|", usize::MAX)
             .await?
             .iter()
             .map(Entity::record)

@@ -1,0 +1,895 @@
+//! Part 10: the audit — index rows written by the same projections as the rest, and the
+//! queries that read them by key range (contract §7, §10).
+//!
+//! | rows (table `audit` unless said) | partition | row key | serves |
+//! |---|---|---|---|
+//! | change, per cluster | `cluster\|{cluster}` | `{stamp}\|{sha}\|{kind}\|{namespace}\|{name}` | `/api/changes?cluster=`, summary |
+//! | change, fleet | `day\|{YYYY-MM-DD}` | `{stamp}\|{cluster}\|{kind}\|{namespace}\|{name}\|{sha}` | `/api/changes`, summary, without a cluster |
+//! | approval check | `policy` | `{cluster}\|{sha}\|{kind}\|{namespace}\|{name}` | the sweep's `change.unapproved` decisions |
+//! | decision | `policy-decided` | `{cluster}\|{sha}` | once per (commit, cluster), after retention too |
+//! | push log (`pushes`) | `{repository}\|{ref}` | `log\|{stamp of receipt}\|{before}..{after}` | `/api/commits?repository=&ref=` |
+//!
+//! `stamp` is `9999999999999 - milliseconds`: newest first in ascending key order, which is
+//! the only order Table Storage reads in.
+//!
+//! A change row is a pure function of its target row (`ChangeRow::of`): written before the
+//! target row in the same call, only when that function's value changes, so the target row
+//! (the commit point) never exists without its index row, and a retry that finds the target
+//! row written writes neither. Its time is the object's first report of the commit, applied
+//! or failed (`TargetRecord::changed_at`): it only moves earlier (a late older event), and
+//! then the row under the old key is deleted once the target row is written.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use base64::Engine;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::records::{ApprovalRecord, CommitRecord, OutboxRecord, PushRecord, ROW_OUTBOX};
+use super::{tagged, Ledger};
+use crate::core::{message_id, Custom, Message, MessageType, TargetRecord, TargetState};
+use crate::domain::{CommitSha, RepoKey};
+use crate::flux::ObjectRef;
+use crate::policy::Verdict;
+use crate::store::{BatchOp, Entity, Row, StoreError, Table};
+
+/// One store call's worth of writes.
+pub(super) type Write = (Table, String, Vec<BatchOp>);
+
+const FAR: i64 = 9_999_999_999_999;
+
+/// Newest first: the key part of a time.
+pub fn stamp(t: DateTime<Utc>) -> String {
+    format!("{:013}", FAR - t.timestamp_millis().clamp(0, FAR))
+}
+
+/// The first key part of times strictly before `t` (a window's exclusive end as a lower bound).
+fn stamp_after(t: DateTime<Utc>) -> String {
+    format!("{:013}", (FAR - t.timestamp_millis().clamp(0, FAR)) + 1)
+}
+
+/// One (commit, object) that was applied or failed: the index row of the audit feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRow {
+    /// The object's first report of the commit, applied or failed (its own clock).
+    pub time: DateTime<Utc>,
+    pub cluster: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// `applied` or `failed`: the object's latest outcome at this commit.
+    pub state: TargetState,
+    /// Whether the object ever applied it (the approval summary counts those).
+    pub applied: bool,
+    /// The first success (its own clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<DateTime<Utc>>,
+    pub revision: Option<String>,
+    pub sha: String,
+}
+
+impl ChangeRow {
+    /// The index row of a target row, if it records a change.
+    pub fn of(sha: &str, t: &TargetRecord) -> Option<ChangeRow> {
+        let time = t.changed_at()?;
+        let failed = t.last_failed_at.or(t.failed_at);
+        let state = match t.state {
+            TargetState::Applied => TargetState::Applied,
+            TargetState::Failed => TargetState::Failed,
+            // In between (a new reconcile, or superseded after a failure): the latest outcome.
+            _ => match (t.last_applied_at.or(t.applied_at), failed) {
+                (Some(a), Some(f)) if f > a => TargetState::Failed,
+                (Some(_), _) => TargetState::Applied,
+                _ => TargetState::Failed,
+            },
+        };
+        Some(ChangeRow {
+            time,
+            cluster: t.cluster.clone(),
+            kind: t.kind.clone(),
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            state,
+            applied: t.applied_at.is_some(),
+            applied_at: t.applied_at,
+            revision: t.revision.clone(),
+            sha: sha.to_string(),
+        })
+    }
+
+    fn cluster_key(&self) -> (String, String) {
+        (
+            cluster_partition(&self.cluster),
+            format!(
+                "{}|{}|{}|{}|{}",
+                stamp(self.time),
+                self.sha,
+                self.kind,
+                self.namespace,
+                self.name
+            ),
+        )
+    }
+
+    fn fleet_key(&self) -> (String, String) {
+        (
+            day_partition(self.time.date_naive()),
+            format!(
+                "{}|{}|{}|{}|{}|{}",
+                stamp(self.time),
+                self.cluster,
+                self.kind,
+                self.namespace,
+                self.name,
+                self.sha
+            ),
+        )
+    }
+}
+
+fn cluster_partition(cluster: &str) -> String {
+    format!("cluster|{cluster}")
+}
+
+fn day_partition(day: NaiveDate) -> String {
+    format!("day|{}", day.format("%Y-%m-%d"))
+}
+
+/// A pending approval decision: one object applied a commit on a cluster under the policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckRow {
+    pub cluster: String,
+    pub sha: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// When fluxtrail received that apply (its clock): the grace counts from the earliest.
+    pub received_at: DateTime<Utc>,
+}
+
+const CHECKS: &str = "policy";
+const DECIDED: &str = "policy-decided";
+
+/// The index writes that go before and after a target row's write, from the row as stored
+/// (`old`) and as it will be written (`new`).
+#[derive(Debug, Default)]
+pub(super) struct IndexWrites {
+    pub before: Vec<Write>,
+    pub after: Vec<Write>,
+}
+
+impl Ledger {
+    /// The index rows a target row's change needs (see the module's comment).
+    pub(super) fn index_writes(
+        &self,
+        sha: &str,
+        old: Option<&TargetRecord>,
+        new: Option<&TargetRecord>,
+        received_at: DateTime<Utc>,
+    ) -> IndexWrites {
+        let mut w = IndexWrites::default();
+        let (was, now) = (
+            old.and_then(|t| ChangeRow::of(sha, t)),
+            new.and_then(|t| ChangeRow::of(sha, t)),
+        );
+        let Some(now) = now else { return w };
+        if was.as_ref() == Some(&now) {
+            return w;
+        }
+        for (pk, rk) in [now.cluster_key(), now.fleet_key()] {
+            w.before.push((
+                Table::Audit,
+                pk.clone(),
+                vec![BatchOp::Upsert(Row::from_record(pk, rk, &now))],
+            ));
+        }
+        if now.applied && !was.as_ref().is_some_and(|w| w.applied) && self.policy.covers(&now.cluster)
+        {
+            let check = CheckRow {
+                cluster: now.cluster.clone(),
+                sha: sha.to_string(),
+                kind: now.kind.clone(),
+                namespace: now.namespace.clone(),
+                name: now.name.clone(),
+                received_at,
+            };
+            let rk = format!(
+                "{}|{}|{}|{}|{}",
+                now.cluster, sha, now.kind, now.namespace, now.name
+            );
+            w.before.push((
+                Table::Audit,
+                CHECKS.into(),
+                vec![BatchOp::Upsert(Row::from_record(CHECKS, rk, &check))],
+            ));
+        }
+        if let Some(was) = was.filter(|w| w.time != now.time) {
+            for (pk, rk) in [was.cluster_key(), was.fleet_key()] {
+                w.after
+                    .push((Table::Audit, pk, vec![BatchOp::Delete { rk, etag: None }]));
+            }
+        }
+        w
+    }
+
+    /// Deletes index rows a change moved away from; a row already gone is no failure.
+    pub(super) async fn finish_index(&self, after: Vec<Write>) -> Result<(), StoreError> {
+        for (table, pk, ops) in after {
+            match self.store.batch(table, &pk, ops).await {
+                Ok(_) | Err(StoreError::PreconditionFailed | StoreError::Conflict) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The filters of `/api/changes` and its summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeQuery {
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    pub repository: Option<RepoKey>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub approved: Option<bool>,
+}
+
+/// Where a page stopped: the partition and the last row key read there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    #[serde(rename = "p")]
+    pub pk: String,
+    #[serde(rename = "k")]
+    pub rk: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// A page of changes.
+#[derive(Debug)]
+pub struct ChangePage {
+    pub changes: Vec<Change>,
+    pub next: Option<Cursor>,
+}
+
+/// One change with what is known of its commit.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub row: ChangeRow,
+    pub commit: Option<CommitRecord>,
+    pub approval: Option<ApprovalRecord>,
+    pub verdict: Verdict,
+}
+
+impl Change {
+    /// The contract's JSON shape (§7).
+    pub fn to_json(&self) -> Value {
+        let c = self.commit.as_ref();
+        json!({
+            "time": self.row.time,
+            "cluster": self.row.cluster,
+            "kind": self.row.kind,
+            "namespace": self.row.namespace,
+            "name": self.row.name,
+            "state": self.row.state,
+            "revision": self.row.revision,
+            "sha": self.row.sha,
+            "repository": c.map(|c| &c.repository),
+            "refs": c.map(|c| c.refs.clone()).unwrap_or_default(),
+            "subject": subject(c),
+            "author": author(c),
+            "pushedBy": c.and_then(|c| c.pushed_by.clone()),
+            "pushedAt": c.map(|c| c.pushed_at),
+            "approval": self.approval,
+            "approved": self.verdict.approved,
+            "exempt": self.verdict.exempt,
+        })
+    }
+
+    /// The CSV columns, in `CSV_HEADER`'s order.
+    pub fn csv_cells(&self) -> [String; 20] {
+        let c = self.commit.as_ref();
+        let a = self.approval.as_ref();
+        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        [
+            time(self.row.time),
+            self.row.cluster.clone(),
+            self.row.kind.clone(),
+            self.row.namespace.clone(),
+            self.row.name.clone(),
+            self.row.state.as_str().to_string(),
+            self.row.revision.clone().unwrap_or_default(),
+            self.row.sha.clone(),
+            c.map(|c| c.repository.clone()).unwrap_or_default(),
+            c.map(|c| c.refs.join(" ")).unwrap_or_default(),
+            subject(c).unwrap_or_default(),
+            author(c).unwrap_or_default(),
+            c.and_then(|c| c.pushed_by.clone()).unwrap_or_default(),
+            c.map(|c| time(c.pushed_at)).unwrap_or_default(),
+            self.verdict.approved.to_string(),
+            self.verdict.exempt.clone().unwrap_or_default(),
+            a.map(|a| a.number.to_string()).unwrap_or_default(),
+            a.and_then(|a| a.url.clone()).unwrap_or_default(),
+            a.map(|a| a.approvers.join(" ")).unwrap_or_default(),
+            a.and_then(|a| a.merged_by.clone()).unwrap_or_default(),
+        ]
+    }
+}
+
+pub const CSV_HEADER: [&str; 20] = [
+    "time",
+    "cluster",
+    "kind",
+    "namespace",
+    "name",
+    "state",
+    "revision",
+    "sha",
+    "repository",
+    "refs",
+    "subject",
+    "author",
+    "pushedBy",
+    "pushedAt",
+    "approved",
+    "exempt",
+    "pullRequest",
+    "pullRequestUrl",
+    "approvers",
+    "mergedBy",
+];
+
+/// One CSV line (RFC 4180, CRLF), each cell neutralised against formula injection (OWASP:
+/// a cell starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'`) and
+/// quoted when it holds a comma, quote or line break.
+pub fn csv_line(cells: &[impl AsRef<str>], out: &mut String) {
+    for (i, cell) in cells.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let cell = cell.as_ref();
+        let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+        let quote = cell.contains([',', '"', '\n', '\r']);
+        if quote {
+            out.push('"');
+        }
+        if risky {
+            out.push('\'');
+        }
+        if quote {
+            out.push_str(&cell.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(cell);
+        }
+    }
+    out.push_str("\r\n");
+}
+
+fn subject(c: Option<&CommitRecord>) -> Option<String> {
+    c.and_then(|c| c.message.as_deref())
+        .map(|m| m.lines().next().unwrap_or("").to_string())
+}
+
+fn author(c: Option<&CommitRecord>) -> Option<String> {
+    c.and_then(|c| c.author.as_ref())
+        .and_then(|a| a.name.clone().or_else(|| a.email.clone()))
+}
+
+/// How many index rows one page request reads at most before it answers with what it has
+/// (possibly nothing, with a cursor): a rare filter over a long window never makes one
+/// request slow.
+const SCAN_BUDGET: usize = 20_000;
+
+/// The commits whose records one request has read (bounded).
+#[derive(Default)]
+struct Joined {
+    by_sha: HashMap<String, (Option<CommitRecord>, Option<ApprovalRecord>)>,
+}
+
+const JOIN_CACHE: usize = 8_192;
+
+impl Ledger {
+    /// The partitions a query reads, newest first.
+    fn change_partitions(q: &ChangeQuery) -> Vec<String> {
+        match &q.cluster {
+            Some(c) => vec![cluster_partition(c)],
+            None => {
+                let last = (q.to - Duration::milliseconds(1)).date_naive();
+                let first = q.from.date_naive();
+                let mut days = vec![];
+                let mut d = last;
+                while d >= first {
+                    days.push(day_partition(d));
+                    match d.pred_opt() {
+                        Some(p) => d = p,
+                        None => break,
+                    }
+                }
+                days
+            }
+        }
+    }
+
+    /// The commit and approval records of `sha` (one range read: both rows sort before the
+    /// partition's target rows).
+    async fn join(
+        &self,
+        joined: &mut Joined,
+        sha: &str,
+    ) -> Result<(Option<CommitRecord>, Option<ApprovalRecord>), StoreError> {
+        if let Some(hit) = joined.by_sha.get(sha) {
+            return Ok(hit.clone());
+        }
+        let rows = self
+            .store
+            .query_range(Table::Commits, sha, "approval", "commit|", 2)
+            .await?;
+        let mut out = (None, None);
+        for r in &rows {
+            match r.rk.as_str() {
+                "commit" => out.0 = Some(r.record()?),
+                "approval" => out.1 = Some(r.record()?),
+                _ => {}
+            }
+        }
+        if joined.by_sha.len() >= JOIN_CACHE {
+            joined.by_sha.clear();
+        }
+        joined.by_sha.insert(sha.to_string(), out.clone());
+        Ok(out)
+    }
+
+    /// Reads changes from `cursor` (exclusive) on, calling `each` for every one that passes
+    /// the filters until it returns false; stops after `budget` index rows. Returns where
+    /// it stopped (`None`: the window is exhausted).
+    async fn scan_changes<F>(
+        &self,
+        q: &ChangeQuery,
+        cursor: Option<&Cursor>,
+        budget: usize,
+        mut each: F,
+    ) -> Result<Option<Cursor>, StoreError>
+    where
+        F: FnMut(Change) -> bool,
+    {
+        let partitions = Self::change_partitions(q);
+        let (lo, hi) = (stamp_after(q.to), stamp_after(q.from));
+        let mut start = match cursor {
+            Some(c) => match partitions.iter().position(|p| *p == c.pk) {
+                Some(i) => (i, Some(c.rk.clone())),
+                None => return Err(StoreError::Corrupt("cursor".into())),
+            },
+            None => (0, None),
+        };
+        let mut joined = Joined::default();
+        let mut read = 0;
+        const CHUNK: usize = 500;
+        while start.0 < partitions.len() {
+            let pk = &partitions[start.0];
+            let from = start.1.clone().unwrap_or_else(|| lo.clone());
+            let rows = self
+                .store
+                .query_range(Table::Audit, pk, &from, &hi, CHUNK + 1)
+                .await?;
+            let fetched = rows.len();
+            let mut last = None;
+            for e in rows {
+                if start.1.as_deref() == Some(e.rk.as_str()) {
+                    continue;
+                }
+                read += 1;
+                let row: ChangeRow = e.record()?;
+                last = Some(e.rk);
+                if q.namespace.as_ref().is_some_and(|n| *n != row.namespace) {
+                    continue;
+                }
+                let (commit, approval) = self.join(&mut joined, &row.sha).await?;
+                if let Some(r) = &q.repository {
+                    if commit.as_ref().map(|c| c.repository.as_str()) != Some(r.as_str()) {
+                        continue;
+                    }
+                }
+                let verdict = self.policy.verdict(commit.as_ref(), approval.as_ref());
+                if q.approved.is_some_and(|want| want != verdict.approved) {
+                    continue;
+                }
+                let keep_going = each(Change {
+                    row,
+                    commit,
+                    approval,
+                    verdict,
+                });
+                if !keep_going || read >= budget {
+                    return Ok(last.map(|rk| Cursor {
+                        pk: pk.clone(),
+                        rk,
+                    }));
+                }
+            }
+            if read >= budget {
+                return Ok(last.map(|rk| Cursor {
+                    pk: pk.clone(),
+                    rk,
+                }));
+            }
+            if fetched <= CHUNK {
+                start = (start.0 + 1, None);
+            } else if let Some(rk) = last {
+                start.1 = Some(rk);
+            } else {
+                start = (start.0 + 1, None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// One page of the audit feed.
+    pub async fn changes(
+        &self,
+        q: &ChangeQuery,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage, StoreError> {
+        let mut changes = Vec::with_capacity(limit.min(500));
+        let next = self
+            .scan_changes(q, cursor, SCAN_BUDGET, |c| {
+                changes.push(c);
+                changes.len() < limit
+            })
+            .await?;
+        // A page that ended exactly at the window's end says so only on the next request.
+        Ok(ChangePage { changes, next })
+    }
+
+    /// The next rows of the CSV export (at most about 512 index rows read): the caller
+    /// streams each batch out before asking for the next, so memory stays flat however
+    /// large the window. `None` as the cursor: that was the last batch.
+    pub async fn export_batch(
+        &self,
+        q: &ChangeQuery,
+        cursor: Option<&Cursor>,
+    ) -> Result<(Vec<Change>, Option<Cursor>), StoreError> {
+        let mut batch = Vec::with_capacity(512);
+        let next = self
+            .scan_changes(q, cursor, 512, |c| {
+                batch.push(c);
+                true
+            })
+            .await?;
+        Ok((batch, next))
+    }
+
+    /// Whether `cursor` can continue `q` (it names one of the partitions `q` reads).
+    pub fn cursor_fits(q: &ChangeQuery, cursor: &Cursor) -> bool {
+        Self::change_partitions(q).contains(&cursor.pk)
+    }
+
+    /// Approval coverage over distinct (commit, cluster) pairs applied in the window.
+    pub async fn change_summary(&self, q: &ChangeQuery) -> Result<Value, StoreError> {
+        let mut pairs: HashMap<(String, String), Verdict> = HashMap::new();
+        let mut cursor: Option<Cursor> = None;
+        loop {
+            let next = self
+                .scan_changes(q, cursor.as_ref(), usize::MAX, |c| {
+                    if c.row.applied {
+                        pairs
+                            .entry((c.row.sha.clone(), c.row.cluster.clone()))
+                            .or_insert(c.verdict);
+                    }
+                    true
+                })
+                .await?;
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let n = pairs.len();
+        let approved = pairs.values().filter(|v| v.approved).count();
+        let exempt = pairs
+            .values()
+            .filter(|v| !v.approved && v.exempt.is_some())
+            .count();
+        let unapproved = n - approved - exempt;
+        let coverage = (n > exempt).then(|| approved as f64 / (n - exempt) as f64);
+        Ok(json!({
+            "changes": n, "approved": approved, "exempt": exempt, "unapproved": unapproved,
+            "coverage": coverage,
+            "from": q.from, "to": q.to, "cluster": q.cluster,
+        }))
+    }
+}
+
+/// The push log row written with each new push row (same partition, same batch).
+pub(super) fn push_log_row(pk: &str, record: &PushRecord) -> Row {
+    Row::from_record(
+        pk,
+        format!("log|{}|{}", stamp(record.received_at), record.row()),
+        record,
+    )
+}
+
+/// Where a branch-history page stopped: the push log row and how many of its commits
+/// (newest first) were already given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BranchCursor {
+    #[serde(rename = "k")]
+    pub rk: String,
+    #[serde(rename = "i")]
+    pub skip: usize,
+}
+
+impl BranchCursor {
+    pub fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn decode(s: &str) -> Option<BranchCursor> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+impl Ledger {
+    /// A branch's pushed commits, newest push first (a push's commits newest first), each
+    /// once (at its newest push), as evidence; at most `limit`, and where to go on.
+    pub async fn branch_commits(
+        &self,
+        repository: &RepoKey,
+        git_ref: &str,
+        cursor: Option<&BranchCursor>,
+        limit: usize,
+    ) -> Result<(Vec<super::Evidence>, Option<BranchCursor>), StoreError> {
+        let pk = PushRecord::partition(repository.as_str(), git_ref);
+        // The cursor's row is read again (some of its commits are still to come); every
+        // later read starts after the last row read.
+        let mut from = cursor.map_or_else(|| "log|".to_string(), |c| c.rk.clone());
+        let mut after: Option<String> = None;
+        let mut skip = cursor.map_or(0, |c| c.skip);
+        let mut out = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        const CHUNK: usize = 64;
+        loop {
+            let rows = self
+                .store
+                .query_range(Table::Pushes, &pk, &from, "log}", CHUNK + 1)
+                .await?;
+            let n = rows.len();
+            for e in &rows {
+                if after.as_deref() == Some(e.rk.as_str()) {
+                    continue;
+                }
+                let push: PushRecord = e.record()?;
+                let mut shas: Vec<&String> = push.commits.iter().rev().collect();
+                if shas.is_empty() {
+                    shas.extend(push.after.iter());
+                }
+                for (i, sha) in shas.iter().enumerate().skip(skip) {
+                    if out.len() == limit {
+                        let next = BranchCursor {
+                            rk: e.rk.clone(),
+                            skip: i,
+                        };
+                        return Ok((out, Some(next)));
+                    }
+                    if !seen.insert((*sha).clone()) {
+                        continue;
+                    }
+                    let Ok(parsed) = CommitSha::parse(sha) else {
+                        continue;
+                    };
+                    if let Some(ev) = self.evidence(&parsed).await? {
+                        out.push(ev);
+                    }
+                }
+                skip = 0;
+                after = Some(e.rk.clone());
+            }
+            match &after {
+                Some(last) if n > CHUNK => from = last.clone(),
+                _ => return Ok((out, None)),
+            }
+        }
+    }
+}
+
+/// What the sweep decided about approvals.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ApprovalSweep {
+    pub decided: usize,
+    pub unapproved: usize,
+}
+
+impl Ledger {
+    /// Decides every (commit, cluster) whose grace has passed: `change.unapproved` once for
+    /// those neither sufficiently approved nor exempt. Exactly once under concurrent sweeps
+    /// and restarts: the message's outbox row has a deterministic key (insert-if-absent), a
+    /// decision row stops later applies of the same commit on the cluster asking again, and
+    /// the check rows are deleted only after both.
+    pub async fn decide_approvals(&self, now: DateTime<Utc>) -> Result<ApprovalSweep, StoreError> {
+        let mut out = ApprovalSweep::default();
+        let checks = self.store.query_partition(Table::Audit, CHECKS, None).await?;
+        let mut groups: BTreeMap<(String, String), Vec<(Entity, CheckRow)>> = BTreeMap::new();
+        for e in checks {
+            let c: CheckRow = e.record()?;
+            groups
+                .entry((c.cluster.clone(), c.sha.clone()))
+                .or_default()
+                .push((e, c));
+        }
+        let grace = Duration::from_std(self.policy.grace).unwrap_or_default();
+        for ((cluster, sha), rows) in groups {
+            let first = rows.iter().map(|(_, c)| c.received_at).min().unwrap_or(now);
+            let covered = self.policy.covers(&cluster);
+            if covered && first + grace > now {
+                continue;
+            }
+            let decided_rk = format!("{cluster}|{sha}");
+            let decided = self.store.get(Table::Audit, DECIDED, &decided_rk).await?;
+            if covered && decided.is_none() {
+                let mut joined = Joined::default();
+                let (commit, approval) = self.join(&mut joined, &sha).await?;
+                let verdict = self.policy.verdict(commit.as_ref(), approval.as_ref());
+                if verdict.unapproved() {
+                    let message = self
+                        .unapproved_message(&cluster, &sha, commit.as_ref(), approval.as_ref(), &verdict)
+                        .await?;
+                    let pk = approval_partition(&cluster);
+                    let rk = format!("outbox|{}", message.id);
+                    let row = tagged(&pk, &rk, &OutboxRecord::pending(message), &[("rowType", ROW_OUTBOX)]);
+                    match self.store.insert(Table::Objects, row).await {
+                        Ok(_) => out.unapproved += 1,
+                        Err(StoreError::Conflict) => {}
+                        Err(e) => return Err(e),
+                    }
+                    self.notify_outbox(&pk);
+                }
+                let record = json!({"cluster": cluster, "sha": sha, "verdict": verdict, "decidedAt": now});
+                self.store
+                    .upsert(Table::Audit, Row::from_record(DECIDED, decided_rk, &record))
+                    .await?;
+                out.decided += 1;
+            }
+            let deletes = rows
+                .into_iter()
+                .map(|(e, _)| BatchOp::Delete {
+                    rk: e.rk,
+                    etag: e.etag,
+                })
+                .collect::<Vec<_>>();
+            for chunk in deletes.chunks(100) {
+                match self.store.batch(Table::Audit, CHECKS, chunk.to_vec()).await {
+                    // Another sweep deleted them, or a new apply rewrote one: it stays
+                    // for the next sweep, which finds the decision.
+                    Ok(_) | Err(StoreError::PreconditionFailed | StoreError::Conflict) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn unapproved_message(
+        &self,
+        cluster: &str,
+        sha: &str,
+        commit: Option<&CommitRecord>,
+        approval: Option<&ApprovalRecord>,
+        verdict: &Verdict,
+    ) -> Result<Message, StoreError> {
+        let targets = self
+            .store
+            .query_partition(Table::Commits, sha, Some(&format!("target|{cluster}|")))
+            .await?;
+        let mut objects = vec![];
+        let mut applied_at: Option<DateTime<Utc>> = None;
+        for e in &targets {
+            let t: TargetRecord = e.record()?;
+            if t.cluster != cluster {
+                continue;
+            }
+            if let Some(a) = t.applied_at {
+                applied_at = Some(applied_at.map_or(a, |x| x.min(a)));
+                objects.push(json!({"kind": t.kind, "namespace": t.namespace, "name": t.name}));
+            }
+        }
+        let object = ObjectRef {
+            cluster: cluster.to_string(),
+            kind: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+        };
+        let data = json!({
+            "cluster": cluster,
+            "sha": sha,
+            "repository": commit.map(|c| &c.repository),
+            "refs": commit.map(|c| c.refs.clone()).unwrap_or_default(),
+            "pushedBy": commit.and_then(|c| c.pushed_by.clone()),
+            "author": commit.and_then(|c| c.author.clone()),
+            "appliedAt": applied_at,
+            "objects": objects,
+            "approval": approval,
+            "reason": verdict.reason,
+            "severity": MessageType::ChangeUnapproved.severity(),
+        });
+        Ok(Message {
+            id: message_id(MessageType::ChangeUnapproved, &object, sha),
+            kind: MessageType::ChangeUnapproved,
+            object,
+            time: applied_at.unwrap_or_else(Utc::now),
+            revision: None,
+            sha: Some(sha.to_string()),
+            reason: verdict.reason.map(str::to_string),
+            message: None,
+            incident_id: None,
+            repository: commit.map(|c| c.repository.clone()),
+            custom: Some(Custom {
+                subject: format!("{cluster}/{sha}"),
+                data,
+            }),
+        })
+    }
+}
+
+/// The `objects` partition holding a cluster's `change.unapproved` messages (no object's).
+fn approval_partition(cluster: &str) -> String {
+    format!("approval|{cluster}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_are_quoted_and_neutralised() {
+        let mut out = String::new();
+        csv_line(
+            &[
+                "plain",
+                "a,b",
+                "say \"hi\"",
+                "two\nlines",
+                "=SUM(A1)",
+                "+1",
+                "-2",
+                "@cmd",
+                "=x,y",
+                "",
+            ],
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "plain,\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\",'=SUM(A1),'+1,'-2,'@cmd,\"'=x,y\",\r\n"
+        );
+    }
+
+    #[test]
+    fn stamps_sort_newest_first() {
+        let a = DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z").unwrap().to_utc();
+        let b = a + Duration::seconds(1);
+        assert!(stamp(b) < stamp(a));
+        assert_eq!(stamp_after(b), format!("{:013}", stamp(b).parse::<i64>().unwrap() + 1));
+        assert!(stamp_after(b) <= stamp(a));
+    }
+}
