@@ -60,14 +60,14 @@ impl SweepReport {
     pub fn logs(&self) -> Vec<String> {
         vec![
             format!("stalled {} rollouts", self.stalled),
-            format!(
-                "decided {} approvals, {} unapproved",
-                self.approvals_decided, self.unapproved
-            ),
             format!("delivered {} waiting messages", self.delivered),
             format!(
                 "retention deleted {} journal entries, {} delivered messages, {} history rows",
                 self.deleted_deliveries, self.deleted_messages, self.deleted_history
+            ),
+            format!(
+                "decided {} approvals, {} unapproved",
+                self.approvals_decided, self.unapproved
             ),
         ]
     }

@@ -4,7 +4,7 @@
 //! | rows (table `audit` unless said) | partition | row key | serves |
 //! |---|---|---|---|
 //! | change, per cluster | `cluster\|{cluster}` | `{stamp}\|{sha}\|{kind}\|{namespace}\|{name}` | `/api/changes?cluster=`, summary |
-//! | change, fleet | `day\|{YYYY-MM-DD}` | `{stamp}\|{cluster}\|{kind}\|{namespace}\|{name}\|{sha}` | `/api/changes`, summary, without a cluster |
+//! | change, fleet | `month\|{YYYY-MM}` | `{stamp}\|{cluster}\|{kind}\|{namespace}\|{name}\|{sha}` | `/api/changes`, summary, without a cluster |
 //! | approval check | `policy` | `{cluster}\|{sha}\|{kind}\|{namespace}\|{name}` | the sweep's `change.unapproved` decisions |
 //! | decision | `policy-decided` | `{cluster}\|{sha}` | once per (commit, cluster), after retention too |
 //! | push log (`pushes`) | `{repository}\|{ref}` | `log\|{stamp of receipt}\|{before}..{after}` | `/api/commits?repository=&ref=` |
@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use base64::Engine;
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -49,7 +49,11 @@ fn stamp_after(t: DateTime<Utc>) -> String {
     format!("{:013}", (FAR - t.timestamp_millis().clamp(0, FAR)) + 1)
 }
 
-/// One (commit, object) that was applied or failed: the index row of the audit feed.
+/// One (commit, object) that was applied or failed: the index row of the audit feed. Only
+/// what changes at most a few times in the life of a (commit, object) is in it — when it was
+/// first reported, whether and when it was first applied, its revision — so an object that
+/// flaps between failing and succeeding at one revision never rewrites it, and a Flux event
+/// in steady state costs no index write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeRow {
@@ -59,11 +63,7 @@ pub struct ChangeRow {
     pub kind: String,
     pub namespace: String,
     pub name: String,
-    /// `applied` or `failed`: the object's latest outcome at this commit.
-    pub state: TargetState,
-    /// Whether the object ever applied it (the approval summary counts those).
-    pub applied: bool,
-    /// The first success (its own clock).
+    /// The object's first success at this commit (its own clock); `None`: it only failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<DateTime<Utc>>,
     pub revision: Option<String>,
@@ -73,30 +73,31 @@ pub struct ChangeRow {
 impl ChangeRow {
     /// The index row of a target row, if it records a change.
     pub fn of(sha: &str, t: &TargetRecord) -> Option<ChangeRow> {
-        let time = t.changed_at()?;
-        let failed = t.last_failed_at.or(t.failed_at);
-        let state = match t.state {
-            TargetState::Applied => TargetState::Applied,
-            TargetState::Failed => TargetState::Failed,
-            // In between (a new reconcile, or superseded after a failure): the latest outcome.
-            _ => match (t.last_applied_at.or(t.applied_at), failed) {
-                (Some(a), Some(f)) if f > a => TargetState::Failed,
-                (Some(_), _) => TargetState::Applied,
-                _ => TargetState::Failed,
-            },
-        };
         Some(ChangeRow {
-            time,
+            time: t.changed_at()?,
             cluster: t.cluster.clone(),
             kind: t.kind.clone(),
             namespace: t.namespace.clone(),
             name: t.name.clone(),
-            state,
-            applied: t.applied_at.is_some(),
             applied_at: t.applied_at,
             revision: t.revision.clone(),
             sha: sha.to_string(),
         })
+    }
+
+    /// Whether the object applied the commit (the change reached it).
+    pub fn applied(&self) -> bool {
+        self.applied_at.is_some()
+    }
+
+    /// `applied` once the object applied the commit (a later failure at the same revision is
+    /// an incident, not another change), else `failed`: it reached the object and failed.
+    pub fn state(&self) -> TargetState {
+        if self.applied() {
+            TargetState::Applied
+        } else {
+            TargetState::Failed
+        }
     }
 
     fn cluster_key(&self) -> (String, String) {
@@ -115,7 +116,7 @@ impl ChangeRow {
 
     fn fleet_key(&self) -> (String, String) {
         (
-            day_partition(self.time.date_naive()),
+            month_partition(self.time.date_naive()),
             format!(
                 "{}|{}|{}|{}|{}|{}",
                 stamp(self.time),
@@ -133,8 +134,30 @@ fn cluster_partition(cluster: &str) -> String {
     format!("cluster|{cluster}")
 }
 
-fn day_partition(day: NaiveDate) -> String {
-    format!("day|{}", day.format("%Y-%m-%d"))
+/// The fleet's partition of a month: a window reads one range per month it touches.
+fn month_partition(day: NaiveDate) -> String {
+    format!("month|{}", day.format("%Y-%m"))
+}
+
+/// The months a fleet query reads, newest first: those the window touches, within the era
+/// data can have (from Git's first release to a year ahead of now, for a cluster whose clock
+/// runs ahead), so an absurd window costs a bounded number of reads.
+fn months(from: DateTime<Utc>, to: DateTime<Utc>, now: DateTime<Utc>) -> Vec<String> {
+    let era_start = NaiveDate::from_ymd_opt(2005, 4, 1).unwrap_or_default();
+    let era_end = (now + Duration::days(366)).date_naive();
+    let last = (to - Duration::milliseconds(1)).date_naive().min(era_end);
+    let first = from.date_naive().max(era_start);
+    let mut out = vec![];
+    let (mut y, mut m) = (last.year(), last.month());
+    while (y, m) >= (first.year(), first.month()) {
+        out.push(format!("month|{y:04}-{m:02}"));
+        if m == 1 {
+            (y, m) = (y - 1, 12);
+        } else {
+            m -= 1;
+        }
+    }
+    out
 }
 
 /// A pending approval decision: one object applied a commit on a cluster under the policy.
@@ -186,7 +209,7 @@ impl Ledger {
                 vec![BatchOp::Upsert(Row::from_record(pk, rk, &now))],
             ));
         }
-        if now.applied && !was.as_ref().is_some_and(|w| w.applied) && self.policy.covers(&now.cluster)
+        if now.applied() && !was.as_ref().is_some_and(ChangeRow::applied) && self.policy.covers(&now.cluster)
         {
             let check = CheckRow {
                 cluster: now.cluster.clone(),
@@ -287,7 +310,8 @@ impl Change {
             "kind": self.row.kind,
             "namespace": self.row.namespace,
             "name": self.row.name,
-            "state": self.row.state,
+            "state": self.row.state(),
+            "appliedAt": self.row.applied_at,
             "revision": self.row.revision,
             "sha": self.row.sha,
             "repository": c.map(|c| &c.repository),
@@ -313,7 +337,7 @@ impl Change {
             self.row.kind.clone(),
             self.row.namespace.clone(),
             self.row.name.clone(),
-            self.row.state.as_str().to_string(),
+            self.row.state().as_str().to_string(),
             self.row.revision.clone().unwrap_or_default(),
             self.row.sha.clone(),
             c.map(|c| c.repository.clone()).unwrap_or_default(),
@@ -410,20 +434,7 @@ impl Ledger {
     fn change_partitions(q: &ChangeQuery) -> Vec<String> {
         match &q.cluster {
             Some(c) => vec![cluster_partition(c)],
-            None => {
-                let last = (q.to - Duration::milliseconds(1)).date_naive();
-                let first = q.from.date_naive();
-                let mut days = vec![];
-                let mut d = last;
-                while d >= first {
-                    days.push(day_partition(d));
-                    match d.pred_opt() {
-                        Some(p) => d = p,
-                        None => break,
-                    }
-                }
-                days
-            }
+            None => months(q.from, q.to, Utc::now()),
         }
     }
 
@@ -588,7 +599,7 @@ impl Ledger {
         loop {
             let next = self
                 .scan_changes(q, cursor.as_ref(), usize::MAX, |c| {
-                    if c.row.applied {
+                    if c.row.applied() {
                         pairs
                             .entry((c.row.sha.clone(), c.row.cluster.clone()))
                             .or_insert(c.verdict);
@@ -882,6 +893,19 @@ mod tests {
             out,
             "plain,\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\",'=SUM(A1),'+1,'-2,'@cmd,\"'=x,y\",\r\n"
         );
+    }
+
+    #[test]
+    fn a_fleet_window_reads_its_months_within_the_era() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let now = t("2026-12-03T00:00:00Z");
+        assert_eq!(
+            months(t("2026-10-31T23:00:00Z"), t("2026-12-01T00:00:00Z"), now),
+            ["month|2026-11", "month|2026-10"]
+        );
+        let all = months(t("0001-01-01T00:00:00Z"), t("9999-01-01T00:00:00Z"), now);
+        assert_eq!(all.first().unwrap(), "month|2027-12");
+        assert_eq!(all.last().unwrap(), "month|2005-04");
     }
 
     #[test]
