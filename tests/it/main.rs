@@ -2,6 +2,7 @@
 //! spawned on port 0 and driven over HTTP.
 
 mod approvals;
+mod audit;
 mod fake_sb;
 mod faults;
 mod flux;
