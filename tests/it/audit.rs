@@ -655,3 +655,43 @@ async fn an_approval_arriving_within_the_grace_prevents_the_alarm() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(unapproved(&app.messages()).is_empty(), "{:?}", app.messages());
 }
+
+#[tokio::test]
+async fn a_late_older_report_moves_the_change_earlier_and_leaves_one_row() {
+    let app = spawn_app().await;
+    push(&app, None, &[1, 2]).await;
+    // The success at 200 arrives first; the object's earlier failure at 150 arrives late
+    // (twice: a retry). Whatever the order, one row, dated by the first report (150).
+    report(&app, "prod-eu", "apps", 1, 200, false).await;
+    report(&app, "prod-eu", "apps", 1, 150, true).await;
+    let retry = flux_event("kustomization-succeeded.json", |v| {
+        v["reason"] = json!("HealthCheckFailed");
+        v["severity"] = json!("error");
+        v["message"] = json!("health check failed");
+        v["timestamp"] = json!(rfc(at(150)));
+        v["metadata"]["revision"] = json!(format!("main@sha1:{}", c(1)));
+    });
+    let r = app.post_flux("/api/hooks/flux/prod-eu", &retry).await;
+    assert_eq!(r.status(), StatusCode::OK, "a duplicate");
+    let other = spawn_app().await;
+    push(&other, None, &[1, 2]).await;
+    report(&other, "prod-eu", "apps", 1, 150, true).await;
+    report(&other, "prod-eu", "apps", 1, 200, false).await;
+    for app in [&app, &other] {
+        for q in ["cluster=prod-eu&", ""] {
+            let (_, page) = app
+                .get_json(&format!("/api/changes?{q}{}", window(0, 1000)))
+                .await;
+            let rows = page["changes"].as_array().unwrap();
+            assert_eq!(rows.len(), 1, "{page}");
+            assert_eq!(rows[0]["time"], rfc(at(150)));
+            assert_eq!(rows[0]["appliedAt"], rfc(at(200)));
+            assert_eq!(rows[0]["state"], "applied");
+            // Nothing left at the old time.
+            let (_, late) = app
+                .get_json(&format!("/api/changes?{q}{}", window(151, 1000)))
+                .await;
+            assert_eq!(late["changes"], json!([]), "{late}");
+        }
+    }
+}

@@ -559,6 +559,63 @@ pub async fn prefix_edges(store: Arc<dyn Store>) {
     }
 }
 
+/// `query_range`: `[from, to)` of one partition, in key order, at most `limit` rows, across
+/// the backend's pages (Table Storage answers at most 1,000 per response), with keys holding
+/// characters the backend escapes.
+pub async fn key_ranges(store: Arc<dyn Store>) {
+    let t = Table::Audit;
+    let pk = "cluster|prod/eu #1";
+    let mut expected = vec![];
+    for chunk in (0..1_250).collect::<Vec<u32>>().chunks(100) {
+        let ops = chunk
+            .iter()
+            .map(|i| {
+                let rk = format!("{i:013}|sha|Kustomization|ns/x|n?{i}");
+                expected.push(rk.clone());
+                BatchOp::Insert(entity(pk, &rk, *i as i64))
+            })
+            .collect();
+        store.batch(t, pk, ops).await.unwrap();
+    }
+    store.insert(t, entity("cluster|other", "0000000000005|x", 1)).await.unwrap();
+    let keys = |rows: Vec<fluxtrail::store::Entity>| -> Vec<String> {
+        rows.into_iter().map(|e| e.rk).collect()
+    };
+    let all = keys(
+        store
+            .query_range(t, pk, "", "~", usize::MAX)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(all, expected, "every row, in key order, over several pages");
+    let some = keys(
+        store
+            .query_range(t, pk, "0000000000010", "0000000000020", 5)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(some, expected[10..15], "from inclusive, at most limit");
+    let upto = keys(
+        store
+            .query_range(t, pk, "0000000001240", "0000000001245", 100)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(upto, expected[1240..1245], "to exclusive");
+    let from_key = keys(
+        store
+            .query_range(t, pk, &expected[7], "0000000000009", 10)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(from_key, expected[7..9], "a whole key as the start");
+    assert!(store
+        .query_range(t, "cluster|none", "", "~", 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 #[tokio::test]
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
@@ -567,6 +624,7 @@ async fn sqlite_store_conforms() {
     partition_prefix(store.clone()).await;
     prefix_edges(store.clone()).await;
     azure_limits(store.clone()).await;
+    key_ranges(store.clone()).await;
     hostile_keys(store).await;
 }
 
@@ -634,5 +692,6 @@ async fn table_store_conforms() {
     partition_prefix(store.clone()).await;
     prefix_edges(store.clone()).await;
     azure_limits(store.clone()).await;
+    key_ranges(store.clone()).await;
     hostile_keys(store).await;
 }
