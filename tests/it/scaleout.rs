@@ -356,6 +356,9 @@ struct Outcome {
     evidence: BTreeMap<u32, Value>,
     objects: Value,
     incidents: Value,
+    /// The audit feed (part 10): every page of the whole history, and its coverage.
+    changes: Vec<Value>,
+    summary: Value,
     messages: BTreeSet<String>,
 }
 
@@ -383,6 +386,30 @@ async fn outcome(side: &Side, commits: u32, now: DateTime<Utc>) -> (Outcome, usi
     normalise(&mut objects, now);
     let (_, mut incidents) = app.get_json("/api/incidents").await;
     normalise(&mut incidents, now);
+    let window = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    let mut changes = vec![];
+    let mut cursor = String::new();
+    loop {
+        let (status, mut page) = app
+            .get_json(&format!("/api/changes?limit=97&{window}{cursor}"))
+            .await;
+        assert!(status.is_success(), "changes: {status} {page}");
+        let next = page["next"].as_str().map(str::to_string);
+        if let Some(rows) = page["changes"].as_array_mut() {
+            for row in rows.iter_mut() {
+                normalise(row, now);
+                changes.push(row.clone());
+            }
+        }
+        match next {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let (_, mut summary) = app
+        .get_json(&format!("/api/changes/summary?{window}"))
+        .await;
+    normalise(&mut summary, now);
     let requests = side.bus.requests();
     let handed_twice = requests.len() - side.bus.accepted().len();
     let messages = side.bus.accepted().iter().map(|r| r.message_id()).collect();
@@ -391,6 +418,8 @@ async fn outcome(side: &Side, commits: u32, now: DateTime<Utc>) -> (Outcome, usi
             evidence,
             objects,
             incidents,
+            changes,
+            summary,
             messages,
         },
         handed_twice,
@@ -413,6 +442,24 @@ fn divergences(a: &Outcome, b: &Outcome) -> Vec<String> {
     }
     if a.incidents != b.incidents {
         out.push(format!("incidents:\n  {}\n  {}", a.incidents, b.incidents));
+    }
+    if a.changes != b.changes {
+        let first = a
+            .changes
+            .iter()
+            .zip(&b.changes)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.changes.len().min(b.changes.len()));
+        out.push(format!(
+            "changes ({} and {} rows) differ from row {first}:\n  {}\n  {}",
+            a.changes.len(),
+            b.changes.len(),
+            a.changes.get(first).unwrap_or(&Value::Null),
+            b.changes.get(first).unwrap_or(&Value::Null)
+        ));
+    }
+    if a.summary != b.summary {
+        out.push(format!("summary:\n  {}\n  {}", a.summary, b.summary));
     }
     if a.messages != b.messages {
         out.push(format!(
@@ -495,7 +542,7 @@ async fn many_instances_with_faults_end_in_the_one_instance_state() {
             want.messages.len(),
             diverged.len(),
         );
-        assert!(!want.messages.is_empty() && want.evidence.len() > 5);
+        assert!(!want.messages.is_empty() && want.evidence.len() > 5 && !want.changes.is_empty());
         total_events += events;
         total_faults += injected;
         total_refused += refused;
