@@ -40,6 +40,12 @@ pub use evidence::Evidence;
 use git::PushRows;
 use records::{DeliveryRecord, DeliveryState, Journaled, PushRecord, ROW_INCIDENT, ROW_STATE};
 
+/// The pushes of a ref the branch graph is built from: its latest ones. An apply walks at
+/// most `FIRST_APPLY_WALK` (50) commits back and a new follower replays the 10 latest pushes,
+/// so older pushes change nothing but the cost — which grew with the branch's age: on a
+/// 90-day history of 20 pushes a day every new commit's apply read 1,800 push rows.
+pub const BRANCH_WINDOW: usize = 256;
+
 /// How often a read-modify-write retries when another writer got there first.
 const MAX_CONFLICT_RETRIES: usize = 32;
 
@@ -363,20 +369,30 @@ impl Ledger {
         )))
     }
 
-    /// Every recorded update of one ref, oldest first (by time received): the branch history
-    /// that supersession reasons over ("which commit came after which").
+    /// The recorded updates of one ref, oldest first (by time received): the branch history
+    /// that supersession reasons over ("which commit came after which") — its latest
+    /// [`BRANCH_WINDOW`] pushes, read newest first from the push log (one key-range read,
+    /// whatever the branch's age), or every push row when the log holds fewer (a young
+    /// branch, or pushes recorded before the log existed).
     pub async fn branch_history(
         &self,
         repository: &RepoKey,
         git_ref: &str,
     ) -> Result<Vec<PushRecord>, StoreError> {
         let pk = PushRecord::partition(repository.as_str(), git_ref);
-        // Push rows only (`{before}..{after}`, hex or `0` first): the log rows (`log|…`)
-        // sort after them.
-        let mut pushes = self
+        let log = self
             .store
-            .query_range(Table::Pushes, &pk, "", "log|", usize::MAX)
-            .await?
+            .query_range(Table::Pushes, &pk, "log|", "log}", BRANCH_WINDOW)
+            .await?;
+        let rows = if log.len() == BRANCH_WINDOW {
+            log
+        } else {
+            // Push rows only (`{before}..{after}`, hex or `0` first): the log rows sort after.
+            self.store
+                .query_range(Table::Pushes, &pk, "", "log|", usize::MAX)
+                .await?
+        };
+        let mut pushes = rows
             .iter()
             .map(Entity::record)
             .collect::<Result<Vec<PushRecord>, _>>()?;
