@@ -51,7 +51,7 @@ struct Loaded {
     /// The etag of the state's current target row, when this process wrote it last.
     target_etag: Option<Etag>,
     commit: Option<CommitInfo>,
-    graph: Option<core::BranchGraph>,
+    graph: Option<std::sync::Arc<core::BranchGraph>>,
 }
 
 /// The target rows an outcome writes, each conditionally (no row is ever written blind: a
@@ -98,7 +98,7 @@ impl Ledger {
             } = loaded;
             let ctx = Context {
                 commit: commit.clone(),
-                graph: graph.as_ref(),
+                graph: graph.as_deref(),
             };
             let previous_follow = state.as_ref().and_then(|s| s.follows.clone());
             let cached = state.as_ref().and_then(|s| s.current_target.clone());
@@ -230,7 +230,7 @@ impl Ledger {
             .and_then(|s| s.last_event_at)
             .is_some_and(|last| event.timestamp < last);
         let graph = match (&follow, applies_new || new_follow || older) {
-            (Some(f), true) => Some(self.branch_graph(&f.repository, &f.git_ref).await?),
+            (Some(f), true) => Some(self.followed_graph(&f.repository, &f.git_ref).await?),
             _ => None,
         };
         Ok(Loaded {

@@ -83,6 +83,11 @@ impl Ledger {
                         let sha = c.sha.as_str();
                         [sha, &sha[..12]]
                     }));
+                    // Its ref's graph changed: no cached one is reused.
+                    self.graphs.forget(&PushRecord::partition(
+                        push.repository.key.as_str(),
+                        &push.git_ref,
+                    ));
                     self.expect_on_followers(push, received_at).await?;
                     if provider == Provider::Bitbucket {
                         self.resolve_merges(push).await?;

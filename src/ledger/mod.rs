@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod evidence;
+mod graphs;
 mod flux;
 mod git;
 mod missing;
@@ -70,6 +71,8 @@ pub struct Ledger {
     missing: Arc<missing::MissingCommits>,
     /// The approval policy (contract §10).
     policy: Arc<crate::policy::Policy>,
+    /// The branch graphs built last (see `graphs.rs`).
+    graphs: Arc<graphs::GraphCache>,
 }
 
 impl Ledger {
@@ -80,6 +83,7 @@ impl Ledger {
             states: Arc::default(),
             missing: Arc::default(),
             policy: Arc::default(),
+            graphs: Arc::default(),
         }
     }
 
@@ -402,6 +406,30 @@ impl Ledger {
                 .then_with(|| a.row().cmp(&b.row()))
         });
         Ok(pushes)
+    }
+
+    /// The branch graph of one ref for a Flux event: the one built last at the ref's newest
+    /// push (one single-row read to know it), else built now.
+    async fn followed_graph(
+        &self,
+        repository: &RepoKey,
+        git_ref: &GitRef,
+    ) -> Result<Arc<BranchGraph>, StoreError> {
+        let pk = PushRecord::partition(repository.as_str(), git_ref.as_str());
+        let newest = self
+            .store
+            .query_range(Table::Pushes, &pk, "log|", "log}", 1)
+            .await?
+            .pop()
+            .map(|e| e.rk)
+            .unwrap_or_default();
+        let now = std::time::Instant::now();
+        if let Some(g) = self.graphs.get(&pk, &newest, now) {
+            return Ok(g);
+        }
+        let graph = Arc::new(self.branch_graph(repository, git_ref).await?);
+        self.graphs.put(&pk, newest, now, graph.clone());
+        Ok(graph)
     }
 
     /// The branch graph of one ref, from its recorded pushes.
