@@ -78,7 +78,13 @@ fn repository() -> Value {
     r
 }
 
-fn push(before: Option<&str>, after: &str, message: &str, pusher: &str, at: DateTime<Utc>) -> Value {
+fn push(
+    before: Option<&str>,
+    after: &str,
+    message: &str,
+    pusher: &str,
+    at: DateTime<Utc>,
+) -> Value {
     let mut p = fixture("github/push-forced.json");
     let commit = json!({"id": after, "message": message,
         "timestamp": at.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -99,7 +105,11 @@ fn flux_body(cluster: u32, object: u32, sha: &str, at: DateTime<Utc>, failed: bo
     let (reason, severity, message) = if failed {
         ("HealthCheckFailed", "error", "health check failed after 2m0s: timeout waiting for: [Deployment/apps/web status: 'InProgress']")
     } else {
-        ("ReconciliationSucceeded", "info", "Reconciliation finished in 1.2s, next run in 10m0s")
+        (
+            "ReconciliationSucceeded",
+            "info",
+            "Reconciliation finished in 1.2s, next run in 10m0s",
+        )
     };
     serde_json::to_vec(&json!({
         "involvedObject": {"kind": "Kustomization", "namespace": "flux-system",
@@ -126,7 +136,9 @@ fn mix(a: u64) -> u64 {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).expect("usage: audit_history <data dir> [days clusters objects per_day]");
+    let dir = args
+        .get(1)
+        .expect("usage: audit_history <data dir> [days clusters objects per_day]");
     let num = |i: usize, d: u32| args.get(i).map_or(d, |s| s.parse().expect("a number"));
     let (days, clusters, objects, per_day) = (num(2, 90), num(3, 50), num(4, 40), num(5, 20));
     let store = Arc::new(SqliteStore::open(std::path::Path::new(dir)).expect("open the store"));
@@ -146,7 +158,11 @@ async fn main() {
                 + Duration::seconds(i64::from(k) * 86_400 / i64::from(per_day));
             let h = mix(u64::from(day) << 32 | u64::from(k));
             let bot = h % 10 == 0;
-            let pusher = if bot { "flux-image-automation" } else { "dana-ops" };
+            let pusher = if bot {
+                "flux-image-automation"
+            } else {
+                "dana-ops"
+            };
             let message = if bot {
                 format!("chore: update web to 1.{day}.{k} [ci skip]")
             } else {
@@ -172,7 +188,10 @@ async fn main() {
                 pr["repository"] = repository();
                 let id = format!("pr-{number}");
                 let e = git_event("pull_request", &id, &pr);
-                ledger.record_git(Provider::GitHub, &id, &e, now).await.expect("pr");
+                ledger
+                    .record_git(Provider::GitHub, &id, &e, now)
+                    .await
+                    .expect("pr");
                 let reviewer = if h % 11 == 0 { "dana-ops" } else { "sam-sre" };
                 let mut review = fixture("github/pull-request-review-approved.json");
                 review["pull_request"]["number"] = json!(number);
@@ -180,7 +199,10 @@ async fn main() {
                 review["repository"] = repository();
                 let id = format!("review-{number}");
                 let e = git_event("pull_request_review", &id, &review);
-                ledger.record_git(Provider::GitHub, &id, &e, now).await.expect("review");
+                ledger
+                    .record_git(Provider::GitHub, &id, &e, now)
+                    .await
+                    .expect("review");
             }
             before = Some(s.clone());
             // Every object applies it a few minutes later (its cluster's clock), some after

@@ -63,10 +63,7 @@ impl Policy {
         Policy {
             required: list(required),
             min_approvers,
-            exempt: list(exempt)
-                .into_iter()
-                .map(|e| e.to_lowercase())
-                .collect(),
+            exempt: list(exempt).into_iter().map(|e| e.to_lowercase()).collect(),
             grace,
         }
     }
@@ -128,8 +125,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
         return pattern == text;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last)
-    {
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
         return false;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];
@@ -208,12 +204,20 @@ mod tests {
         assert_eq!(none.reason, Some("no_pull_request"));
         let zero = Policy::new("prod-*", 0, "", Duration::ZERO);
         assert!(zero.verdict(None, Some(&approval(None, &[]))).approved);
-        assert!(!zero.verdict(None, None).approved, "no merge, nothing to approve");
+        assert!(
+            !zero.verdict(None, None).approved,
+            "no merge, nothing to approve"
+        );
     }
 
     #[test]
     fn exemptions_match_the_pusher_or_the_author() {
-        let p = Policy::new("prod-*", 1, "Flux-Image-Automation, bot@acme.io", Duration::ZERO);
+        let p = Policy::new(
+            "prod-*",
+            1,
+            "Flux-Image-Automation, bot@acme.io",
+            Duration::ZERO,
+        );
         let mut c: CommitRecord = serde_json::from_value(serde_json::json!({
             "sha": "a".repeat(40), "repository": "github.com/acme/fleet",
             "repositoryUrl": "https://github.com/acme/fleet", "provider": "github",

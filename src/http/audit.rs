@@ -245,7 +245,7 @@ async fn export_csv(
     let mut text = String::new();
     csv_line(&CSV_HEADER, &mut text);
     for c in &first {
-        csv_line(&c.csv_cells(), &mut text);
+        c.write_csv(&mut text);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
     tokio::spawn(async move {
@@ -257,7 +257,7 @@ async fn export_csv(
                 Ok((batch, after)) => {
                     let mut text = String::with_capacity(batch.len() * 256);
                     for c in &batch {
-                        csv_line(&c.csv_cells(), &mut text);
+                        c.write_csv(&mut text);
                     }
                     if tx.send(Ok(Bytes::from(text))).await.is_err() {
                         return; // the client went away

@@ -20,7 +20,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A body of these bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 #[derive(Debug, thiserror::Error)]

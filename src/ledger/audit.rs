@@ -20,6 +20,7 @@
 //! then the row under the old key is deleted once the target row is written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use base64::Engine;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
@@ -209,7 +210,9 @@ impl Ledger {
                 vec![BatchOp::Upsert(Row::from_record(pk, rk, &now))],
             ));
         }
-        if now.applied() && !was.as_ref().is_some_and(ChangeRow::applied) && self.policy.covers(&now.cluster)
+        if now.applied()
+            && !was.as_ref().is_some_and(ChangeRow::applied)
+            && self.policy.covers(&now.cluster)
         {
             let check = CheckRow {
                 cluster: now.cluster.clone(),
@@ -291,19 +294,66 @@ pub struct ChangePage {
     pub next: Option<Cursor>,
 }
 
+/// What every change of one commit is joined with: its records, the policy's verdict, and
+/// the commit's CSV columns (escaped once per commit, not once per row).
+#[derive(Debug)]
+pub struct CommitFacts {
+    pub commit: Option<CommitRecord>,
+    pub approval: Option<ApprovalRecord>,
+    pub verdict: Verdict,
+    csv: String,
+}
+
+impl CommitFacts {
+    fn new(
+        commit: Option<CommitRecord>,
+        approval: Option<ApprovalRecord>,
+        verdict: Verdict,
+    ) -> Self {
+        let c = commit.as_ref();
+        let a = approval.as_ref();
+        let mut csv = String::new();
+        for cell in [
+            c.map(|c| c.repository.clone()).unwrap_or_default(),
+            c.map(|c| c.refs.join(" ")).unwrap_or_default(),
+            subject(c).unwrap_or_default(),
+            author(c).unwrap_or_default(),
+            c.and_then(|c| c.pushed_by.clone()).unwrap_or_default(),
+            c.map(|c| rfc(c.pushed_at)).unwrap_or_default(),
+            verdict.approved.to_string(),
+            verdict.exempt.clone().unwrap_or_default(),
+            a.map(|a| a.number.to_string()).unwrap_or_default(),
+            a.and_then(|a| a.url.clone()).unwrap_or_default(),
+            a.map(|a| a.approvers.join(" ")).unwrap_or_default(),
+            a.and_then(|a| a.merged_by.clone()).unwrap_or_default(),
+        ] {
+            csv.push(',');
+            csv_cell(&cell, &mut csv);
+        }
+        CommitFacts {
+            commit,
+            approval,
+            verdict,
+            csv,
+        }
+    }
+}
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// One change with what is known of its commit.
 #[derive(Debug, Clone)]
 pub struct Change {
     pub row: ChangeRow,
-    pub commit: Option<CommitRecord>,
-    pub approval: Option<ApprovalRecord>,
-    pub verdict: Verdict,
+    pub facts: Arc<CommitFacts>,
 }
 
 impl Change {
     /// The contract's JSON shape (§7).
     pub fn to_json(&self) -> Value {
-        let c = self.commit.as_ref();
+        let c = self.facts.commit.as_ref();
         json!({
             "time": self.row.time,
             "cluster": self.row.cluster,
@@ -320,39 +370,30 @@ impl Change {
             "author": author(c),
             "pushedBy": c.and_then(|c| c.pushed_by.clone()),
             "pushedAt": c.map(|c| c.pushed_at),
-            "approval": self.approval,
-            "approved": self.verdict.approved,
-            "exempt": self.verdict.exempt,
+            "approval": self.facts.approval,
+            "approved": self.facts.verdict.approved,
+            "exempt": self.facts.verdict.exempt,
         })
     }
 
-    /// The CSV columns, in `CSV_HEADER`'s order.
-    pub fn csv_cells(&self) -> [String; 20] {
-        let c = self.commit.as_ref();
-        let a = self.approval.as_ref();
-        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        [
-            time(self.row.time),
-            self.row.cluster.clone(),
-            self.row.kind.clone(),
-            self.row.namespace.clone(),
-            self.row.name.clone(),
-            self.row.state().as_str().to_string(),
-            self.row.revision.clone().unwrap_or_default(),
-            self.row.sha.clone(),
-            c.map(|c| c.repository.clone()).unwrap_or_default(),
-            c.map(|c| c.refs.join(" ")).unwrap_or_default(),
-            subject(c).unwrap_or_default(),
-            author(c).unwrap_or_default(),
-            c.and_then(|c| c.pushed_by.clone()).unwrap_or_default(),
-            c.map(|c| time(c.pushed_at)).unwrap_or_default(),
-            self.verdict.approved.to_string(),
-            self.verdict.exempt.clone().unwrap_or_default(),
-            a.map(|a| a.number.to_string()).unwrap_or_default(),
-            a.and_then(|a| a.url.clone()).unwrap_or_default(),
-            a.map(|a| a.approvers.join(" ")).unwrap_or_default(),
-            a.and_then(|a| a.merged_by.clone()).unwrap_or_default(),
-        ]
+    /// Appends the CSV line of this change, in `CSV_HEADER`'s order.
+    pub fn write_csv(&self, out: &mut String) {
+        let r = &self.row;
+        csv_cell(&rfc(r.time), out);
+        for cell in [
+            r.cluster.as_str(),
+            &r.kind,
+            &r.namespace,
+            &r.name,
+            r.state().as_str(),
+            r.revision.as_deref().unwrap_or(""),
+            &r.sha,
+        ] {
+            out.push(',');
+            csv_cell(cell, out);
+        }
+        out.push_str(&self.facts.csv);
+        out.push_str("\r\n");
     }
 }
 
@@ -387,23 +428,32 @@ pub fn csv_line(cells: &[impl AsRef<str>], out: &mut String) {
         if i > 0 {
             out.push(',');
         }
-        let cell = cell.as_ref();
-        let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
-        let quote = cell.contains([',', '"', '\n', '\r']);
-        if quote {
-            out.push('"');
-        }
-        if risky {
-            out.push('\'');
-        }
-        if quote {
-            out.push_str(&cell.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(cell);
-        }
+        csv_cell(cell.as_ref(), out);
     }
     out.push_str("\r\n");
+}
+
+/// One CSV cell, neutralised and quoted as `csv_line` says.
+fn csv_cell(cell: &str, out: &mut String) {
+    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let quote = cell.contains([',', '"', '\n', '\r']);
+    if quote {
+        out.push('"');
+    }
+    if risky {
+        out.push('\'');
+    }
+    if quote {
+        for ch in cell.chars() {
+            if ch == '"' {
+                out.push('"');
+            }
+            out.push(ch);
+        }
+        out.push('"');
+    } else {
+        out.push_str(cell);
+    }
 }
 
 fn subject(c: Option<&CommitRecord>) -> Option<String> {
@@ -424,7 +474,7 @@ const SCAN_BUDGET: usize = 20_000;
 /// The commits whose records one request has read (bounded).
 #[derive(Default)]
 struct Joined {
-    by_sha: HashMap<String, (Option<CommitRecord>, Option<ApprovalRecord>)>,
+    by_sha: HashMap<String, Arc<CommitFacts>>,
 }
 
 const JOIN_CACHE: usize = 8_192;
@@ -440,14 +490,26 @@ impl Ledger {
 
     /// The commit and approval records of `sha` (one range read: both rows sort before the
     /// partition's target rows).
-    async fn join(
-        &self,
-        joined: &mut Joined,
-        sha: &str,
-    ) -> Result<(Option<CommitRecord>, Option<ApprovalRecord>), StoreError> {
+    async fn join(&self, joined: &mut Joined, sha: &str) -> Result<Arc<CommitFacts>, StoreError> {
         if let Some(hit) = joined.by_sha.get(sha) {
             return Ok(hit.clone());
         }
+        let (commit, approval) = self.commit_records(sha).await?;
+        let verdict = self.policy.verdict(commit.as_ref(), approval.as_ref());
+        let facts = Arc::new(CommitFacts::new(commit, approval, verdict));
+        if joined.by_sha.len() >= JOIN_CACHE {
+            joined.by_sha.clear();
+        }
+        joined.by_sha.insert(sha.to_string(), facts.clone());
+        Ok(facts)
+    }
+
+    /// The commit and approval records of `sha` (one range read: both rows sort before the
+    /// partition's target rows).
+    async fn commit_records(
+        &self,
+        sha: &str,
+    ) -> Result<(Option<CommitRecord>, Option<ApprovalRecord>), StoreError> {
         let rows = self
             .store
             .query_range(Table::Commits, sha, "approval", "commit|", 2)
@@ -460,10 +522,6 @@ impl Ledger {
                 _ => {}
             }
         }
-        if joined.by_sha.len() >= JOIN_CACHE {
-            joined.by_sha.clear();
-        }
-        joined.by_sha.insert(sha.to_string(), out.clone());
         Ok(out)
     }
 
@@ -511,34 +569,25 @@ impl Ledger {
                 if q.namespace.as_ref().is_some_and(|n| *n != row.namespace) {
                     continue;
                 }
-                let (commit, approval) = self.join(&mut joined, &row.sha).await?;
+                let facts = self.join(&mut joined, &row.sha).await?;
                 if let Some(r) = &q.repository {
-                    if commit.as_ref().map(|c| c.repository.as_str()) != Some(r.as_str()) {
+                    let repo = facts.commit.as_ref().map(|c| c.repository.as_str());
+                    if repo != Some(r.as_str()) {
                         continue;
                     }
                 }
-                let verdict = self.policy.verdict(commit.as_ref(), approval.as_ref());
-                if q.approved.is_some_and(|want| want != verdict.approved) {
+                if q.approved
+                    .is_some_and(|want| want != facts.verdict.approved)
+                {
                     continue;
                 }
-                let keep_going = each(Change {
-                    row,
-                    commit,
-                    approval,
-                    verdict,
-                });
+                let keep_going = each(Change { row, facts });
                 if !keep_going || read >= budget {
-                    return Ok(last.map(|rk| Cursor {
-                        pk: pk.clone(),
-                        rk,
-                    }));
+                    return Ok(last.map(|rk| Cursor { pk: pk.clone(), rk }));
                 }
             }
             if read >= budget {
-                return Ok(last.map(|rk| Cursor {
-                    pk: pk.clone(),
-                    rk,
-                }));
+                return Ok(last.map(|rk| Cursor { pk: pk.clone(), rk }));
             }
             if fetched <= CHUNK {
                 start = (start.0 + 1, None);
@@ -602,7 +651,7 @@ impl Ledger {
                     if c.row.applied() {
                         pairs
                             .entry((c.row.sha.clone(), c.row.cluster.clone()))
-                            .or_insert(c.verdict);
+                            .or_insert_with(|| c.facts.verdict.clone());
                     }
                     true
                 })
@@ -739,7 +788,10 @@ impl Ledger {
     /// the check rows are deleted only after both.
     pub async fn decide_approvals(&self, now: DateTime<Utc>) -> Result<ApprovalSweep, StoreError> {
         let mut out = ApprovalSweep::default();
-        let checks = self.store.query_partition(Table::Audit, CHECKS, None).await?;
+        let checks = self
+            .store
+            .query_partition(Table::Audit, CHECKS, None)
+            .await?;
         let mut groups: BTreeMap<(String, String), Vec<(Entity, CheckRow)>> = BTreeMap::new();
         for e in checks {
             let c: CheckRow = e.record()?;
@@ -758,16 +810,26 @@ impl Ledger {
             let decided_rk = format!("{cluster}|{sha}");
             let decided = self.store.get(Table::Audit, DECIDED, &decided_rk).await?;
             if covered && decided.is_none() {
-                let mut joined = Joined::default();
-                let (commit, approval) = self.join(&mut joined, &sha).await?;
+                let (commit, approval) = self.commit_records(&sha).await?;
                 let verdict = self.policy.verdict(commit.as_ref(), approval.as_ref());
                 if verdict.unapproved() {
                     let message = self
-                        .unapproved_message(&cluster, &sha, commit.as_ref(), approval.as_ref(), &verdict)
+                        .unapproved_message(
+                            &cluster,
+                            &sha,
+                            commit.as_ref(),
+                            approval.as_ref(),
+                            &verdict,
+                        )
                         .await?;
                     let pk = approval_partition(&cluster);
                     let rk = format!("outbox|{}", message.id);
-                    let row = tagged(&pk, &rk, &OutboxRecord::pending(message), &[("rowType", ROW_OUTBOX)]);
+                    let row = tagged(
+                        &pk,
+                        &rk,
+                        &OutboxRecord::pending(message),
+                        &[("rowType", ROW_OUTBOX)],
+                    );
                     match self.store.insert(Table::Objects, row).await {
                         Ok(_) => out.unapproved += 1,
                         Err(StoreError::Conflict) => {}
@@ -775,7 +837,8 @@ impl Ledger {
                     }
                     self.notify_outbox(&pk);
                 }
-                let record = json!({"cluster": cluster, "sha": sha, "verdict": verdict, "decidedAt": now});
+                let record =
+                    json!({"cluster": cluster, "sha": sha, "verdict": verdict, "decidedAt": now});
                 self.store
                     .upsert(Table::Audit, Row::from_record(DECIDED, decided_rk, &record))
                     .await?;
@@ -910,10 +973,15 @@ mod tests {
 
     #[test]
     fn stamps_sort_newest_first() {
-        let a = DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z").unwrap().to_utc();
+        let a = DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
+            .unwrap()
+            .to_utc();
         let b = a + Duration::seconds(1);
         assert!(stamp(b) < stamp(a));
-        assert_eq!(stamp_after(b), format!("{:013}", stamp(b).parse::<i64>().unwrap() + 1));
+        assert_eq!(
+            stamp_after(b),
+            format!("{:013}", stamp(b).parse::<i64>().unwrap() + 1)
+        );
         assert!(stamp_after(b) <= stamp(a));
     }
 }

@@ -67,6 +67,8 @@ struct Rows {
     read: Vec<(TargetUpdate, Option<TargetRecord>, Option<Etag>)>,
     /// Each `read` row as it was read, for the audit index.
     read_old: Vec<Option<TargetRecord>>,
+    /// When the event was received (an approval's grace counts from a first apply's).
+    received_at: DateTime<Utc>,
 }
 
 impl Ledger {
@@ -123,9 +125,10 @@ impl Ledger {
             // but what it says of commits is merged into their rows, with its history row,
             // through the same conditional write as any event.
             let stale = out.disposition == Disposition::Stale;
-            let rows = self
+            let mut rows = self
                 .plan_rows(&out, cached.as_ref().zip(target_etag.as_ref()), stale)
                 .await?;
+            rows.received_at = received_at;
             // The commit of the object's latest event (a stale event's is not), and the row
             // the state remembers for it.
             if !stale {
@@ -144,15 +147,7 @@ impl Ledger {
                     });
                 }
             }
-            let planned = self.writes(
-                &pk,
-                &out,
-                etag,
-                &history,
-                &rows,
-                previous_follow.as_ref(),
-                received_at,
-            );
+            let planned = self.writes(&pk, &out, etag, &history, &rows, previous_follow.as_ref());
             let this = summary(event, class, &out);
             let (state_etag, target_etag) = match self.store.batches(planned.writes).await {
                 Ok(tags) => {
@@ -311,8 +306,8 @@ impl Ledger {
         history: &Row,
         rows: &Rows,
         previous_follow: Option<&core::Follow>,
-        received_at: DateTime<Utc>,
     ) -> Planned {
+        let received_at = rows.received_at;
         let mut after = vec![];
         let mut writes = Vec::with_capacity(2 + rows.blind.len() + rows.read.len());
         let object = &out.state.object;
@@ -364,8 +359,12 @@ impl Ledger {
         let mut target_at = None;
         for (sha, row, etag) in &rows.blind {
             // The audit index first: the target row is the commit point (see `audit`).
-            let index =
-                self.index_writes(sha.as_str(), rows.blind_old.as_ref(), Some(row), received_at);
+            let index = self.index_writes(
+                sha.as_str(),
+                rows.blind_old.as_ref(),
+                Some(row),
+                received_at,
+            );
             writes.extend(index.before);
             after.extend(index.after);
             let entity = Row::from_record(sha.as_str(), TargetRecord::row_key(object), row);

@@ -15,9 +15,9 @@
 
 pub mod audit;
 pub mod evidence;
-mod graphs;
 mod flux;
 mod git;
+mod graphs;
 mod missing;
 pub mod records;
 mod shards;

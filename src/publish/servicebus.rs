@@ -230,7 +230,11 @@ impl ServiceBusPublisher {
         put("type", message.kind.as_str());
         put("cluster", &o.cluster);
         // A message about a (commit, cluster) names no object.
-        for (k, v) in [("namespace", &o.namespace), ("kind", &o.kind), ("name", &o.name)] {
+        for (k, v) in [
+            ("namespace", &o.namespace),
+            ("kind", &o.kind),
+            ("name", &o.name),
+        ] {
             if !v.is_empty() {
                 put(k, v);
             }
@@ -318,6 +322,37 @@ impl Publisher for ServiceBusPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `change.unapproved` is about a (commit, cluster), not an object: its properties name
+    /// the cluster and no object, its session is its subject, its correlation the sha.
+    #[test]
+    fn a_message_about_a_commit_on_a_cluster_names_no_object() {
+        let mut m = Message::sample("x", "m-1");
+        m.kind = crate::core::MessageType::ChangeUnapproved;
+        m.object.kind = String::new();
+        m.object.namespace = String::new();
+        m.object.name = String::new();
+        m.sha = Some("a".repeat(40));
+        m.repository = Some("github.com/acme/fleet".into());
+        m.custom = Some(crate::core::Custom {
+            subject: format!("c/{}", "a".repeat(40)),
+            data: serde_json::json!({"cluster": "c"}),
+        });
+        let o = ServiceBusPublisher::options(&m);
+        let props = o.custom_properties.unwrap();
+        let mut names: Vec<&str> = props.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["cluster", "repository", "severity", "type"]);
+        assert_eq!(props["type"], "\"io.fluxtrail.change.unapproved\"");
+        assert_eq!(props["severity"], "\"error\"");
+        let b = o.broker_properties.unwrap();
+        assert_eq!(b.session_id.unwrap(), format!("c/{}", "a".repeat(40)));
+        assert_eq!(b.correlation_id.unwrap(), "a".repeat(40));
+        assert_eq!(b.label.unwrap(), "io.fluxtrail.change.unapproved");
+        let event = m.to_cloudevent();
+        assert_eq!(event["subject"], format!("c/{}", "a".repeat(40)));
+        assert_eq!(event["data"], serde_json::json!({"cluster": "c"}));
+    }
 
     #[test]
     fn connection_strings_and_namespaces() {

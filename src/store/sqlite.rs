@@ -984,7 +984,13 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             entities(
                 &mut stmt,
-                params![table.name(), pk, from, to, limit.min(i64::MAX as usize) as i64],
+                params![
+                    table.name(),
+                    pk,
+                    from,
+                    to,
+                    limit.min(i64::MAX as usize) as i64
+                ],
             )
         })
         .await

@@ -93,7 +93,7 @@ async fn github_review_merge_and_push_in_all_six_orders() {
         "1eabc9a41ca088515cab83f1cce49eb43e84b67f",
         json!({
             "provider": "github", "number": 42, "url": "https://github.com/acme/fleet-infra/pull/42",
-            "mergedBy": "lee-lead", "approvers": ["sam-sre"],
+            "mergedBy": "lee-lead", "approvers": ["sam-sre"], "author": "dana-ops",
             "headSha": "5f2d8a4c1b3e7f9a0d6c2b8e4f1a3c5d7e9b0a2c", "targetRef": "refs/heads/main",
             "repository": "github.com/acme/fleet-infra",
         }),
@@ -126,7 +126,7 @@ async fn gitlab_approval_merge_and_push_in_all_orders() {
         "gitlab",
         deliveries,
         merge_sha,
-        json!({"provider": "gitlab", "number": 1, "mergedBy": "root", "approvers": ["sreviewer"],
+        json!({"provider": "gitlab", "number": 1, "mergedBy": "root", "approvers": ["sreviewer"], "author": null,
                "url": "http://example.com/mike/diaspora/-/merge_requests/1"}),
     )
     .await;
@@ -153,7 +153,7 @@ async fn azuredevops_merge_and_push_in_both_orders() {
         "azuredevops",
         deliveries,
         merge_sha,
-        json!({"provider": "azuredevops", "number": 1, "mergedBy": "fabrikamfiber4@hotmail.com",
+        json!({"provider": "azuredevops", "number": 1, "mergedBy": "fabrikamfiber4@hotmail.com", "author": "fabrikamfiber4@hotmail.com",
                "approvers": ["fabrikamfiber4@hotmail.com"], "repository": "dev.azure.com/fabrikam/fabrikam/fabrikam",
                "headSha": "53d54ac915144006c2c9e90d2c7d3880920db49c"}),
     )
@@ -233,7 +233,7 @@ async fn bitbucket_server_orders(variant: &str) {
         "bitbucket-server",
         deliveries,
         merge_sha,
-        json!({"provider": "bitbucket-server", "number": 9, "mergedBy": "admin",
+        json!({"provider": "bitbucket-server", "number": 9, "mergedBy": "admin", "author": "admin",
                "approvers": ["reviewer1", "reviewer3"], "repository": "bitbucket.example.com/proj/repository"}),
     )
     .await;
@@ -268,7 +268,7 @@ async fn gitea_approval_merge_and_push_in_all_orders() {
         "gitea",
         deliveries,
         merge_sha,
-        json!({"provider": "gitea", "number": 3, "mergedBy": "example", "approvers": ["reviewer"]}),
+        json!({"provider": "gitea", "number": 3, "mergedBy": "example", "approvers": ["reviewer"], "author": "dev"}),
     )
     .await;
 }

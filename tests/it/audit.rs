@@ -12,6 +12,9 @@ use crate::helpers::*;
 
 const REPO: &str = "acme/fleet";
 
+/// One delivery: provider, body, headers.
+type Delivery = (&'static str, Vec<u8>, Vec<(&'static str, &'static str)>);
+
 /// Commit `n` of these stories.
 fn c(n: u32) -> String {
     format!("a0d17{n:035x}")
@@ -78,7 +81,8 @@ async fn push(app: &TestApp, before: Option<u32>, commits: &[u32]) {
 /// Pull request `number` merged as commit `n`, opened by `author`, with reviews approving
 /// from each of `approvers`.
 async fn merged(app: &TestApp, n: u32, number: u64, author: &str, approvers: &[&str]) {
-    let mut pr: Value = serde_json::from_slice(&fixture("github/pull-request-merged.json")).unwrap();
+    let mut pr: Value =
+        serde_json::from_slice(&fixture("github/pull-request-merged.json")).unwrap();
     pr["number"] = json!(number);
     pr["pull_request"]["number"] = json!(number);
     pr["pull_request"]["merge_commit_sha"] = json!(c(n));
@@ -91,7 +95,10 @@ async fn merged(app: &TestApp, n: u32, number: u64, author: &str, approvers: &[&
     let r = app
         .post_git(
             "github",
-            &[("X-GitHub-Event", "pull_request"), ("X-GitHub-Delivery", &id)],
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", &id),
+            ],
             &serde_json::to_vec(&pr).unwrap(),
         )
         .await;
@@ -191,7 +198,11 @@ async fn branch_history_lists_each_pushed_commit_newest_push_first_in_pages() {
             None => break,
         }
     }
-    assert_eq!(seen, [5, 4, 3, 2, 1].map(c), "newest push first, newest commit first");
+    assert_eq!(
+        seen,
+        [5, 4, 3, 2, 1].map(c),
+        "newest push first, newest commit first"
+    );
     assert_eq!(pages, 3);
     // The evidence of each, with its targets: commit 4 applied on prod-eu.
     let (_, page) = app
@@ -289,10 +300,7 @@ async fn the_feed_answers_windows_filters_and_pages_that_neither_skip_nor_repeat
     assert_eq!(keys(&eu).len(), 4);
     assert!(keys(&eu).iter().all(|k| k.1 == "prod-eu"));
     let (_, ns) = app
-        .get_json(&format!(
-            "/api/changes?namespace=other&{}",
-            window(0, 1000)
-        ))
+        .get_json(&format!("/api/changes?namespace=other&{}", window(0, 1000)))
         .await;
     assert_eq!(ns["changes"], json!([]));
     let (_, repo) = app
@@ -330,7 +338,9 @@ async fn the_feed_answers_windows_filters_and_pages_that_neither_skip_nor_repeat
             let q = format!(
                 "/api/changes?{filter}limit=2&{}{}",
                 window(0, 100_000),
-                cursor.as_ref().map_or(String::new(), |c| format!("&cursor={c}"))
+                cursor
+                    .as_ref()
+                    .map_or(String::new(), |c| format!("&cursor={c}"))
             );
             let (status, page) = app.get_json(&q).await;
             assert_eq!(status, StatusCode::OK, "{page}");
@@ -386,7 +396,11 @@ async fn the_feed_answers_windows_filters_and_pages_that_neither_skip_nor_repeat
         let (status, body) = app.get_json(&format!("/api/changes?{bad}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
-    for path in ["/api/changes", "/api/changes/summary", "/api/commits?repository=x/y"] {
+    for path in [
+        "/api/changes",
+        "/api/changes/summary",
+        "/api/commits?repository=x/y",
+    ] {
         let r = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
@@ -417,7 +431,10 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
             (false, c) => cell.push(c),
         }
     }
-    assert!(cell.is_empty() && row.is_empty(), "the last line ends with CRLF");
+    assert!(
+        cell.is_empty() && row.is_empty(),
+        "the last line ends with CRLF"
+    );
     rows
 }
 
@@ -425,14 +442,24 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
 async fn the_csv_export_is_the_whole_window_escaped_and_neutralised() {
     let app = spawn_app().await;
     let nasty = [
-        (1, "=HYPERLINK(\"http://evil\"), \"quoted\", comma\nsecond line"),
+        (
+            1,
+            "=HYPERLINK(\"http://evil\"), \"quoted\", comma\nsecond line",
+        ),
         (2, "+1 more"),
         (3, "-rm all"),
         (4, "@SUM(A1:A2)"),
         (5, "plain subject"),
     ];
     let messages: HashMap<u32, &str> = nasty.iter().cloned().collect();
-    push_as(&app, None, &[1, 2, 3, 4, 5], &messages, "=cmd|' /C calc'!A0").await;
+    push_as(
+        &app,
+        None,
+        &[1, 2, 3, 4, 5],
+        &messages,
+        "=cmd|' /C calc'!A0",
+    )
+    .await;
     for (n, _) in nasty {
         report(&app, "prod-eu", "apps", n, 100 + i64::from(n), false).await;
     }
@@ -459,7 +486,10 @@ async fn the_csv_export_is_the_whole_window_escaped_and_neutralised() {
         assert_eq!(rows.len(), 6, "{text}");
         let header = &rows[0];
         let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-        let subjects: Vec<&str> = rows[1..].iter().map(|r| r[col("subject")].as_str()).collect();
+        let subjects: Vec<&str> = rows[1..]
+            .iter()
+            .map(|r| r[col("subject")].as_str())
+            .collect();
         assert_eq!(
             subjects,
             [
@@ -491,7 +521,10 @@ async fn the_csv_export_is_the_whole_window_escaped_and_neutralised() {
 
 fn policy_vars() -> HashMap<String, String> {
     let mut vars = default_vars();
-    vars.insert("FLUXTRAIL_APPROVAL_REQUIRED".into(), "prod-*, payments".into());
+    vars.insert(
+        "FLUXTRAIL_APPROVAL_REQUIRED".into(),
+        "prod-*, payments".into(),
+    );
     vars.insert("FLUXTRAIL_APPROVAL_MIN_APPROVERS".into(), "1".into());
     vars.insert(
         "FLUXTRAIL_APPROVAL_EXEMPT".into(),
@@ -530,7 +563,10 @@ async fn an_unapproved_change_on_a_policy_cluster_is_announced_once_after_the_gr
     policy_story(&app).await;
     // Within the grace: nothing.
     let body = sweep_at(&app, 1).await;
-    assert!(body["Logs"][3].as_str().unwrap().contains("decided 0"), "{body}");
+    assert!(
+        body["Logs"][3].as_str().unwrap().contains("decided 0"),
+        "{body}"
+    );
     assert!(unapproved(&app.messages()).is_empty());
     // After it: once per (commit, cluster) neither approved nor exempt, applied on a policy
     // cluster — commits 2 and 3 on prod-eu; not 3 on prod-us (it never applied there), not
@@ -540,7 +576,11 @@ async fn an_unapproved_change_on_a_policy_cluster_is_announced_once_after_the_gr
         .iter()
         .map(|s| {
             let line = s["Logs"][3].as_str().unwrap();
-            line.split_whitespace().nth(3).unwrap().parse::<u64>().unwrap()
+            line.split_whitespace()
+                .nth(3)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
         })
         .sum();
     assert!(decided >= 2, "both pairs decided");
@@ -601,7 +641,10 @@ async fn an_unapproved_change_on_a_policy_cluster_is_announced_once_after_the_gr
 
     // The feed and the summary say the same.
     let (_, summary) = app
-        .get_json(&format!("/api/changes/summary?cluster=prod-eu&{}", window(0, 1000)))
+        .get_json(&format!(
+            "/api/changes/summary?cluster=prod-eu&{}",
+            window(0, 1000)
+        ))
         .await;
     assert_eq!(
         summary["changes"], 4,
@@ -653,7 +696,11 @@ async fn an_approval_arriving_within_the_grace_prevents_the_alarm() {
     merged(&app, 1, 7, "dana-ops", &["sam-sre"]).await;
     sweep_at(&app, 3).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(unapproved(&app.messages()).is_empty(), "{:?}", app.messages());
+    assert!(
+        unapproved(&app.messages()).is_empty(),
+        "{:?}",
+        app.messages()
+    );
 }
 
 #[tokio::test]
@@ -694,4 +741,216 @@ async fn a_late_older_report_moves_the_change_earlier_and_leaves_one_row() {
             assert_eq!(late["changes"], json!([]), "{late}");
         }
     }
+}
+
+/// The audit queries' Table Storage round trips, counted at the wire (the fault proxy in
+/// front of Azurite, with no faults), and their times on Azurite: what carries over to Azure.
+/// Also an ingest figure: round trips of a Flux event in steady state and of a first apply.
+/// `cargo test --test it audit::round_trips -- --ignored --nocapture` (Azurite running,
+/// `FLUXTRAIL_TEST_TABLES` set: scripts/test.sh does both).
+#[tokio::test]
+#[ignore = "needs Azurite: scripts/test.sh starts it and runs the ignored tests"]
+async fn round_trips_of_the_audit_queries_on_table_storage() {
+    use crate::proxy::{FaultProxy, Faults};
+    use std::sync::atomic::Ordering;
+    let azurite = crate::store::azurite();
+    let upstream = azurite
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("TableEndpoint="))
+        .expect("a TableEndpoint")
+        .trim_end_matches('/')
+        .trim_end_matches("/devstoreaccount1")
+        .to_string();
+    let proxy = FaultProxy::start(&upstream, Faults::NONE, 1).await;
+    let mut vars = default_vars();
+    vars.insert("FLUXTRAIL_TABLES".into(), proxy.connection_string());
+    vars.insert(
+        "FLUXTRAIL_TABLES_PREFIX".into(),
+        crate::store::unique_prefix(),
+    );
+    let app = spawn_exact(vars).await;
+    let trips = || proxy.counts.requests.load(Ordering::SeqCst);
+    // 3 clusters × 8 objects, 24 commits pushed one by one, each applied everywhere.
+    let (clusters, objects, commits) = (3u32, 8u32, 24u32);
+    let mut first_apply = vec![];
+    let mut steady = vec![];
+    for n in 1..=commits {
+        push(&app, (n > 1).then(|| n - 1), &[n]).await;
+        for cl in 0..clusters {
+            for o in 0..objects {
+                let t = i64::from(n) * 600 + i64::from(cl * 10 + o);
+                let before = trips();
+                report(
+                    &app,
+                    &format!("prod-{cl}"),
+                    &format!("app-{o}"),
+                    n,
+                    t,
+                    false,
+                )
+                .await;
+                first_apply.push(trips() - before);
+                let before = trips();
+                report(
+                    &app,
+                    &format!("prod-{cl}"),
+                    &format!("app-{o}"),
+                    n,
+                    t + 300,
+                    false,
+                )
+                .await;
+                steady.push(trips() - before);
+            }
+        }
+    }
+    let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64;
+    println!(
+        "Flux event round trips: first apply of a commit avg {:.2} (max {}), steady state avg {:.2} (max {})",
+        avg(&first_apply[objects as usize..]),
+        first_apply.iter().max().unwrap(),
+        avg(&steady),
+        steady.iter().max().unwrap()
+    );
+    assert!(
+        steady.iter().all(|n| *n <= 3),
+        "steady state costs at most 3 round trips: {steady:?}"
+    );
+    let all = window(0, 100_000);
+    let queries = [
+        (
+            "changes, first page, one cluster",
+            format!("/api/changes?cluster=prod-1&{all}"),
+            6,
+        ),
+        (
+            "changes, first page, fleet",
+            format!("/api/changes?{all}"),
+            6,
+        ),
+        (
+            "summary, one cluster",
+            format!("/api/changes/summary?cluster=prod-1&{all}"),
+            30,
+        ),
+        (
+            "CSV, one cluster",
+            format!("/api/changes?format=csv&cluster=prod-1&{all}"),
+            30,
+        ),
+        ("CSV, fleet", format!("/api/changes?format=csv&{all}"), 40),
+        (
+            "branch history, 10 commits",
+            format!("/api/commits?repository=github.com/{REPO}&limit=10"),
+            14,
+        ),
+    ];
+    for (name, path, bound) in queries {
+        let before = trips();
+        let t0 = std::time::Instant::now();
+        let r = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{name}");
+        let body = r.text().await.unwrap();
+        let n = trips() - before;
+        println!(
+            "{name}: {n} round trips, {:.0} ms on Azurite ({} bytes)",
+            t0.elapsed().as_secs_f64() * 1000.0,
+            body.len()
+        );
+        assert!(n <= bound, "{name}: {n} round trips (at most {bound})");
+    }
+}
+
+/// The policy on other hosts' approvals: Azure DevOps' fixture is approved only by its
+/// author (insufficient), Bitbucket Data Center's and Gitea's by other reviewers.
+#[tokio::test]
+async fn the_policy_reads_every_hosts_approval_record() {
+    let app = spawn_with(policy_vars()).await;
+    let edit = |file: &str, f: &dyn Fn(&mut Value)| {
+        let mut v: Value = serde_json::from_slice(&fixture(file)).unwrap();
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let azure = "eef717f69257a6333f221566c1c987dc94cc0d72";
+    let bbs = "7e48f426f0a6e47c5b5e862c31be6ca5f0f9ade2";
+    let gitea = "8f4e3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f";
+    let deliveries: Vec<Delivery> = vec![
+        (
+            "azuredevops",
+            fixture("azuredevops/pullrequest-merged.json"),
+            vec![],
+        ),
+        (
+            "azuredevops",
+            edit("azuredevops/git-push.json", &|v| {
+                v["resource"]["commits"][0]["commitId"] = json!(azure);
+                v["resource"]["refUpdates"][0]["newObjectId"] = json!(azure);
+            }),
+            vec![],
+        ),
+        (
+            "bitbucket-server",
+            fixture("bitbucket-server/pr-reviewer-approved.json"),
+            vec![("X-Event-Key", "pr:reviewer:approved")],
+        ),
+        (
+            "bitbucket-server",
+            fixture("bitbucket-server/pr-merged.json"),
+            vec![("X-Event-Key", "pr:merged")],
+        ),
+        (
+            "gitea",
+            fixture("gitea/pull-request-approved.json"),
+            vec![
+                ("X-Gitea-Event", "pull_request_approved"),
+                ("X-Gitea-Event-Type", "pull_request_review_approved"),
+            ],
+        ),
+        (
+            "gitea",
+            fixture("gitea/pull-request-merged.json"),
+            vec![("X-Gitea-Event", "pull_request")],
+        ),
+    ];
+    for (provider, body, headers) in &deliveries {
+        let r = app.post_git(provider, headers, body).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{provider} {headers:?}");
+    }
+    for (i, sha) in [azure, bbs, gitea].iter().enumerate() {
+        let body = flux_event("kustomization-succeeded.json", |v| {
+            v["involvedObject"]["name"] = json!(format!("app-{i}"));
+            v["timestamp"] = json!(rfc(at(100 + i as i64)));
+            v["metadata"]["revision"] = json!(format!("main@sha1:{sha}"));
+        });
+        let r = app.post_flux("/api/hooks/flux/prod-eu", &body).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let (_, page) = app
+        .get_json(&format!("/api/changes?cluster=prod-eu&{}", window(0, 1000)))
+        .await;
+    let approved = |sha: &str| {
+        page["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["sha"] == json!(sha))
+            .unwrap_or_else(|| panic!("{sha} in {page}"))["approved"]
+            .clone()
+    };
+    assert_eq!(approved(azure), json!(false), "approved only by its author");
+    assert_eq!(approved(bbs), json!(true));
+    assert_eq!(approved(gitea), json!(true));
+    sweep_at(&app, 3).await;
+    let messages = app.wait_messages(1).await;
+    let alarms: Vec<&Value> = unapproved(&messages);
+    assert_eq!(alarms.len(), 1, "{messages:?}");
+    assert_eq!(alarms[0]["data"]["sha"], azure);
+    assert_eq!(alarms[0]["data"]["reason"], "too_few_approvers");
+    assert_eq!(alarms[0]["data"]["approval"]["provider"], "azuredevops");
 }

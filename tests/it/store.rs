@@ -577,16 +577,14 @@ pub async fn key_ranges(store: Arc<dyn Store>) {
             .collect();
         store.batch(t, pk, ops).await.unwrap();
     }
-    store.insert(t, entity("cluster|other", "0000000000005|x", 1)).await.unwrap();
+    store
+        .insert(t, entity("cluster|other", "0000000000005|x", 1))
+        .await
+        .unwrap();
     let keys = |rows: Vec<fluxtrail::store::Entity>| -> Vec<String> {
         rows.into_iter().map(|e| e.rk).collect()
     };
-    let all = keys(
-        store
-            .query_range(t, pk, "", "~", usize::MAX)
-            .await
-            .unwrap(),
-    );
+    let all = keys(store.query_range(t, pk, "", "~", usize::MAX).await.unwrap());
     assert_eq!(all, expected, "every row, in key order, over several pages");
     let some = keys(
         store
