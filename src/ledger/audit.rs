@@ -7,6 +7,8 @@
 //! | change, fleet | `month\|{YYYY-MM}` | `{stamp}\|{cluster}\|{kind}\|{namespace}\|{name}\|{sha}` | `/api/changes`, summary, without a cluster |
 //! | approval check | `policy` | `{cluster}\|{sha}\|{kind}\|{namespace}\|{name}` | the sweep's `change.unapproved` decisions |
 //! | decision | `policy-decided` | `{cluster}\|{sha}` | once per (commit, cluster), after retention too |
+//! | pair | `pairs\|{cluster}` | `{sha}` | coverage summaries: the earliest apply of each commit on the cluster |
+//! | cluster registry | `clusters` | `{cluster}` | the clusters with pair rows (the fleet's summary) |
 //! | push log (`pushes`) | `{repository}\|{ref}` | `log\|{stamp of receipt}\|{before}..{after}` | `/api/commits?repository=&ref=` |
 //!
 //! `stamp` is `9999999999999 - milliseconds`: newest first in ascending key order, which is
@@ -183,6 +185,28 @@ const DECIDED: &str = "policy-decided";
 pub(super) struct IndexWrites {
     pub before: Vec<Write>,
     pub after: Vec<Write>,
+    /// (cluster, sha, first success) for the pair rows: merged (earliest wins) before the
+    /// target row is written.
+    pub pairs: Vec<(String, String, DateTime<Utc>)>,
+}
+
+/// A (commit, cluster) that was applied: when an object of the cluster first applied it
+/// (the earliest such success, by the cluster's clock). Partition `pairs|{cluster}`, row
+/// key the sha: the coverage summary of one cluster reads these, one per commit, instead of
+/// one change row per object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairRow {
+    pub cluster: String,
+    pub sha: String,
+    pub applied_at: DateTime<Utc>,
+}
+
+/// The partition naming every cluster with a pair row (row key: the cluster).
+const CLUSTERS: &str = "clusters";
+
+fn pair_partition(cluster: &str) -> String {
+    format!("pairs|{cluster}")
 }
 
 impl Ledger {
@@ -232,6 +256,11 @@ impl Ledger {
                 vec![BatchOp::Upsert(Row::from_record(CHECKS, rk, &check))],
             ));
         }
+        if let Some(at) = now.applied_at {
+            if was.as_ref().and_then(|w| w.applied_at).is_none_or(|w| at < w) {
+                w.pairs.push((now.cluster.clone(), sha.to_string(), at));
+            }
+        }
         if let Some(was) = was.filter(|w| w.time != now.time) {
             for (pk, rk) in [was.cluster_key(), was.fleet_key()] {
                 w.after
@@ -239,6 +268,129 @@ impl Ledger {
             }
         }
         w
+    }
+
+    /// The writes that merge first successes into their pair rows, to go in the same call as
+    /// the target rows (before them): the earliest wins, inserted if absent (with the
+    /// cluster's registry row) or updated on the etag read — a concurrent writer fails the
+    /// call, which is then decided again. A pair this process knows to hold a success no
+    /// later than this one needs no read: a stored earliest only ever moves earlier.
+    pub(super) async fn pair_writes(
+        &self,
+        pairs: &[(String, String, DateTime<Utc>)],
+    ) -> Result<Vec<Write>, StoreError> {
+        let mut out = vec![];
+        for (cluster, sha, at) in pairs {
+            let key = format!("{cluster}|{sha}");
+            if self.known_pair(&key).is_some_and(|known| known <= *at) {
+                continue;
+            }
+            let pk = pair_partition(cluster);
+            let row = Row::from_record(
+                &pk,
+                sha.as_str(),
+                &PairRow {
+                    cluster: cluster.clone(),
+                    sha: sha.clone(),
+                    applied_at: *at,
+                },
+            );
+            match self.store.get(Table::Audit, &pk, sha).await? {
+                Some(e) => {
+                    let stored: PairRow = e.record()?;
+                    if stored.applied_at <= *at {
+                        self.remember_pair(&key, stored.applied_at);
+                        continue;
+                    }
+                    let etag = e.etag.ok_or_else(|| {
+                        StoreError::Corrupt(format!("{pk}/{sha}: read without an etag"))
+                    })?;
+                    out.push((Table::Audit, pk, vec![BatchOp::Update(row, etag)]));
+                }
+                None => {
+                    let registry =
+                        Row::from_record(CLUSTERS, cluster.as_str(), &json!({"cluster": cluster}));
+                    out.push((Table::Audit, CLUSTERS.into(), vec![BatchOp::Upsert(registry)]));
+                    out.push((Table::Audit, pk, vec![BatchOp::Insert(row)]));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a call with `pair_writes` landed: what the pairs now hold at most.
+    pub(super) fn pairs_written(&self, pairs: &[(String, String, DateTime<Utc>)]) {
+        for (cluster, sha, at) in pairs {
+            self.remember_pair(&format!("{cluster}|{sha}"), *at);
+        }
+    }
+
+    fn known_pair(&self, key: &str) -> Option<DateTime<Utc>> {
+        self.pairs.lock(key).and_then(|s| s.get(key).copied())
+    }
+
+    fn remember_pair(&self, key: &str, at: DateTime<Utc>) {
+        if let Some(mut shard) = self.pairs.lock(key) {
+            let at = shard.get(key).map_or(at, |k| (*k).min(at));
+            self.pairs.insert(&mut shard, key, at, |_| {});
+        }
+    }
+
+    /// Merges first successes into their pair rows: the earliest wins, written on the etag
+    /// read (insert if absent), so every arrival order and instance ends with the same row.
+    pub(super) async fn merge_pairs(
+        &self,
+        pairs: &[(String, String, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        'pairs: for (cluster, sha, at) in pairs {
+            let key = format!("{cluster}|{sha}");
+            if self.known_pair(&key).is_some_and(|known| known <= *at) {
+                continue;
+            }
+            let pk = pair_partition(cluster);
+            for _ in 0..super::MAX_CONFLICT_RETRIES {
+                let row = Row::from_record(
+                    &pk,
+                    sha.as_str(),
+                    &PairRow {
+                        cluster: cluster.clone(),
+                        sha: sha.clone(),
+                        applied_at: *at,
+                    },
+                );
+                let written = match self.store.get(Table::Audit, &pk, sha).await? {
+                    Some(e) => {
+                        let stored: PairRow = e.record()?;
+                        if stored.applied_at <= *at {
+                            continue 'pairs;
+                        }
+                        let etag = e.etag.ok_or_else(|| {
+                            StoreError::Corrupt(format!("{pk}/{sha}: read without an etag"))
+                        })?;
+                        self.store.update(Table::Audit, row, &etag).await
+                    }
+                    None => {
+                        // The cluster's registry row first: a pair row is never without it.
+                        let registry =
+                            Row::from_record(CLUSTERS, cluster.as_str(), &json!({"cluster": cluster}));
+                        self.store.upsert(Table::Audit, registry).await?;
+                        self.store.insert(Table::Audit, row).await
+                    }
+                };
+                match written {
+                    Ok(_) => {
+                        self.remember_pair(&key, *at);
+                        continue 'pairs;
+                    }
+                    Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            return Err(StoreError::Unavailable(format!(
+                "{pk}/{sha}: pair row kept changing under concurrent writers"
+            )));
+        }
+        Ok(())
     }
 
     /// Deletes index rows a change moved away from; a row already gone is no failure.
@@ -641,24 +793,34 @@ impl Ledger {
         Self::change_partitions(q).contains(&cursor.pk)
     }
 
-    /// Approval coverage over distinct (commit, cluster) pairs applied in the window.
+    /// Approval coverage over distinct (commit, cluster) pairs first applied in the window,
+    /// from the pair rows: one per commit a cluster ever applied, one key range per cluster
+    /// (the fleet's clusters from their registry), each commit joined once.
     pub async fn change_summary(&self, q: &ChangeQuery) -> Result<Value, StoreError> {
         let mut pairs: HashMap<(String, String), Verdict> = HashMap::new();
-        let mut cursor: Option<Cursor> = None;
-        loop {
-            let next = self
-                .scan_changes(q, cursor.as_ref(), usize::MAX, |c| {
-                    if c.row.applied() {
-                        pairs
-                            .entry((c.row.sha.clone(), c.row.cluster.clone()))
-                            .or_insert_with(|| c.facts.verdict.clone());
-                    }
-                    true
-                })
+        let clusters = match &q.cluster {
+            Some(c) => vec![c.clone()],
+            None => self
+                .store
+                .query_partition(Table::Audit, CLUSTERS, None)
+                .await?
+                .into_iter()
+                .map(|e| e.rk)
+                .collect(),
+        };
+        let mut joined = Joined::default();
+        for cluster in clusters {
+            let rows = self
+                .store
+                .query_range(Table::Audit, &pair_partition(&cluster), "", "~", usize::MAX)
                 .await?;
-            match next {
-                Some(c) => cursor = Some(c),
-                None => break,
+            for e in rows {
+                let p: PairRow = e.record()?;
+                if p.applied_at < q.from || p.applied_at >= q.to {
+                    continue;
+                }
+                let facts = self.join(&mut joined, &p.sha).await?;
+                pairs.insert((p.sha, p.cluster), facts.verdict.clone());
             }
         }
         let n = pairs.len();

@@ -548,6 +548,7 @@ impl Ledger {
             }
             // The audit index first (see `audit`): the target row is the commit point.
             let index = self.index_writes(pk, old.as_ref(), Some(&new), Utc::now());
+            self.merge_pairs(&index.pairs).await?;
             let entity = Row::from_record(pk, rk.as_str(), &new);
             let mut writes = index.before;
             writes.push((

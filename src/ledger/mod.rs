@@ -73,6 +73,8 @@ pub struct Ledger {
     policy: Arc<crate::policy::Policy>,
     /// The branch graphs built last (see `graphs.rs`).
     graphs: Arc<graphs::GraphCache>,
+    /// `{cluster}|{sha}` → an earliest apply its pair row is known to hold (or earlier).
+    pairs: Arc<shards::Shards<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Ledger {
@@ -84,6 +86,7 @@ impl Ledger {
             missing: Arc::default(),
             policy: Arc::default(),
             graphs: Arc::default(),
+            pairs: Arc::new(shards::Shards::with_capacity(16_384)),
         }
     }
 
