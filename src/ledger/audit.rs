@@ -257,7 +257,11 @@ impl Ledger {
             ));
         }
         if let Some(at) = now.applied_at {
-            if was.as_ref().and_then(|w| w.applied_at).is_none_or(|w| at < w) {
+            if was
+                .as_ref()
+                .and_then(|w| w.applied_at)
+                .is_none_or(|w| at < w)
+            {
                 w.pairs.push((now.cluster.clone(), sha.to_string(), at));
             }
         }
@@ -310,7 +314,11 @@ impl Ledger {
                 None => {
                     let registry =
                         Row::from_record(CLUSTERS, cluster.as_str(), &json!({"cluster": cluster}));
-                    out.push((Table::Audit, CLUSTERS.into(), vec![BatchOp::Upsert(registry)]));
+                    out.push((
+                        Table::Audit,
+                        CLUSTERS.into(),
+                        vec![BatchOp::Upsert(registry)],
+                    ));
                     out.push((Table::Audit, pk, vec![BatchOp::Insert(row)]));
                 }
             }
@@ -371,8 +379,11 @@ impl Ledger {
                     }
                     None => {
                         // The cluster's registry row first: a pair row is never without it.
-                        let registry =
-                            Row::from_record(CLUSTERS, cluster.as_str(), &json!({"cluster": cluster}));
+                        let registry = Row::from_record(
+                            CLUSTERS,
+                            cluster.as_str(),
+                            &json!({"cluster": cluster}),
+                        );
                         self.store.upsert(Table::Audit, registry).await?;
                         self.store.insert(Table::Audit, row).await
                     }
@@ -808,7 +819,7 @@ impl Ledger {
                 .map(|e| e.rk)
                 .collect(),
         };
-        let mut joined = Joined::default();
+        let mut in_window: Vec<PairRow> = vec![];
         for cluster in clusters {
             let rows = self
                 .store
@@ -816,11 +827,46 @@ impl Ledger {
                 .await?;
             for e in rows {
                 let p: PairRow = e.record()?;
-                if p.applied_at < q.from || p.applied_at >= q.to {
-                    continue;
+                if p.applied_at >= q.from && p.applied_at < q.to {
+                    in_window.push(p);
                 }
-                let facts = self.join(&mut joined, &p.sha).await?;
-                pairs.insert((p.sha, p.cluster), facts.verdict.clone());
+            }
+        }
+        // Each commit's records once, many commits per read (SQLite: one statement per
+        // chunk and row kind; Table Storage: one query per commit and row kind).
+        let mut shas: Vec<String> = in_window.iter().map(|p| p.sha.clone()).collect();
+        shas.sort();
+        shas.dedup();
+        let mut verdicts: HashMap<String, Verdict> = HashMap::with_capacity(shas.len());
+        for chunk in shas.chunks(500) {
+            let commits = self
+                .store
+                .query_partitions(Table::Commits, chunk, Some("commit"))
+                .await?;
+            let approvals = self
+                .store
+                .query_partitions(Table::Commits, chunk, Some("approval"))
+                .await?;
+            for ((sha, c), a) in chunk.iter().zip(commits).zip(approvals) {
+                let commit: Option<CommitRecord> = c
+                    .iter()
+                    .find(|e| e.rk == "commit")
+                    .map(Entity::record)
+                    .transpose()?;
+                let approval: Option<ApprovalRecord> = a
+                    .iter()
+                    .find(|e| e.rk == "approval")
+                    .map(Entity::record)
+                    .transpose()?;
+                verdicts.insert(
+                    sha.clone(),
+                    self.policy.verdict(commit.as_ref(), approval.as_ref()),
+                );
+            }
+        }
+        for p in in_window {
+            if let Some(v) = verdicts.get(&p.sha) {
+                pairs.insert((p.sha, p.cluster), v.clone());
             }
         }
         let n = pairs.len();

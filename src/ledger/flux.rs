@@ -157,7 +157,9 @@ impl Ledger {
             let shift = pair_writes.len();
             let at = planned.state_at + 1;
             writes.splice(at..at, pair_writes);
-            let target_at = planned.target_at.map(|t| if t >= at { t + shift } else { t });
+            let target_at = planned
+                .target_at
+                .map(|t| if t >= at { t + shift } else { t });
             let (state_etag, target_etag) = match self.store.batches(writes).await {
                 Ok(tags) => {
                     let first = |i: usize| tags.get(i).and_then(|t| t.first()).cloned();
