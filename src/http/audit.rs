@@ -48,17 +48,21 @@ impl Params {
         Ok(Params(out))
     }
 
-    /// A non-empty value (`x=` counts as absent).
+    /// A non-empty value of a text filter (`cluster=` counts as absent, as on `/api/objects`).
     fn get(&self, name: &str) -> Option<&str> {
+        self.raw(name).filter(|v| !v.is_empty())
+    }
+
+    /// The value as given: for typed parameters an empty one is malformed (`to=` is no time).
+    fn raw(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
     }
 
     fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-        self.get(name)
+        self.raw(name)
             .map(|v| {
                 DateTime::parse_from_rfc3339(v)
                     .map(|t| t.to_utc())
@@ -72,7 +76,7 @@ impl Params {
     }
 
     fn limit(&self) -> Result<usize, ApiError> {
-        match self.get("limit") {
+        match self.raw("limit") {
             None => Ok(DEFAULT_LIMIT),
             Some(v) => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -129,11 +133,11 @@ pub(super) async fn branch_commits(
         .map_err(|e| ApiError::InvalidQuery(format!("ref={git_ref:?}: {e}")))?;
     let limit = p.limit()?;
     let cursor = p
-        .get("cursor")
+        .raw("cursor")
         .map(|c| BranchCursor::decode(c).ok_or_else(|| bad_cursor(c)))
         .transpose()?;
     if cursor.as_ref().is_some_and(|c| !c.rk.starts_with("log|")) {
-        return Err(bad_cursor(p.get("cursor").unwrap_or_default()));
+        return Err(bad_cursor(p.raw("cursor").unwrap_or_default()));
     }
     let (commits, next) = state
         .ledger
@@ -170,7 +174,7 @@ const CHANGE_PARAMS: &[&str] = &[
 
 fn change_query(p: &Params) -> Result<ChangeQuery, ApiError> {
     let (from, to) = p.window()?;
-    let approved = match p.get("approved") {
+    let approved = match p.raw("approved") {
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
@@ -199,7 +203,7 @@ pub(super) async fn changes(
     authorize(state, headers)?;
     let p = Params::parse(query, CHANGE_PARAMS)?;
     let q = change_query(&p)?;
-    let csv = match p.get("format") {
+    let csv = match p.raw("format") {
         Some("csv") => true,
         Some("json") => false,
         Some(f) => {
@@ -213,7 +217,7 @@ pub(super) async fn changes(
             .is_some_and(|a| a.split(',').any(|m| m.trim().starts_with("text/csv"))),
     };
     let cursor = p
-        .get("cursor")
+        .raw("cursor")
         .map(|c| {
             Cursor::decode(c)
                 .filter(|cur| Ledger::cursor_fits(&q, cur))

@@ -392,6 +392,9 @@ async fn the_feed_answers_windows_filters_and_pages_that_neither_skip_nor_repeat
         "repository=%20",
         "clustr=prod-eu",
         "cluster=a&cluster=b",
+        "to=",
+        "limit=",
+        "approved=",
     ] {
         let (status, body) = app.get_json(&format!("/api/changes?{bad}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
