@@ -13,7 +13,7 @@ use super::error::{json_response, BoxError};
 use super::read::authorize;
 use super::{ApiError, AppState, Body};
 use crate::domain::RepoKey;
-use crate::ledger::audit::{csv_line, BranchCursor, ChangeQuery, Cursor, CSV_HEADER};
+use crate::ledger::audit::{csv_line, BranchCursor, ChangeQuery, Cursor, Opaque, CSV_HEADER};
 use crate::ledger::Ledger;
 
 /// Default and largest page (contract §7).

@@ -344,66 +344,6 @@ impl Ledger {
         }
     }
 
-    /// Merges first successes into their pair rows: the earliest wins, written on the etag
-    /// read (insert if absent), so every arrival order and instance ends with the same row.
-    pub(super) async fn merge_pairs(
-        &self,
-        pairs: &[(String, String, DateTime<Utc>)],
-    ) -> Result<(), StoreError> {
-        'pairs: for (cluster, sha, at) in pairs {
-            let key = format!("{cluster}|{sha}");
-            if self.known_pair(&key).is_some_and(|known| known <= *at) {
-                continue;
-            }
-            let pk = pair_partition(cluster);
-            for _ in 0..super::MAX_CONFLICT_RETRIES {
-                let row = Row::from_record(
-                    &pk,
-                    sha.as_str(),
-                    &PairRow {
-                        cluster: cluster.clone(),
-                        sha: sha.clone(),
-                        applied_at: *at,
-                    },
-                );
-                let written = match self.store.get(Table::Audit, &pk, sha).await? {
-                    Some(e) => {
-                        let stored: PairRow = e.record()?;
-                        if stored.applied_at <= *at {
-                            continue 'pairs;
-                        }
-                        let etag = e.etag.ok_or_else(|| {
-                            StoreError::Corrupt(format!("{pk}/{sha}: read without an etag"))
-                        })?;
-                        self.store.update(Table::Audit, row, &etag).await
-                    }
-                    None => {
-                        // The cluster's registry row first: a pair row is never without it.
-                        let registry = Row::from_record(
-                            CLUSTERS,
-                            cluster.as_str(),
-                            &json!({"cluster": cluster}),
-                        );
-                        self.store.upsert(Table::Audit, registry).await?;
-                        self.store.insert(Table::Audit, row).await
-                    }
-                };
-                match written {
-                    Ok(_) => {
-                        self.remember_pair(&key, *at);
-                        continue 'pairs;
-                    }
-                    Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            return Err(StoreError::Unavailable(format!(
-                "{pk}/{sha}: pair row kept changing under concurrent writers"
-            )));
-        }
-        Ok(())
-    }
-
     /// Deletes index rows a change moved away from; a row already gone is no failure.
     pub(super) async fn finish_index(&self, after: Vec<Write>) -> Result<(), StoreError> {
         for (table, pk, ops) in after {
@@ -436,19 +376,22 @@ pub struct Cursor {
     pub rk: String,
 }
 
-impl Cursor {
-    pub fn encode(&self) -> String {
+/// A position handed to clients as an opaque token (base64url of its JSON) and taken back.
+pub trait Opaque: Serialize + serde::de::DeserializeOwned {
+    fn encode(&self) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(serde_json::to_vec(self).unwrap_or_default())
     }
 
-    pub fn decode(s: &str) -> Option<Cursor> {
+    fn decode(s: &str) -> Option<Self> {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(s)
             .ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 }
+
+impl Opaque for Cursor {}
 
 /// A page of changes.
 #[derive(Debug)]
@@ -904,19 +847,7 @@ pub struct BranchCursor {
     pub skip: usize,
 }
 
-impl BranchCursor {
-    pub fn encode(&self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    pub fn decode(s: &str) -> Option<BranchCursor> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s)
-            .ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-}
+impl Opaque for BranchCursor {}
 
 impl Ledger {
     /// A branch's pushed commits, newest push first (a push's commits newest first), each

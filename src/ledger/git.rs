@@ -548,9 +548,10 @@ impl Ledger {
             }
             // The audit index first (see `audit`): the target row is the commit point.
             let index = self.index_writes(pk, old.as_ref(), Some(&new), Utc::now());
-            self.merge_pairs(&index.pairs).await?;
             let entity = Row::from_record(pk, rk.as_str(), &new);
             let mut writes = index.before;
+            // Pair rows in the same call, before the target row (a conflict reads again).
+            writes.extend(self.pair_writes(&index.pairs).await?);
             writes.push((
                 Table::Commits,
                 pk.to_string(),
@@ -561,6 +562,7 @@ impl Ledger {
             ));
             match self.store.batches(writes).await {
                 Ok(_) => {
+                    self.pairs_written(&index.pairs);
                     self.finish_index(index.after).await?;
                     return Ok(Some(new));
                 }

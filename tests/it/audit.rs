@@ -757,13 +757,7 @@ async fn round_trips_of_the_audit_queries_on_table_storage() {
     use crate::proxy::{FaultProxy, Faults};
     use std::sync::atomic::Ordering;
     let azurite = crate::store::azurite();
-    let upstream = azurite
-        .split(';')
-        .find_map(|kv| kv.strip_prefix("TableEndpoint="))
-        .expect("a TableEndpoint")
-        .trim_end_matches('/')
-        .trim_end_matches("/devstoreaccount1")
-        .to_string();
+    let upstream = crate::store::azurite_endpoint(&azurite);
     let proxy = FaultProxy::start(&upstream, Faults::NONE, 1).await;
     let mut vars = default_vars();
     vars.insert("FLUXTRAIL_TABLES".into(), proxy.connection_string());

@@ -483,13 +483,7 @@ async fn many_instances_with_faults_end_in_the_one_instance_state() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let azurite = crate::store::azurite();
-    let upstream = azurite
-        .split(';')
-        .find_map(|kv| kv.strip_prefix("TableEndpoint="))
-        .expect("a TableEndpoint")
-        .trim_end_matches('/')
-        .trim_end_matches("/devstoreaccount1")
-        .to_string();
+    let upstream = crate::store::azurite_endpoint(&azurite);
     let faults = Faults {
         refuse: 60,
         lose: 40,

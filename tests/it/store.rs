@@ -669,6 +669,18 @@ pub fn unique_prefix() -> String {
     )
 }
 
+/// The Azurite base URL (scheme, host, port) of a connection string: what the fault proxy
+/// forwards to.
+pub fn azurite_endpoint(connection_string: &str) -> String {
+    connection_string
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("TableEndpoint="))
+        .expect("a TableEndpoint")
+        .trim_end_matches('/')
+        .trim_end_matches("/devstoreaccount1")
+        .to_string()
+}
+
 /// The Azurite connection string `scripts/test.sh` exports.
 pub fn azurite() -> String {
     std::env::var("FLUXTRAIL_TEST_TABLES")
