@@ -245,7 +245,8 @@ async fn export_csv(
     cursor: Option<Cursor>,
 ) -> Result<Response<Body>, ApiError> {
     let ledger = state.ledger.clone();
-    let (first, mut next) = ledger.export_batch(&q, cursor.as_ref()).await?;
+    let mut scan = ledger.change_scan(&q, cursor.as_ref(), 512).await?;
+    let (first, mut more) = scan.export_batch(&ledger).await?;
     let mut text = String::new();
     csv_line(&CSV_HEADER, &mut text);
     for c in &first {
@@ -256,8 +257,8 @@ async fn export_csv(
         if tx.send(Ok(Bytes::from(text))).await.is_err() {
             return;
         }
-        while let Some(cursor) = next.take() {
-            match ledger.export_batch(&q, Some(&cursor)).await {
+        while more {
+            match scan.export_batch(&ledger).await {
                 Ok((batch, after)) => {
                     let mut text = String::with_capacity(batch.len() * 256);
                     for c in &batch {
@@ -266,7 +267,7 @@ async fn export_csv(
                     if tx.send(Ok(Bytes::from(text))).await.is_err() {
                         return; // the client went away
                     }
-                    next = after;
+                    more = after;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "CSV export failed midway; ending the response incomplete");

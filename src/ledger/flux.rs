@@ -40,7 +40,7 @@ struct Planned {
     /// Audit index rows to delete once the writes landed (a change that moved earlier).
     after: Vec<(Table, String, Vec<BatchOp>)>,
     /// Pair rows to merge before the writes (see `audit::PairRow`).
-    pairs: Vec<(String, String, DateTime<Utc>)>,
+    registers: Vec<super::audit::Register>,
     state_json: String,
     state_at: usize,
     target_at: Option<usize>,
@@ -151,19 +151,20 @@ impl Ledger {
             }
             let planned = self.writes(&pk, &out, etag, &history, &rows, previous_follow.as_ref());
             let this = summary(event, class, &out);
-            // Pair rows go with the object's batch, before the target rows (the commit point).
-            let pair_writes = self.pair_writes(&planned.pairs).await?;
+            // Registry rows go with the object's batch, before the change rows and the target
+            // rows (the commit point).
+            let register_writes = self.register_writes(&planned.registers).await?;
             let mut writes = planned.writes;
-            let shift = pair_writes.len();
+            let shift = register_writes.len();
             let at = planned.state_at + 1;
-            writes.splice(at..at, pair_writes);
+            writes.splice(at..at, register_writes);
             let target_at = planned
                 .target_at
                 .map(|t| if t >= at { t + shift } else { t });
             let (state_etag, target_etag) = match self.store.batches(writes).await {
                 Ok(tags) => {
                     let first = |i: usize| tags.get(i).and_then(|t| t.first()).cloned();
-                    self.pairs_written(&planned.pairs);
+                    self.registered(&planned.registers);
                     (first(planned.state_at), target_at.and_then(first))
                 }
                 // Someone recorded the event (its history row exists): this call's own earlier
@@ -321,7 +322,7 @@ impl Ledger {
     ) -> Planned {
         let received_at = rows.received_at;
         let mut after = vec![];
-        let mut pairs = vec![];
+        let mut registers = vec![];
         let mut writes = Vec::with_capacity(2 + rows.blind.len() + rows.read.len());
         let object = &out.state.object;
         if let Some(f) = out
@@ -380,7 +381,7 @@ impl Ledger {
             );
             writes.extend(index.before);
             after.extend(index.after);
-            pairs.extend(index.pairs);
+            registers.extend(index.registers);
             let entity = Row::from_record(sha.as_str(), TargetRecord::row_key(object), row);
             if Some(sha) == current {
                 target_at = Some(writes.len());
@@ -396,7 +397,7 @@ impl Ledger {
             let index = self.index_writes(u.sha.as_str(), old.as_ref(), Some(row), received_at);
             writes.extend(index.before);
             after.extend(index.after);
-            pairs.extend(index.pairs);
+            registers.extend(index.registers);
             let entity = Row::from_record(u.sha.as_str(), TargetRecord::row_key(&u.object), row);
             let op = match etag {
                 Some(etag) => BatchOp::Update(entity, etag.clone()),
@@ -410,7 +411,7 @@ impl Ledger {
         Planned {
             writes,
             after,
-            pairs,
+            registers,
             state_json,
             state_at,
             target_at,

@@ -549,9 +549,10 @@ impl Ledger {
             // The audit index first (see `audit`): the target row is the commit point.
             let index = self.index_writes(pk, old.as_ref(), Some(&new), Utc::now());
             let entity = Row::from_record(pk, rk.as_str(), &new);
-            let mut writes = index.before;
-            // Pair rows in the same call, before the target row (a conflict reads again).
-            writes.extend(self.pair_writes(&index.pairs).await?);
+            // Registry rows in the same call, before the index and target rows (a conflict
+            // reads again).
+            let mut writes = self.register_writes(&index.registers).await?;
+            writes.extend(index.before);
             writes.push((
                 Table::Commits,
                 pk.to_string(),
@@ -562,7 +563,7 @@ impl Ledger {
             ));
             match self.store.batches(writes).await {
                 Ok(_) => {
-                    self.pairs_written(&index.pairs);
+                    self.registered(&index.registers);
                     self.finish_index(index.after).await?;
                     return Ok(Some(new));
                 }
