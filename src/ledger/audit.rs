@@ -603,6 +603,8 @@ pub struct ChangeScan {
     joined: Joined,
     /// The window's end as the first key (exclusive end of the key range).
     hi: String,
+    /// A lane whose buffer the last row emptied, to read on before the next row.
+    drained: Option<usize>,
 }
 
 struct Lane {
@@ -653,16 +655,28 @@ impl ChangeScan {
         F: FnMut(Change) -> bool,
     {
         let mut read = 0;
-        while let Some(Reverse((rk, i))) = self.heap.pop() {
+        loop {
+            // A lane emptied by the last row is read on before the next row is chosen (its
+            // next key may be the least), not before the caller is done: a full page reads
+            // no range it does not need.
+            if let Some(i) = self.drained.take() {
+                let lane = &mut self.lanes[i];
+                lane.fill(ledger.store.as_ref(), &self.hi).await?;
+                if let Some((head, _)) = lane.buf.front() {
+                    self.heap.push(Reverse((head.clone(), i)));
+                }
+            }
+            let Some(Reverse((rk, i))) = self.heap.pop() else {
+                return Ok(None);
+            };
             let lane = &mut self.lanes[i];
             let Some((_, row)) = lane.buf.pop_front() else {
                 continue;
             };
-            if lane.buf.is_empty() && !lane.exhausted {
-                lane.fill(ledger.store.as_ref(), &self.hi).await?;
-            }
-            if let Some((head, _)) = lane.buf.front() {
-                self.heap.push(Reverse((head.clone(), i)));
+            match lane.buf.front() {
+                Some((head, _)) => self.heap.push(Reverse((head.clone(), i))),
+                None if !lane.exhausted => self.drained = Some(i),
+                None => {}
             }
             read += 1;
             let stop = |rk: String, lanes: &[Lane]| {
@@ -693,7 +707,6 @@ impl ChangeScan {
                 return Ok(stop(rk, &self.lanes));
             }
         }
-        Ok(None)
     }
 
     /// The next rows of the CSV export (at most 512 index rows read) and whether more may
@@ -770,6 +783,7 @@ impl Ledger {
             heap,
             joined: Joined::default(),
             hi,
+            drained: None,
         })
     }
 
