@@ -306,6 +306,24 @@ pub trait Store: Send + Sync + fmt::Debug {
         to: &str,
         limit: usize,
     ) -> Result<Vec<Entity>, StoreError>;
+    /// `query_range`, each row as its row key and its properties' JSON text — what SQLite
+    /// stores, handed over as it is — for long reads decoded straight into records, without
+    /// a map of values built in between (the audit export: ~30% of its CPU went to that map).
+    async fn query_range_json(
+        &self,
+        table: Table,
+        pk: &str,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .query_range(table, pk, from, to, limit)
+            .await?
+            .into_iter()
+            .map(|e| (e.rk, Value::Object(e.props).to_string()))
+            .collect())
+    }
     /// The entities with row key `rk` in every partition whose key starts with `pk_prefix`:
     /// a key-range read (a commit by an abbreviated sha: its partitions are its full sha).
     async fn query_pk_prefix(

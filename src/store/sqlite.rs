@@ -1080,6 +1080,40 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn query_range_json(
+        &self,
+        table: Table,
+        pk: &str,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let (pk, from, to) = (pk.to_string(), from.to_string(), to.to_string());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&sql(
+                    table,
+                    "SELECT rk, props FROM entities
+                     WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3 AND rk < ?4 ORDER BY rk LIMIT ?5",
+                ))
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        table.name(),
+                        pk,
+                        from,
+                        to,
+                        limit.min(i64::MAX as usize) as i64
+                    ],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                )
+                .map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err)).collect()
+        })
+        .await
+    }
+
     async fn query_pk_prefix(
         &self,
         table: Table,

@@ -612,6 +612,21 @@ pub async fn key_ranges(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
+    // The same range as JSON text: the same rows, their properties as stored.
+    let rows = store
+        .query_range(t, pk, &expected[3], "~", 40)
+        .await
+        .unwrap();
+    let json = store
+        .query_range_json(t, pk, &expected[3], "~", 40)
+        .await
+        .unwrap();
+    assert_eq!(json.len(), 40);
+    for (e, (rk, text)) in rows.iter().zip(&json) {
+        assert_eq!(&e.rk, rk);
+        let props: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(props, e.props, "{rk}");
+    }
 }
 
 #[tokio::test]
