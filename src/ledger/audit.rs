@@ -983,21 +983,19 @@ impl Ledger {
         shas.dedup();
         let mut verdicts: HashMap<String, Verdict> = HashMap::with_capacity(shas.len());
         for chunk in shas.chunks(500) {
-            let commits = self
+            // `approval` and `commit` are neighbours, before the partition's target rows: one
+            // key range per commit.
+            let rows = self
                 .store
-                .query_partitions(Table::Commits, chunk, Some("commit"))
+                .query_partitions_range(Table::Commits, chunk, "approval", "commit|")
                 .await?;
-            let approvals = self
-                .store
-                .query_partitions(Table::Commits, chunk, Some("approval"))
-                .await?;
-            for ((sha, c), a) in chunk.iter().zip(commits).zip(approvals) {
-                let commit: Option<CommitRecord> = c
+            for (sha, rows) in chunk.iter().zip(rows) {
+                let commit: Option<CommitRecord> = rows
                     .iter()
                     .find(|e| e.rk == "commit")
                     .map(Entity::record)
                     .transpose()?;
-                let approval: Option<ApprovalRecord> = a
+                let approval: Option<ApprovalRecord> = rows
                     .iter()
                     .find(|e| e.rk == "approval")
                     .map(Entity::record)

@@ -280,6 +280,21 @@ pub trait Store: Send + Sync + fmt::Debug {
         }
         Ok(out)
     }
+    /// The entities of several partitions whose row keys are in `[from, to)`, in the order
+    /// of `pks` — on SQLite one statement, on Table Storage one query per partition.
+    async fn query_partitions_range(
+        &self,
+        table: Table,
+        pks: &[String],
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<Vec<Entity>>, StoreError> {
+        let mut out = Vec::with_capacity(pks.len());
+        for pk in pks {
+            out.push(self.query_range(table, pk, from, to, usize::MAX).await?);
+        }
+        Ok(out)
+    }
     /// `query_partitions` keeping only the entities whose string property `prop` equals
     /// `value`, filtered by the store (the outbox reads an object's pending messages, not its
     /// delivered history). The default filters `query_partitions`.

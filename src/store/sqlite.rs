@@ -292,17 +292,32 @@ impl SqliteStore {
         rk_prefix: Option<&str>,
         filter: Option<(&str, &str)>,
     ) -> Result<Vec<Vec<Entity>>, StoreError> {
+        let prefix = rk_prefix.unwrap_or("");
+        let range = Range::Prefix(prefix.to_string(), super::prefix_end(prefix));
+        self.ranges(table, pks, range, filter).await
+    }
+
+    /// `partitions` over a key range `[from, end)` each, or a prefix: a prefix without a
+    /// range end is checked row by row.
+    async fn ranges(
+        &self,
+        table: Table,
+        pks: &[String],
+        range: Range,
+        filter: Option<(&str, &str)>,
+    ) -> Result<Vec<Vec<Entity>>, StoreError> {
         use rusqlite::types::Value as Sql;
         if pks.is_empty() {
             return Ok(vec![]);
         }
         let pks = pks.to_vec();
-        let prefix = rk_prefix.unwrap_or("").to_string();
+        let (prefix, end) = match range {
+            Range::Prefix(prefix, end) => (prefix, end),
+            Range::Keys(from, to) => (from, Some(to)),
+        };
         let filter = filter.map(|(prop, value)| (prop_path(prop), value.to_string()));
         self.read(move |conn| {
             let single = pks.len() == 1;
-            // A prefix without a range end is checked row by row.
-            let end = super::prefix_end(&prefix);
             let mut sql = format!(
                 "SELECT pk, rk, etag, props FROM {} WHERE tbl = ?1",
                 relation(table)
@@ -409,6 +424,13 @@ impl SqliteStore {
     ) -> Result<Vec<Etag>, StoreError> {
         Ok(self.write(vec![(table, pk, ops)]).await?.remove(0))
     }
+}
+
+/// Which row keys `SqliteStore::ranges` reads in each partition: those starting with a prefix
+/// (with the first key past them, if there is one), or those in `[from, to)`.
+enum Range {
+    Prefix(String, Option<String>),
+    Keys(String, String),
 }
 
 /// The one table, and the move from the first layout.
@@ -987,6 +1009,17 @@ impl Store for SqliteStore {
         rk_prefix: Option<&str>,
     ) -> Result<Vec<Vec<Entity>>, StoreError> {
         self.partitions(table, pks, rk_prefix, None).await
+    }
+
+    async fn query_partitions_range(
+        &self,
+        table: Table,
+        pks: &[String],
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<Vec<Entity>>, StoreError> {
+        let range = Range::Keys(from.to_string(), to.to_string());
+        self.ranges(table, pks, range, None).await
     }
 
     async fn query_partitions_where(

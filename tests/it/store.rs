@@ -612,6 +612,24 @@ pub async fn key_ranges(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
+    // One range in each of several partitions, in the order asked (a missing one: empty).
+    let parts = store
+        .query_partitions_range(
+            t,
+            &[
+                "cluster|none".to_string(),
+                pk.to_string(),
+                "cluster|other".to_string(),
+            ],
+            "0000000000005",
+            "0000000000008",
+        )
+        .await
+        .unwrap();
+    assert_eq!(parts.len(), 3);
+    assert!(parts[0].is_empty());
+    assert_eq!(keys(parts[1].clone()), expected[5..8]);
+    assert_eq!(keys(parts[2].clone()), ["0000000000005|x"]);
     // The same range as JSON text: the same rows, their properties as stored.
     let rows = store
         .query_range(t, pk, &expected[3], "~", 40)
