@@ -25,7 +25,9 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use base64::Engine;
-use chrono::{DateTime, Duration, Utc};
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -580,7 +582,22 @@ impl Change {
     /// Appends the CSV line of this change, in `CSV_HEADER`'s order.
     pub fn write_csv(&self, out: &mut String) {
         let r = &self.row;
-        csv_cell(&rfc(r.time), out);
+        let t = r.time;
+        if (0..=9999).contains(&t.year()) && t.nanosecond() < 1_000_000_000 {
+            // What `rfc` writes, without a string of its own (digits: nothing to escape).
+            let _ = write!(
+                out,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+        } else {
+            csv_cell(&rfc(t), out);
+        }
         for cell in [
             r.cluster.as_str(),
             &r.kind,
@@ -697,8 +714,8 @@ const CHUNK: usize = 500;
 pub struct ChangeScan {
     q: ChangeQuery,
     lanes: Vec<Lane>,
-    /// The head of every lane with rows buffered: (row key, lane), lanes in cluster order.
-    heap: BinaryHeap<Reverse<(String, usize)>>,
+    /// The next row of every lane that has one, taken out of its buffer.
+    heap: BinaryHeap<Reverse<Head>>,
     joined: Joined,
     /// The window's end as the first key (exclusive end of the key range).
     hi: String,
@@ -706,10 +723,40 @@ pub struct ChangeScan {
     drained: Option<usize>,
 }
 
+/// A lane's next row, ordered by (row key, lane): lanes are in cluster order.
+struct Head {
+    rk: String,
+    lane: usize,
+    row: ChangeRow,
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.rk, self.lane) == (&other.rk, other.lane)
+    }
+}
+
+impl Eq for Head {}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.rk, self.lane).cmp(&(&other.rk, other.lane))
+    }
+}
+
 struct Lane {
     cluster: String,
     pk: String,
     buf: VecDeque<(String, ChangeRow)>,
+    /// The facts of the commit of this lane's last row: a cluster's consecutive changes are
+    /// mostly one commit's, so most rows need no lookup.
+    last: Option<(String, Arc<CommitFacts>)>,
     /// Where the next read starts, and whether a row at exactly that key was read already.
     from: String,
     exclusive: bool,
@@ -718,6 +765,12 @@ struct Lane {
 }
 
 impl Lane {
+    /// Its next buffered row, as a head for the merge.
+    fn head(&mut self, lane: usize) -> Option<Reverse<Head>> {
+        let (rk, row) = self.buf.pop_front()?;
+        Some(Reverse(Head { rk, lane, row }))
+    }
+
     async fn fill(&mut self, store: &dyn Store, hi: &str) -> Result<(), StoreError> {
         let want = self.size + usize::from(self.exclusive);
         let rows = store
@@ -762,19 +815,14 @@ impl ChangeScan {
             if let Some(i) = self.drained.take() {
                 let lane = &mut self.lanes[i];
                 lane.fill(ledger.store.as_ref(), &self.hi).await?;
-                if let Some((head, _)) = lane.buf.front() {
-                    self.heap.push(Reverse((head.clone(), i)));
-                }
+                self.heap.extend(lane.head(i));
             }
-            let Some(Reverse((rk, i))) = self.heap.pop() else {
+            let Some(Reverse(Head { rk, lane: i, row })) = self.heap.pop() else {
                 return Ok(None);
             };
             let lane = &mut self.lanes[i];
-            let Some((_, row)) = lane.buf.pop_front() else {
-                continue;
-            };
-            match lane.buf.front() {
-                Some((head, _)) => self.heap.push(Reverse((head.clone(), i))),
+            match lane.head(i) {
+                Some(next) => self.heap.push(next),
                 None if !lane.exhausted => self.drained = Some(i),
                 None => {}
             }
@@ -796,7 +844,14 @@ impl ChangeScan {
                 }
                 continue;
             }
-            let facts = ledger.join(&mut self.joined, &row.sha).await?;
+            let facts = match &self.lanes[i].last {
+                Some((sha, facts)) if *sha == row.sha => facts.clone(),
+                _ => {
+                    let facts = ledger.join(&mut self.joined, &row.sha).await?;
+                    self.lanes[i].last = Some((row.sha.clone(), facts.clone()));
+                    facts
+                }
+            };
             let wanted = self.q.repository.as_ref().is_none_or(|r| {
                 facts.commit.as_ref().map(|c| c.repository.as_str()) == Some(r.as_str())
             }) && self
@@ -863,6 +918,7 @@ impl Ledger {
                     pk: cluster_partition(&cluster),
                     cluster,
                     buf: VecDeque::new(),
+                    last: None,
                     from,
                     exclusive,
                     size,
@@ -873,9 +929,9 @@ impl Ledger {
         let store = self.store.as_ref();
         futures::future::try_join_all(lanes.iter_mut().map(|l| l.fill(store, &hi))).await?;
         let heap = lanes
-            .iter()
+            .iter_mut()
             .enumerate()
-            .filter_map(|(i, l)| l.buf.front().map(|(rk, _)| Reverse((rk.clone(), i))))
+            .filter_map(|(i, l)| l.head(i))
             .collect();
         Ok(ChangeScan {
             q: q.clone(),

@@ -599,6 +599,9 @@ async fn the_csv_export_is_the_whole_window_escaped_and_neutralised() {
         assert_eq!(rows[1][col("sha")], c(5));
         assert_eq!(rows[1][col("state")], "applied");
         assert_eq!(rows[1][col("approved")], "false");
+        let times: Vec<&str> = rows[1..].iter().map(|r| r[col("time")].as_str()).collect();
+        let want: Vec<String> = (1..=5).rev().map(|n| rfc(at(100 + n))).collect();
+        assert_eq!(times, want, "RFC 3339, to the second, newest first");
     }
     // An empty window is the header alone.
     let resp = app
