@@ -706,6 +706,9 @@ const JOIN_CACHE: usize = 8_192;
 
 /// The most index rows one read of a cluster's partition asks for.
 const CHUNK: usize = 500;
+/// About the most change rows the lanes of one scan hold at once (~10 MB): a fleet of 50
+/// clusters reads 500 at a time per cluster, one of 1,000 clusters 25.
+const MERGE_ROWS: usize = 25_000;
 
 /// A read of the feed: one lane per cluster partition the query reads, merged in (row key,
 /// cluster) order. Each lane reads its partition in key ranges that start at the page's size
@@ -761,6 +764,9 @@ struct Lane {
     from: String,
     exclusive: bool,
     size: usize,
+    /// The most rows one read asks for: `CHUNK`, less in a fleet of many clusters, so the
+    /// lanes together buffer at most about `MERGE_ROWS`.
+    cap: usize,
     exhausted: bool,
 }
 
@@ -789,7 +795,7 @@ impl Lane {
             self.from.clone_from(rk);
             self.exclusive = true;
         }
-        self.size = (self.size * 2).min(CHUNK);
+        self.size = (self.size * 2).min(self.cap);
         Ok(())
     }
 }
@@ -904,7 +910,8 @@ impl Ledger {
         };
         clusters.sort();
         let (lo, hi) = (stamp_after(q.to), stamp_after(q.from));
-        let size = first.clamp(1, CHUNK);
+        let cap = (MERGE_ROWS / clusters.len().max(1)).clamp(16, CHUNK);
+        let size = first.clamp(1, cap);
         let mut lanes: Vec<Lane> = clusters
             .into_iter()
             .map(|cluster| {
@@ -922,6 +929,7 @@ impl Ledger {
                     from,
                     exclusive,
                     size,
+                    cap,
                     exhausted: false,
                 }
             })

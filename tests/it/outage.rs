@@ -196,7 +196,7 @@ async fn storage_outage_in_the_middle_of_a_stream_loses_nothing() {
     let port = free_port();
     let azurite = Azurite::start(dir.path(), port).await;
     let sb_ref = FakeServiceBus::start().await;
-    let reference = spawn_with(vars_for(port, &unique_prefix(), &sb_ref)).await;
+    let reference = spawn_exact(vars_for(port, &unique_prefix(), &sb_ref)).await;
     for (kind, body) in &events {
         assert_eq!(send(&reference, kind, body).await, StatusCode::ACCEPTED);
     }
@@ -211,7 +211,7 @@ async fn storage_outage_in_the_middle_of_a_stream_loses_nothing() {
     let port = free_port();
     let azurite = Azurite::start(dir.path(), port).await;
     let sb = FakeServiceBus::start().await;
-    let app = spawn_with(vars_for(port, &unique_prefix(), &sb)).await;
+    let app = spawn_exact(vars_for(port, &unique_prefix(), &sb)).await;
     let (before, rest) = events.split_at(10);
     let (during, after) = rest.split_at(3);
     for (kind, body) in before {
@@ -271,7 +271,7 @@ async fn two_processes_sharing_one_store_agree_with_one() {
     let _azurite = Azurite::start(dir.path(), port).await;
 
     let sb_one = FakeServiceBus::start().await;
-    let one = spawn_with(vars_for(port, &unique_prefix(), &sb_one)).await;
+    let one = spawn_exact(vars_for(port, &unique_prefix(), &sb_one)).await;
     for (kind, body) in &events {
         assert_eq!(send(&one, kind, body).await, StatusCode::ACCEPTED);
     }
@@ -280,8 +280,8 @@ async fn two_processes_sharing_one_store_agree_with_one() {
 
     let sb = FakeServiceBus::start().await;
     let shared = unique_prefix();
-    let a = spawn_with(vars_for(port, &shared, &sb)).await;
-    let b = spawn_with(vars_for(port, &shared, &sb)).await;
+    let a = spawn_exact(vars_for(port, &shared, &sb)).await;
+    let b = spawn_exact(vars_for(port, &shared, &sb)).await;
     // Interleaved: consecutive events of the same objects go to different processes, and
     // each pair is sent at the same time.
     assert_eq!(
