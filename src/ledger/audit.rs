@@ -22,11 +22,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use base64::Engine;
-use std::fmt::Write as _;
-
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -429,13 +428,15 @@ impl Ledger {
     }
 
     fn known(&self, key: &str) -> Option<DateTime<Utc>> {
-        self.pairs.lock(key).and_then(|s| s.get(key).copied())
+        self.register_cache
+            .lock(key)
+            .and_then(|s| s.get(key).copied())
     }
 
     fn remember(&self, key: &str, at: DateTime<Utc>) {
-        if let Some(mut shard) = self.pairs.lock(key) {
+        if let Some(mut shard) = self.register_cache.lock(key) {
             let at = shard.get(key).map_or(at, |k| (*k).min(at));
-            self.pairs.insert(&mut shard, key, at, |_| {});
+            self.register_cache.insert(&mut shard, key, at, |_| {});
         }
     }
 
@@ -890,6 +891,21 @@ impl ChangeScan {
 }
 
 impl Ledger {
+    /// The clusters a query reads, in name order: its own, or every one in the registry.
+    async fn clusters(&self, q: &ChangeQuery) -> Result<Vec<String>, StoreError> {
+        Ok(match &q.cluster {
+            Some(c) => vec![c.clone()],
+            // Row keys: already in order.
+            None => self
+                .store
+                .query_partition(Table::Audit, CLUSTERS, None)
+                .await?
+                .into_iter()
+                .map(|e| e.rk)
+                .collect(),
+        })
+    }
+
     /// Starts a read of the feed after `cursor` (exclusive), each lane's first read `first`
     /// rows: one range per cluster (the fleet's clusters from their registry), read at once.
     pub async fn change_scan(
@@ -898,17 +914,7 @@ impl Ledger {
         cursor: Option<&Cursor>,
         first: usize,
     ) -> Result<ChangeScan, StoreError> {
-        let mut clusters = match &q.cluster {
-            Some(c) => vec![c.clone()],
-            None => self
-                .store
-                .query_partition(Table::Audit, CLUSTERS, None)
-                .await?
-                .into_iter()
-                .map(|e| e.rk)
-                .collect(),
-        };
-        clusters.sort();
+        let clusters = self.clusters(q).await?;
         let (lo, hi) = (stamp_after(q.to), stamp_after(q.from));
         let cap = (MERGE_ROWS / clusters.len().max(1)).clamp(16, CHUNK);
         let size = first.clamp(1, cap);
@@ -1017,16 +1023,7 @@ impl Ledger {
     /// (the fleet's clusters from their registry), each commit joined once.
     pub async fn change_summary(&self, q: &ChangeQuery) -> Result<Value, StoreError> {
         let mut pairs: HashMap<(String, String), Verdict> = HashMap::new();
-        let clusters = match &q.cluster {
-            Some(c) => vec![c.clone()],
-            None => self
-                .store
-                .query_partition(Table::Audit, CLUSTERS, None)
-                .await?
-                .into_iter()
-                .map(|e| e.rk)
-                .collect(),
-        };
+        let clusters = self.clusters(q).await?;
         let mut in_window: Vec<PairRow> = vec![];
         for cluster in clusters {
             let rows = self

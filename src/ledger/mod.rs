@@ -73,8 +73,9 @@ pub struct Ledger {
     policy: Arc<crate::policy::Policy>,
     /// The branch graphs built last (see `graphs.rs`).
     graphs: Arc<graphs::GraphCache>,
-    /// `{cluster}|{sha}` → an earliest apply its pair row is known to hold (or earlier).
-    pairs: Arc<shards::Shards<chrono::DateTime<chrono::Utc>>>,
+    /// What the audit registries are known to hold (`audit::Register::cache_key`): a pair
+    /// row's earliest apply (or an earlier one), a cluster's registry row.
+    register_cache: Arc<shards::Shards<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Ledger {
@@ -86,7 +87,7 @@ impl Ledger {
             missing: Arc::default(),
             policy: Arc::default(),
             graphs: Arc::default(),
-            pairs: Arc::new(shards::Shards::with_capacity(16_384)),
+            register_cache: Arc::new(shards::Shards::with_capacity(16_384)),
         }
     }
 

@@ -375,6 +375,35 @@ impl SqliteStore {
         .await
     }
 
+    /// One partition's rows with keys in `[from, to)`, at most `limit`, in key order: `text`
+    /// (the range bound as `?1`…`?5`) run by `rows`, which reads what it selects.
+    async fn range<T, F>(
+        &self,
+        table: Table,
+        pk: &str,
+        (from, to): (&str, &str),
+        limit: usize,
+        text: &'static str,
+        rows: F,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(
+                &mut rusqlite::CachedStatement<'_>,
+                &[&dyn rusqlite::ToSql],
+            ) -> Result<Vec<T>, StoreError>
+            + Send
+            + 'static,
+    {
+        let (pk, from, to) = (pk.to_string(), from.to_string(), to.to_string());
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql(table, text)).map_err(map_err)?;
+            rows(&mut stmt, params![table.name(), pk, from, to, limit])
+        })
+        .await
+    }
+
     /// Queues a write for the writer and waits for its commit.
     async fn write(
         &self,
@@ -1090,25 +1119,10 @@ impl Store for SqliteStore {
         to: &str,
         limit: usize,
     ) -> Result<Vec<Entity>, StoreError> {
-        let (pk, from, to) = (pk.to_string(), from.to_string(), to.to_string());
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&sql(
-                    table,
-                    "SELECT pk, rk, etag, props FROM entities
-                     WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3 AND rk < ?4 ORDER BY rk LIMIT ?5",
-                ))
-                .map_err(map_err)?;
-            entities(
-                &mut stmt,
-                params![
-                    table.name(),
-                    pk,
-                    from,
-                    to,
-                    limit.min(i64::MAX as usize) as i64
-                ],
-            )
+        let text = "SELECT pk, rk, etag, props FROM entities
+                    WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3 AND rk < ?4 ORDER BY rk LIMIT ?5";
+        self.range(table, pk, (from, to), limit, text, |stmt, params| {
+            entities(stmt, params)
         })
         .await
     }
@@ -1121,26 +1135,13 @@ impl Store for SqliteStore {
         to: &str,
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let (pk, from, to) = (pk.to_string(), from.to_string(), to.to_string());
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&sql(
-                    table,
-                    "SELECT rk, props FROM entities
-                     WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3 AND rk < ?4 ORDER BY rk LIMIT ?5",
-                ))
-                .map_err(map_err)?;
+        let text = "SELECT rk, props FROM entities
+                    WHERE tbl = ?1 AND pk = ?2 AND rk >= ?3 AND rk < ?4 ORDER BY rk LIMIT ?5";
+        self.range(table, pk, (from, to), limit, text, |stmt, params| {
             let rows = stmt
-                .query_map(
-                    params![
-                        table.name(),
-                        pk,
-                        from,
-                        to,
-                        limit.min(i64::MAX as usize) as i64
-                    ],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-                )
+                .query_map(params, |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
                 .map_err(map_err)?;
             rows.map(|r| r.map_err(map_err)).collect()
         })
