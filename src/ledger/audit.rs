@@ -891,11 +891,12 @@ impl ChangeScan {
 }
 
 impl Ledger {
-    /// The clusters a query reads, in name order: its own, or every one in the registry.
+    /// The clusters a query reads, in name order as Rust compares names (the merge's ties
+    /// and its cursor use that order; Table Storage orders keys by UTF-16): its own, or every
+    /// one in the registry.
     async fn clusters(&self, q: &ChangeQuery) -> Result<Vec<String>, StoreError> {
-        Ok(match &q.cluster {
+        let mut clusters: Vec<String> = match &q.cluster {
             Some(c) => vec![c.clone()],
-            // Row keys: already in order.
             None => self
                 .store
                 .query_partition(Table::Audit, CLUSTERS, None)
@@ -903,7 +904,9 @@ impl Ledger {
                 .into_iter()
                 .map(|e| e.rk)
                 .collect(),
-        })
+        };
+        clusters.sort();
+        Ok(clusters)
     }
 
     /// Starts a read of the feed after `cursor` (exclusive), each lane's first read `first`
