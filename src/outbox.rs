@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::core::Message;
+use crate::ledger::groups;
 use crate::ledger::records::{Delivery, OutboxRecord, ROW_OUTBOX};
 use crate::publish::{PublishError, Publisher};
 use crate::store::{BatchOp, Etag, Row, Store, StoreError, Table};
@@ -215,9 +216,46 @@ impl Dispatcher {
                 });
             }
         }
+        let mut handled: Vec<Due> = Vec::with_capacity(rest.len());
+        // Incident messages join or leave their group before their first attempt (contract
+        // §9, `ledger::groups`); the group's own messages go out first, so a subscriber sees
+        // `group.opened` before the first `apply.failed` that names it.
+        let settled = {
+            let mut messages: Vec<&mut Message> =
+                rest.iter_mut().map(|d| &mut d.rec.message).collect();
+            groups::settle(self.store.as_ref(), &mut messages).await?
+        };
+        if !settled.partitions.is_empty() {
+            let pks: Vec<String> = settled.partitions.into_iter().collect();
+            pass.add(Box::pin(self.deliver_partitions(&pks, now)).await?);
+        }
+        // A message whose group could not be settled yet (its group kept changing under
+        // other settlers) waits, and its object's later messages with it.
+        let unsettled: BTreeSet<usize> = rest
+            .iter()
+            .filter(|d| groups::unsettled(&d.rec.message))
+            .map(|d| d.part)
+            .collect();
+        if !unsettled.is_empty() {
+            rest.retain(|d| !unsettled.contains(&d.part));
+            pass.add(Pass {
+                delivered: 0,
+                next_due: Some(now + chrono::Duration::from_std(self.policy.base).unwrap_or_default()),
+            });
+        }
+        // Internal messages (`incident.closed`) are settled, never published.
+        let (internal, publish): (Vec<Due>, Vec<Due>) = rest
+            .into_iter()
+            .partition(|d| d.rec.message.kind.is_internal());
+        rest = publish;
+        for mut d in internal {
+            d.rec.delivery = Delivery::Delivered;
+            d.rec.delivered_at = Some(now);
+            d.rec.next_attempt_at = None;
+            handled.push(d);
+        }
         // Handed over in order; after a failure, the failed message's object waits and the
         // others go on.
-        let mut handled: Vec<Due> = Vec::with_capacity(rest.len());
         while !rest.is_empty() {
             let messages: Vec<Message> = rest.iter().map(|d| d.rec.message.clone()).collect();
             let (accepted, failure) = match self.publisher.publish_all(&messages).await {

@@ -384,6 +384,9 @@ fn stall_message(
             incident_id: None,
             repository: follows.map(|f| f.repository.to_string()),
             custom: None,
+            opened_at: None,
+            cause: None,
+            group_id: None,
         }),
         // Once per silence: keyed by the object's last report (its event count).
         std::cmp::Ordering::Equal => Some(Message {
@@ -409,6 +412,9 @@ fn stall_message(
             incident_id: None,
             repository: follows.map(|f| f.repository.to_string()),
             custom: None,
+            opened_at: None,
+            cause: None,
+            group_id: None,
         }),
         std::cmp::Ordering::Greater => None,
     }

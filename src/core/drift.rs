@@ -31,6 +31,9 @@ pub fn message(f: &Facts<'_>) -> Message {
         incident_id: None,
         repository: f.repository.as_ref().map(ToString::to_string),
         custom: None,
+        opened_at: None,
+        cause: None,
+        group_id: None,
     }
 }
 

@@ -37,6 +37,22 @@ pub struct Incident {
     /// Why it closed without a success: `retired` (an operator retired the object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<String>,
+    /// What the incident's group is keyed by (contract §9, `cause_key`): decided when it
+    /// opened and kept, so a re-announcement at another revision and the recovery stay in
+    /// the group the first failure opened. `None` on incidents opened before groups existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+/// The cause a failure is grouped by: its commit when the revision names one (on any object,
+/// any cluster), else the revision string, else (a failure that names no revision at all) the
+/// object itself — unrelated failures without a revision must not share one ticket.
+pub fn cause_key(sha: Option<&str>, revision: Option<&str>, object: &ObjectRef) -> String {
+    match (sha, revision) {
+        (Some(sha), _) => format!("sha:{sha}"),
+        (None, Some(rev)) if !rev.is_empty() => format!("revision:{rev}"),
+        _ => format!("object:{}", object.subject()),
+    }
 }
 
 fn incident_id(object: &ObjectRef, opening_event: &str) -> String {
@@ -66,6 +82,9 @@ impl Facts<'_> {
             incident_id: Some(incident.id.clone()),
             repository: self.repository.as_ref().map(ToString::to_string),
             custom: None,
+            opened_at: Some(incident.opened_at),
+            cause: incident.cause.clone(),
+            group_id: None,
         }
     }
 }
@@ -89,6 +108,11 @@ pub fn on_failure(open: Option<Incident>, f: &Facts<'_>, out: &mut Vec<Message>)
                 last_failure_at: e.timestamp,
                 announcements: 1,
                 closed_by: None,
+                cause: Some(cause_key(
+                    f.sha.as_ref().map(CommitSha::as_str),
+                    f.revision.as_deref(),
+                    &e.object,
+                )),
             };
             out.push(f.message(
                 MessageType::ApplyFailed,

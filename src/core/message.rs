@@ -27,6 +27,17 @@ pub enum MessageType {
     /// once the grace passed (contract §10): once per (commit, cluster).
     #[serde(rename = "io.fluxtrail.change.unapproved")]
     ChangeUnapproved,
+    /// The first incident of a cause opened (contract §9).
+    #[serde(rename = "io.fluxtrail.group.opened")]
+    GroupOpened,
+    /// The last open incident of a cause resolved (contract §9).
+    #[serde(rename = "io.fluxtrail.group.resolved")]
+    GroupResolved,
+    /// Internal, never published: an incident closed without a recovery (the object was
+    /// retired). It rides the object's outbox so its group learns of it exactly as of a
+    /// recovery, in the object's order.
+    #[serde(rename = "io.fluxtrail.incident.closed")]
+    IncidentClosed,
 }
 
 impl MessageType {
@@ -38,18 +49,39 @@ impl MessageType {
             MessageType::RolloutStalled => "io.fluxtrail.rollout.stalled",
             MessageType::ObjectSilent => "io.fluxtrail.object.silent",
             MessageType::ChangeUnapproved => "io.fluxtrail.change.unapproved",
+            MessageType::GroupOpened => "io.fluxtrail.group.opened",
+            MessageType::GroupResolved => "io.fluxtrail.group.resolved",
+            MessageType::IncidentClosed => "io.fluxtrail.incident.closed",
         }
     }
 
     /// For subscription filters (`severity` application property).
     pub fn severity(self) -> &'static str {
         match self {
-            MessageType::ApplyFailed | MessageType::ChangeUnapproved => "error",
-            MessageType::ApplyRecovered => "info",
+            MessageType::ApplyFailed | MessageType::ChangeUnapproved | MessageType::GroupOpened => {
+                "error"
+            }
+            MessageType::ApplyRecovered
+            | MessageType::GroupResolved
+            | MessageType::IncidentClosed => "info",
             MessageType::DriftDetected
             | MessageType::RolloutStalled
             | MessageType::ObjectSilent => "warning",
         }
+    }
+
+    /// Whether the message opens or closes an incident: its group is settled before it is
+    /// published (`ledger::groups`).
+    pub fn is_incident(self) -> bool {
+        matches!(
+            self,
+            MessageType::ApplyFailed | MessageType::ApplyRecovered | MessageType::IncidentClosed
+        )
+    }
+
+    /// Internal messages are settled like the others but never handed to a publisher.
+    pub fn is_internal(self) -> bool {
+        self == MessageType::IncidentClosed
     }
 }
 
@@ -71,6 +103,17 @@ pub struct Message {
     /// subject and data; `object` then names only the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<Custom>,
+    /// When the message's incident opened (its object's clock): what the incident index and
+    /// the group record. Not part of the CloudEvent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<DateTime<Utc>>,
+    /// The incident's cause (`incident::cause_key`): which group it belongs to. Internal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The incident's group (contract §9), settled by the dispatcher before the first
+    /// attempt to publish the message and kept with it, so every attempt is the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
 }
 
 /// The subject and data of a message that is not about one object.
@@ -103,7 +146,7 @@ impl Message {
                 "data": c.data,
             });
         }
-        json!({
+        let mut event = json!({
             "specversion": "1.0",
             "id": self.id,
             "source": "fluxtrail",
@@ -124,7 +167,11 @@ impl Message {
                 "repository": self.repository,
                 "severity": self.kind.severity(),
             }
-        })
+        });
+        if self.kind.is_incident() {
+            event["data"]["groupId"] = json!(self.group_id);
+        }
+        event
     }
 }
 
@@ -149,6 +196,9 @@ impl Message {
             incident_id: None,
             repository: None,
             custom: None,
+            opened_at: None,
+            cause: None,
+            group_id: None,
         }
     }
 }

@@ -1323,6 +1323,9 @@ impl Ledger {
                 subject: format!("{cluster}/{sha}"),
                 data,
             }),
+            opened_at: None,
+            cause: None,
+            group_id: None,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod evidence;
 mod flux;
 mod git;
 mod graphs;
+pub mod groups;
 mod missing;
 pub mod records;
 mod shards;
@@ -535,11 +536,42 @@ impl Ledger {
                     &inc,
                     &[("rowType", ROW_INCIDENT)],
                 )));
+                // Not published: it tells the incident's group that it closed (contract §9).
+                let closed = crate::core::message::Message {
+                    id: crate::core::message::message_id(
+                        crate::core::message::MessageType::IncidentClosed,
+                        object,
+                        &inc.id,
+                    ),
+                    kind: crate::core::message::MessageType::IncidentClosed,
+                    object: object.clone(),
+                    time: now,
+                    revision: inc.revision.clone(),
+                    sha: inc.sha.clone(),
+                    reason: Some("Retired".into()),
+                    message: None,
+                    incident_id: Some(inc.id.clone()),
+                    repository: None,
+                    custom: None,
+                    opened_at: Some(inc.opened_at),
+                    cause: inc.cause.clone(),
+                    group_id: None,
+                };
+                let rk = format!("outbox|{:012}|r0|{}", state.events, closed.id);
+                ops.push(BatchOp::Insert(tagged(
+                    &pk,
+                    &rk,
+                    &records::OutboxRecord::pending(closed),
+                    &[("rowType", records::ROW_OUTBOX)],
+                )));
             }
             let entity = tagged(&pk, "state", &state, &[("rowType", ROW_STATE)]);
             ops.insert(0, BatchOp::Update(entity, row.etag.clone().expect("etag")));
             match self.store.batch(Table::Objects, &pk, ops).await {
-                Ok(_) => return Ok(Some(state)),
+                Ok(_) => {
+                    self.notify_outbox(&pk);
+                    return Ok(Some(state));
+                }
                 Err(StoreError::PreconditionFailed | StoreError::Conflict) => continue,
                 Err(e) => return Err(e),
             }

@@ -228,9 +228,10 @@ impl ServiceBusPublisher {
             props.insert(k.to_string(), format!("\"{}\"", v.replace('"', "")));
         };
         put("type", message.kind.as_str());
-        put("cluster", &o.cluster);
-        // A message about a (commit, cluster) names no object.
+        // A message about a (commit, cluster) names no object; one about a group (which may
+        // span clusters) not even a cluster.
         for (k, v) in [
+            ("cluster", &o.cluster),
             ("namespace", &o.namespace),
             ("kind", &o.kind),
             ("name", &o.name),
@@ -242,6 +243,9 @@ impl ServiceBusPublisher {
         put("severity", message.kind.severity());
         if let Some(r) = &message.repository {
             put("repository", r);
+        }
+        if let Some(g) = &message.group_id {
+            put("groupid", g);
         }
         SendMessageOptions {
             content_type: Some("application/cloudevents+json".into()),

@@ -50,6 +50,8 @@ pub enum Answer {
 struct State {
     requests: Vec<Captured>,
     script: VecDeque<Answer>,
+    /// The `group.*` messages' requests.
+    group_requests: Vec<Captured>,
     /// Answer this when the script is empty (default 201).
     fallback: Option<u16>,
 }
@@ -86,10 +88,18 @@ impl FakeServiceBus {
                                 })
                                 .collect();
                             let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                            // The script is for messages about objects: a `group.*` message
+                            // (contract §9) gets the fallback and is kept apart, so a test
+                            // scripting an object's message sees exactly its attempts.
+                            let group = is_group(&body);
                             let answer = {
                                 let mut st = s.lock().unwrap();
                                 let fallback = st.fallback.unwrap_or(201);
-                                st.script.pop_front().unwrap_or(Answer::Status(fallback))
+                                if group {
+                                    Answer::Status(fallback)
+                                } else {
+                                    st.script.pop_front().unwrap_or(Answer::Status(fallback))
+                                }
                             };
                             // Recorded on arrival. A delayed answer is a message the broker
                             // took but whose sender timed out: it is enqueued (201), and the
@@ -98,13 +108,21 @@ impl FakeServiceBus {
                                 Answer::Status(code) => code,
                                 Answer::Delay(_) => 201,
                             };
-                            s.lock().unwrap().requests.push(Captured {
+                            let captured = Captured {
                                 method,
                                 path,
                                 headers,
                                 body,
                                 status,
-                            });
+                            };
+                            {
+                                let mut st = s.lock().unwrap();
+                                if group {
+                                    st.group_requests.push(captured);
+                                } else {
+                                    st.requests.push(captured);
+                                }
+                            }
                             if let Answer::Delay(d) = answer {
                                 tokio::time::sleep(d).await;
                             }
@@ -143,14 +161,19 @@ impl FakeServiceBus {
         self.state.lock().unwrap().requests.clone()
     }
 
-    /// Requests answered 201, once per `MessageId`: the messages a topic with duplicate
-    /// detection holds.
+    /// The messages about objects it accepted, once per `MessageId` (what a topic with
+    /// duplicate detection holds); `accepted_all` adds the
+    /// `group.*` ones (contract §9).
     pub fn accepted(&self) -> Vec<Captured> {
-        let mut seen = std::collections::HashSet::new();
-        self.requests()
-            .into_iter()
-            .filter(|r| r.status == 201 && seen.insert(r.message_id()))
-            .collect()
+        once_each(self.requests())
+    }
+
+    /// Every message it accepted, once each: the objects' in order, then the groups'.
+    pub fn accepted_all(&self) -> Vec<Captured> {
+        let groups = self.state.lock().unwrap().group_requests.clone();
+        let mut all = self.accepted();
+        all.extend(once_each(groups));
+        all
     }
 
     /// Waits (bounded) until `n` messages were accepted.
@@ -174,4 +197,20 @@ impl FakeServiceBus {
         }
         self.requests()
     }
+}
+
+fn once_each(requests: Vec<Captured>) -> Vec<Captured> {
+    let mut seen = std::collections::HashSet::new();
+    requests
+        .into_iter()
+        .filter(|r| r.status == 201 && seen.insert(r.message_id()))
+        .collect()
+}
+
+fn is_group(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|m| {
+        m["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("io.fluxtrail.group."))
+    })
 }

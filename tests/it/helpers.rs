@@ -242,12 +242,26 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// The CloudEvents published so far: the local sink's lines, or the bodies Service Bus
-    /// accepted.
+    /// The CloudEvents about objects published so far (everything but `group.*`, which
+    /// `group_messages` has): the local sink's lines, or the bodies Service Bus accepted.
     pub fn messages(&self) -> Vec<Value> {
+        let mut all = self.all_messages();
+        all.retain(|m| !is_group_message(m));
+        all
+    }
+
+    /// The `group.*` CloudEvents published so far (contract §9).
+    pub fn group_messages(&self) -> Vec<Value> {
+        let mut all = self.all_messages();
+        all.retain(is_group_message);
+        all
+    }
+
+    /// Every CloudEvent published so far, in the order published.
+    pub fn all_messages(&self) -> Vec<Value> {
         if let Some(sb) = &self.service_bus {
             return sb
-                .accepted()
+                .accepted_all()
                 .iter()
                 .map(|r| serde_json::from_slice(&r.body).unwrap())
                 .collect();
@@ -257,6 +271,18 @@ impl TestApp {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// Waits (bounded) until at least `n` group messages were published, and returns them.
+    pub async fn wait_group_messages(&self, n: usize) -> Vec<Value> {
+        for _ in 0..300 {
+            let m = self.group_messages();
+            if m.len() >= n {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.group_messages()
     }
 
     /// Waits (bounded) until the sink holds at least `n` messages, and returns them.
@@ -438,6 +464,12 @@ pub async fn sweep_at(app: &TestApp, minutes: i64) -> Value {
     assert_eq!(body["ReturnValue"], Value::Null);
     assert!(body["Logs"].as_array().is_some_and(|l| !l.is_empty()));
     body
+}
+
+pub fn is_group_message(m: &Value) -> bool {
+    m["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("io.fluxtrail.group."))
 }
 
 /// The CloudEvent types of `messages`, without the `io.fluxtrail.` prefix.

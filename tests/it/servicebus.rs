@@ -224,7 +224,8 @@ async fn unauthorized_keeps_the_message_and_reports_unhealthy() {
         h["publisher"]["error"].as_str().unwrap().contains("401"),
         "{h}"
     );
-    assert_eq!(h["outbox"]["pending"], 1);
+    // The incident's message and its group's `group.opened`.
+    assert_eq!(h["outbox"]["pending"], 2);
     // Fixed configuration: the kept message goes out.
     sb.fallback(201);
     assert_eq!(sb.wait_accepted(1).await.len(), 1);
@@ -258,13 +259,25 @@ async fn messages_parked_by_an_outage_are_delivered_by_themselves_in_order() {
     app.post_flux("/api/hooks/flux/prod-eu", &ok).await;
     sb.wait_requests(4).await;
     let (_, dead) = app.get_json("/api/outbox?delivery=dead").await;
-    let dead = dead["messages"].as_array().unwrap();
+    let (groups, dead): (Vec<Value>, Vec<Value>) = dead["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .partition(|m| crate::helpers::is_group_message(&m["message"]));
+    // The incident's group opened too, and its message waits out the same outage.
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0]["message"]["type"], "io.fluxtrail.group.opened");
     assert_eq!(dead.len(), 1);
     assert!(dead[0]["attempts"].as_u64().unwrap() >= 3);
     assert_eq!(dead[0]["message"]["type"], "io.fluxtrail.apply.failed");
     assert!(dead[0]["lastError"].as_str().unwrap().contains("500"));
     let (_, h) = app.get_json("/api/health").await;
-    assert_eq!(h["outbox"], json!({"pending": 1, "dead": 1}));
+    // Parked: the incident's message and its group's. Waiting: the recovery, and the
+    // group's resolution once the recovery was settled (it is when its turn came before the
+    // outage's first answer).
+    assert_eq!(h["outbox"]["dead"], 2, "{h}");
+    assert!(matches!(h["outbox"]["pending"].as_u64(), Some(1 | 2)), "{h}");
     assert!(
         sb.requests()
             .iter()
@@ -280,6 +293,15 @@ async fn messages_parked_by_an_outage_are_delivered_by_themselves_in_order() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sb.accepted().len(), 2, "each once");
+    // The group's two messages, each once, by themselves too.
+    for _ in 0..300 {
+        if sb.accepted_all().len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = accepted_types(&sb.accepted_all());
+    assert_eq!(&all[2..], ["io.fluxtrail.group.opened", "io.fluxtrail.group.resolved"]);
     let (_, h) = app.get_json("/api/health").await;
     assert_eq!(h["outbox"], json!({"pending": 0, "dead": 0}));
 }
@@ -393,6 +415,9 @@ async fn managed_identity_sends_a_bearer_token_instead_of_sas() {
         incident_id: None,
         repository: None,
         custom: None,
+        opened_at: None,
+        cause: None,
+        group_id: None,
     };
     publisher.publish(&message).await.unwrap();
     let r = &sb.requests()[0];
