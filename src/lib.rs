@@ -7,6 +7,7 @@
 pub mod config;
 pub mod core;
 pub mod domain;
+pub mod dora;
 pub mod flux;
 pub mod git;
 pub mod http;

@@ -240,7 +240,9 @@ impl Dispatcher {
             rest.retain(|d| !unsettled.contains(&d.part));
             pass.add(Pass {
                 delivered: 0,
-                next_due: Some(now + chrono::Duration::from_std(self.policy.base).unwrap_or_default()),
+                next_due: Some(
+                    now + chrono::Duration::from_std(self.policy.base).unwrap_or_default(),
+                ),
             });
         }
         // Internal messages (`incident.closed`) are settled, never published.

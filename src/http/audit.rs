@@ -14,6 +14,7 @@ use super::read::authorize;
 use super::{ApiError, AppState, Body};
 use crate::domain::RepoKey;
 use crate::ledger::audit::{csv_line, BranchCursor, ChangeQuery, Cursor, Opaque, CSV_HEADER};
+use crate::ledger::groups::{GroupCursor, GroupState};
 use crate::ledger::Ledger;
 
 /// Default and largest page (contract §7).
@@ -303,4 +304,52 @@ pub(super) async fn summary(
     let q = change_query(&p)?;
     let summary = state.ledger.change_summary(&q).await?;
     Ok(json_response(StatusCode::OK, &summary))
+}
+
+/// `GET /api/groups?state=open|resolved`: incident groups, one per cause (contract §9).
+pub(super) async fn groups(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    authorize(state, headers)?;
+    let p = Params::parse(query, &["state", "limit", "cursor"])?;
+    let which = match p.raw("state") {
+        None => None,
+        Some("open") => Some(GroupState::Open),
+        Some("resolved") => Some(GroupState::Resolved),
+        Some(v) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "state={v:?} must be open or resolved"
+            )))
+        }
+    };
+    let limit = p.limit()?;
+    let cursor = p
+        .raw("cursor")
+        .map(|c| {
+            GroupCursor::decode(c)
+                .filter(|cur| which.is_none_or(|w| w == cur.s))
+                .ok_or_else(|| bad_cursor(c))
+        })
+        .transpose()?;
+    let page = state.ledger.groups(which, cursor.as_ref(), limit).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"groups": page.groups, "next": page.next.map(|c| c.encode())}),
+    ))
+}
+
+/// `GET /api/dora?from=&to=&cluster=&repository=`: delivery metrics from what really ran
+/// (contract §8).
+pub(super) async fn dora(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    authorize(state, headers)?;
+    let p = Params::parse(query, &["cluster", "repository", "from", "to"])?;
+    let q = change_query(&p)?;
+    let metrics = state.ledger.dora(&q).await?;
+    Ok(json_response(StatusCode::OK, &metrics))
 }

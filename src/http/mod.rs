@@ -45,6 +45,8 @@ pub const FUNCTION_ROUTES: &[(&str, &str, &str)] = &[
     ("Commits", "GET", "/api/commits"),
     ("Changes", "GET", "/api/changes"),
     ("ChangesSummary", "GET", "/api/changes/summary"),
+    ("Groups", "GET", "/api/groups"),
+    ("Dora", "GET", "/api/dora"),
     ("Objects", "GET", "/api/objects"),
     ("Incidents", "GET", "/api/incidents"),
     ("Outbox", "GET", "/api/outbox"),
@@ -217,6 +219,14 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         ["api", "changes", "summary"] => {
             allow(&req, &[Method::GET], "GET")?;
             audit::summary(state, req.uri().query(), req.headers()).await
+        }
+        ["api", "groups"] => {
+            allow(&req, &[Method::GET], "GET")?;
+            audit::groups(state, req.uri().query(), req.headers()).await
+        }
+        ["api", "dora"] => {
+            allow(&req, &[Method::GET], "GET")?;
+            audit::dora(state, req.uri().query(), req.headers()).await
         }
         ["api", "commits", sha] => {
             allow(&req, &[Method::GET], "GET")?;

@@ -246,12 +246,12 @@ pub(super) struct IndexWrites {
 pub(super) enum Register {
     /// The cluster has change rows: the fleet's feed and summary read it.
     Cluster(String),
-    /// The commit's first success on the cluster, as far as this change knows: the pair row
-    /// keeps the earliest.
+    /// What the change says of the commit on the cluster: the pair row keeps the earliest
+    /// of each fact.
     Pair {
         cluster: String,
         sha: String,
-        at: DateTime<Utc>,
+        facts: PairFacts,
     },
 }
 
@@ -265,22 +265,79 @@ impl Register {
     }
 }
 
-/// A (commit, cluster) that was applied: when an object of the cluster first applied it
-/// (the earliest such success, by the cluster's clock). Partition `pairs|{cluster}`, row
-/// key the sha: the coverage summary of one cluster reads these, one per commit, instead of
-/// one change row per object.
+/// What a (commit, cluster) pair row holds: the earliest of each, `None` while unknown. Its
+/// merge is the field-wise earliest — commutative, associative, idempotent — so the row is
+/// the same whatever order and however often its objects' reports arrive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairFacts {
+    /// The first report of the commit by an object of the cluster, applied or failed
+    /// (cluster clock): when the deployment happened (contract §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_at: Option<DateTime<Utc>>,
+    /// The first success (cluster clock).
+    #[serde(default)]
+    pub applied_at: Option<DateTime<Utc>>,
+    /// The first failure at the commit's revision (cluster clock): the deployment failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<DateTime<Utc>>,
+    /// When fluxtrail received the first apply report (its clock): push-to-apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl PairFacts {
+    pub fn merge(self, other: PairFacts) -> PairFacts {
+        PairFacts {
+            first_at: earliest(self.first_at, other.first_at),
+            applied_at: earliest(self.applied_at, other.applied_at),
+            failed_at: earliest(self.failed_at, other.failed_at),
+            received_at: earliest(self.received_at, other.received_at),
+        }
+    }
+
+    /// When the deployment happened: its first report (rows written before part 11 know
+    /// only their first success).
+    pub fn first(&self) -> Option<DateTime<Utc>> {
+        earliest(self.first_at, self.applied_at)
+    }
+
+    /// What a target row says of its commit on its cluster; `received_at` is the receipt of
+    /// the report that first applied it on this object, if this write is that one.
+    fn of(t: &TargetRecord, received_at: Option<DateTime<Utc>>) -> PairFacts {
+        PairFacts {
+            first_at: t.changed_at(),
+            applied_at: t.applied_at,
+            failed_at: t.failed_at.or(t.last_failed_at),
+            received_at: t.applied_at.and(received_at),
+        }
+    }
+}
+
+/// A (commit, cluster) that an object of the cluster reported applied or failed: the
+/// earliest of each fact (`PairFacts`). Partition `pairs|{cluster}`, row key the sha: the
+/// coverage summary and the delivery metrics of one cluster read these, one per commit,
+/// instead of one change row per object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PairRow {
     pub cluster: String,
     pub sha: String,
-    pub applied_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub facts: PairFacts,
 }
 
 /// The partition naming every cluster with change rows (row key: the cluster).
 const CLUSTERS: &str = "clusters";
 
-fn pair_partition(cluster: &str) -> String {
+pub(super) fn pair_partition(cluster: &str) -> String {
     format!("pairs|{cluster}")
 }
 
@@ -299,6 +356,21 @@ impl Ledger {
             new.and_then(|t| ChangeRow::of(sha, t)),
         );
         let Some(now) = now else { return w };
+        // The pair row: also when the change row stays as it is (a failure after the
+        // object's first success still makes the deployment a failed one).
+        if let Some(target) = new {
+            let before = old.map_or_else(PairFacts::default, |t| PairFacts::of(t, None));
+            let first_apply =
+                target.applied_at.is_some() && old.is_none_or(|o| o.applied_at.is_none());
+            let facts = PairFacts::of(target, first_apply.then_some(received_at));
+            if before.merge(facts) != before {
+                w.registers.push(Register::Pair {
+                    cluster: now.cluster.clone(),
+                    sha: sha.to_string(),
+                    facts,
+                });
+            }
+        }
         if was.as_ref() == Some(&now) {
             return w;
         }
@@ -330,19 +402,6 @@ impl Ledger {
                 CHECKS.into(),
                 vec![BatchOp::Upsert(Row::from_record(CHECKS, rk, &check))],
             ));
-        }
-        if let Some(at) = now.applied_at {
-            if was
-                .as_ref()
-                .and_then(|w| w.applied_at)
-                .is_none_or(|w| at < w)
-            {
-                w.registers.push(Register::Pair {
-                    cluster: now.cluster.clone(),
-                    sha: sha.to_string(),
-                    at,
-                });
-            }
         }
         if let Some(was) = was.filter(|w| w.time != now.time) {
             let (pk, rk) = was.cluster_key();
@@ -381,32 +440,44 @@ impl Ledger {
                         vec![BatchOp::Upsert(registry)],
                     ));
                 }
-                Register::Pair { cluster, sha, at } => {
-                    if self.known(&key).is_some_and(|known| known <= *at) {
+                Register::Pair {
+                    cluster,
+                    sha,
+                    facts,
+                } => {
+                    if self
+                        .known(&key)
+                        .is_some_and(|known| known.merge(*facts) == known)
+                    {
                         continue;
                     }
                     let pk = pair_partition(cluster);
+                    let (stored, etag) = match self.store.get(Table::Audit, &pk, sha).await? {
+                        Some(e) => {
+                            let stored: PairRow = e.record()?;
+                            let etag = e.etag.ok_or_else(|| {
+                                StoreError::Corrupt(format!("{pk}/{sha}: read without an etag"))
+                            })?;
+                            (Some(stored.facts), Some(etag))
+                        }
+                        None => (None, None),
+                    };
+                    let merged = stored.map_or(*facts, |s| s.merge(*facts));
+                    if stored == Some(merged) {
+                        self.remember(&key, merged);
+                        continue;
+                    }
                     let row = Row::from_record(
                         &pk,
                         sha.as_str(),
                         &PairRow {
                             cluster: cluster.clone(),
                             sha: sha.clone(),
-                            applied_at: *at,
+                            facts: merged,
                         },
                     );
-                    let op = match self.store.get(Table::Audit, &pk, sha).await? {
-                        Some(e) => {
-                            let stored: PairRow = e.record()?;
-                            if stored.applied_at <= *at {
-                                self.remember(&key, stored.applied_at);
-                                continue;
-                            }
-                            let etag = e.etag.ok_or_else(|| {
-                                StoreError::Corrupt(format!("{pk}/{sha}: read without an etag"))
-                            })?;
-                            BatchOp::Update(row, etag)
-                        }
+                    let op = match etag {
+                        Some(etag) => BatchOp::Update(row, etag),
                         None => BatchOp::Insert(row),
                     };
                     out.push((Table::Audit, pk, vec![op]));
@@ -419,24 +490,24 @@ impl Ledger {
     /// After a call with `register_writes` landed: what the registries now hold at least.
     pub(super) fn registered(&self, registers: &[Register]) {
         for r in registers {
-            let at = match r {
-                Register::Cluster(_) => DateTime::<Utc>::MIN_UTC,
-                Register::Pair { at, .. } => *at,
+            let facts = match r {
+                Register::Cluster(_) => PairFacts::default(),
+                Register::Pair { facts, .. } => *facts,
             };
-            self.remember(&r.cache_key(), at);
+            self.remember(&r.cache_key(), facts);
         }
     }
 
-    fn known(&self, key: &str) -> Option<DateTime<Utc>> {
+    fn known(&self, key: &str) -> Option<PairFacts> {
         self.register_cache
             .lock(key)
             .and_then(|s| s.get(key).copied())
     }
 
-    fn remember(&self, key: &str, at: DateTime<Utc>) {
+    fn remember(&self, key: &str, facts: PairFacts) {
         if let Some(mut shard) = self.register_cache.lock(key) {
-            let at = shard.get(key).map_or(at, |k| (*k).min(at));
-            self.register_cache.insert(&mut shard, key, at, |_| {});
+            let facts = shard.get(key).map_or(facts, |k| k.merge(facts));
+            self.register_cache.insert(&mut shard, key, facts, |_| {});
         }
     }
 
@@ -894,7 +965,7 @@ impl Ledger {
     /// The clusters a query reads, in name order as Rust compares names (the merge's ties
     /// and its cursor use that order; Table Storage orders keys by UTF-16): its own, or every
     /// one in the registry.
-    async fn clusters(&self, q: &ChangeQuery) -> Result<Vec<String>, StoreError> {
+    pub(super) async fn clusters(&self, q: &ChangeQuery) -> Result<Vec<String>, StoreError> {
         let mut clusters: Vec<String> = match &q.cluster {
             Some(c) => vec![c.clone()],
             None => self
@@ -1035,7 +1106,7 @@ impl Ledger {
                 .await?;
             for e in rows {
                 let p: PairRow = e.record()?;
-                if p.applied_at >= q.from && p.applied_at < q.to {
+                if p.facts.applied_at.is_some_and(|a| a >= q.from && a < q.to) {
                     in_window.push(p);
                 }
             }

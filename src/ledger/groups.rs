@@ -222,7 +222,11 @@ impl Partition {
     /// A new member: into the latest generation if it is open, else into a new one.
     fn join(&mut self, cause: &str, id: &str, m: &Message) {
         let opened_at = m.opened_at.unwrap_or(m.time);
-        let latest = self.gens.iter().next_back().map(|(n, (g, _, _))| (*n, g.state));
+        let latest = self
+            .gens
+            .iter()
+            .next_back()
+            .map(|(n, (g, _, _))| (*n, g.state));
         let generation = match latest {
             Some((n, GroupState::Open)) => n,
             other => {
@@ -302,7 +306,8 @@ impl Partition {
         }
         for (id, (member, etag, dirty)) in &self.members {
             if *dirty {
-                let row = Row::from_record(pk, member_key(id), member).with_tag("rowType", "member");
+                let row =
+                    Row::from_record(pk, member_key(id), member).with_tag("rowType", "member");
                 ops.push(match etag {
                     Some(e) => BatchOp::Update(row, e.clone()),
                     None => BatchOp::Insert(row),
@@ -420,7 +425,10 @@ pub fn unsettled(m: &Message) -> bool {
 /// alone): each gets its `group_id`. A message whose group could not be settled now (its
 /// partition kept changing under other settlers) keeps `None` and is not published in this
 /// pass — the caller leaves it waiting.
-pub async fn settle(store: &dyn Store, messages: &mut [&mut Message]) -> Result<Settled, StoreError> {
+pub async fn settle(
+    store: &dyn Store,
+    messages: &mut [&mut Message],
+) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
     // By cause, each in the order given.
     let mut by_cause: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -457,21 +465,25 @@ async fn settle_chunk(
 ) -> Result<Option<(Vec<String>, Partition)>, StoreError> {
     for _ in 0..MAX_CONFLICTS {
         let mut part = Partition::default();
-        for e in store.query_partition(Table::Objects, pk, Some("gen|")).await? {
+        for e in store
+            .query_partition(Table::Objects, pk, Some("gen|"))
+            .await?
+        {
             let g: GroupRecord = e.record()?;
-            part.gens.insert(g.generation, (g, Some(etag_of(&e)?), false));
+            part.gens
+                .insert(g.generation, (g, Some(etag_of(&e)?), false));
         }
         let keys: BTreeSet<String> = msgs
             .iter()
             .filter_map(|m| m.incident_id.as_deref().map(member_key))
             .collect();
-        let reads = futures::future::try_join_all(
-            keys.iter().map(|rk| store.get(Table::Objects, pk, rk)),
-        )
-        .await?;
+        let reads =
+            futures::future::try_join_all(keys.iter().map(|rk| store.get(Table::Objects, pk, rk)))
+                .await?;
         for e in reads.into_iter().flatten() {
             let m: MemberRecord = e.record()?;
-            part.members.insert(m.incident_id.clone(), (m, Some(etag_of(&e)?), false));
+            part.members
+                .insert(m.incident_id.clone(), (m, Some(etag_of(&e)?), false));
         }
         let ids: Vec<String> = msgs.iter().map(|m| part.settle(cause, m)).collect();
         let ops = part.writes(pk);
@@ -484,7 +496,10 @@ async fn settle_chunk(
             Err(e) => return Err(e),
         }
     }
-    tracing::warn!(partition = pk, "group kept changing under concurrent settlers; will retry");
+    tracing::warn!(
+        partition = pk,
+        "group kept changing under concurrent settlers; will retry"
+    );
     Ok(None)
 }
 
@@ -541,13 +556,19 @@ async fn index(
                 upserts
                     .entry(RESOLVED_INDEX.into())
                     .or_default()
-                    .push(BatchOp::Upsert(Row::from_record(RESOLVED_INDEX, rk, &entry)));
+                    .push(BatchOp::Upsert(Row::from_record(
+                        RESOLVED_INDEX,
+                        rk,
+                        &entry,
+                    )));
                 deletes.push((OPEN_INDEX.into(), open_rk));
             }
             _ => upserts
                 .entry(OPEN_INDEX.into())
                 .or_default()
-                .push(BatchOp::Upsert(Row::from_record(OPEN_INDEX, open_rk, &entry))),
+                .push(BatchOp::Upsert(Row::from_record(
+                    OPEN_INDEX, open_rk, &entry,
+                ))),
         }
     }
     let writes: Vec<(Table, String, Vec<BatchOp>)> = upserts
@@ -559,14 +580,17 @@ async fn index(
                 .chunks(100)
                 .map(<[BatchOp]>::to_vec)
                 .collect();
-            chunks.into_iter().map(move |c| (Table::Audit, pk.clone(), c))
+            chunks
+                .into_iter()
+                .map(move |c| (Table::Audit, pk.clone(), c))
         })
         .collect();
     if !writes.is_empty() {
         store.batches(writes).await?;
     }
     // An opening never replaces the row: a resolution written meanwhile stays.
-    let inserted = futures::future::join_all(inserts.into_iter().map(|r| store.insert(Table::Audit, r))).await;
+    let inserted =
+        futures::future::join_all(inserts.into_iter().map(|r| store.insert(Table::Audit, r))).await;
     for r in inserted {
         match r {
             Ok(_) | Err(StoreError::Conflict) => {}
@@ -583,4 +607,160 @@ async fn index(
         }
     }
     Ok(())
+}
+
+/// Where a page of `GET /api/groups` stopped: the index (`open` or `resolved`) and its row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupCursor {
+    pub s: GroupState,
+    pub k: String,
+}
+
+impl super::audit::Opaque for GroupCursor {}
+
+/// A page of groups.
+#[derive(Debug)]
+pub struct GroupPage {
+    pub groups: Vec<Value>,
+    pub next: Option<GroupCursor>,
+}
+
+impl GroupRecord {
+    /// The group as `GET /api/groups` shows it, with its member incidents.
+    pub fn to_json(&self, members: &[MemberRecord]) -> Value {
+        json!({
+            "groupId": self.group_id,
+            "state": self.state,
+            "sha": self.sha,
+            "revision": self.revision,
+            "repository": self.repository,
+            "openedAt": self.opened_at,
+            "resolvedAt": if self.state == GroupState::Resolved { self.resolved_at } else { None },
+            "first": {
+                "incidentId": self.first.incident_id,
+                "cluster": self.first.cluster,
+                "kind": self.first.kind,
+                "namespace": self.first.namespace,
+                "name": self.first.name,
+                "reason": self.first.reason,
+                "message": self.first.message,
+            },
+            "open": self.open,
+            "memberCount": self.member_count,
+            "clusters": self.clusters,
+            "members": members.iter().map(|m| json!({
+                "incidentId": m.incident_id,
+                "cluster": m.cluster,
+                "kind": m.kind,
+                "namespace": m.namespace,
+                "name": m.name,
+                "state": m.state,
+                "openedAt": m.opened_at,
+                "resolvedAt": m.resolved_at,
+                "closedBy": m.closed_by,
+                "revision": m.revision,
+                "reason": m.reason,
+                "message": m.message,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl super::Ledger {
+    /// Groups in one state (open first, then resolved, when `state` is `None`), newest
+    /// first: key ranges of the group index, each entry confirmed by its generation row (an
+    /// index row a settle left behind that its generation no longer confirms is skipped).
+    pub async fn groups(
+        &self,
+        state: Option<GroupState>,
+        cursor: Option<&GroupCursor>,
+        limit: usize,
+    ) -> Result<GroupPage, StoreError> {
+        let states: Vec<GroupState> = match state {
+            Some(s) => vec![s],
+            None => vec![GroupState::Open, GroupState::Resolved],
+        };
+        let mut out = vec![];
+        let mut next = None;
+        'states: for s in states {
+            if cursor.is_some_and(|c| c.s == GroupState::Resolved && s == GroupState::Open) {
+                continue;
+            }
+            let index = match s {
+                GroupState::Open => OPEN_INDEX,
+                GroupState::Resolved => RESOLVED_INDEX,
+            };
+            // After the cursor's row (exclusive).
+            let mut from = cursor
+                .filter(|c| c.s == s)
+                .map_or_else(String::new, |c| format!("{}\u{0}", c.k));
+            loop {
+                let want = (limit - out.len()).max(1);
+                let rows = self
+                    .store()
+                    .query_range(Table::Audit, index, &from, "~", want + 1)
+                    .await?;
+                let more = rows.len() > want;
+                for row in rows.iter().take(want) {
+                    from = format!("{}\u{0}", row.rk);
+                    let entry: GroupIndexRow = row.record()?;
+                    if let Some(g) = self.group(&entry.partition, entry.generation).await? {
+                        if g.0.state == s {
+                            out.push(g.0.to_json(&g.1));
+                        }
+                    }
+                    if out.len() == limit {
+                        // More may follow: rows after this one, or the resolved groups
+                        // after the open ones.
+                        let after = more || rows.last().is_some_and(|l| l.rk != row.rk);
+                        if after || (s == GroupState::Open && state.is_none()) {
+                            next = Some(GroupCursor {
+                                s,
+                                k: row.rk.clone(),
+                            });
+                        }
+                        break 'states;
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+        Ok(GroupPage { groups: out, next })
+    }
+
+    /// One generation of a group and its members.
+    pub async fn group(
+        &self,
+        partition: &str,
+        generation: u32,
+    ) -> Result<Option<(GroupRecord, Vec<MemberRecord>)>, StoreError> {
+        let rows = self
+            .store()
+            .query_partition(Table::Objects, partition, None)
+            .await?;
+        let mut group = None;
+        let mut members = vec![];
+        for e in &rows {
+            if e.rk == gen_key(generation) {
+                group = Some(e.record::<GroupRecord>()?);
+            } else if e.rk.starts_with("member|") {
+                let m: MemberRecord = e.record()?;
+                if m.generation == generation {
+                    members.push(m);
+                }
+            }
+        }
+        members.sort_by(|a, b| {
+            (a.opened_at, &a.cluster, &a.kind, &a.namespace, &a.name).cmp(&(
+                b.opened_at,
+                &b.cluster,
+                &b.kind,
+                &b.namespace,
+                &b.name,
+            ))
+        });
+        Ok(group.map(|g| (g, members)))
+    }
 }

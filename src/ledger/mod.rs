@@ -14,6 +14,7 @@
 //! finishes. No 2xx is sent before 3, so nothing acknowledged is ever half-written.
 
 pub mod audit;
+mod dora;
 pub mod evidence;
 mod flux;
 mod git;
@@ -76,7 +77,7 @@ pub struct Ledger {
     graphs: Arc<graphs::GraphCache>,
     /// What the audit registries are known to hold (`audit::Register::cache_key`): a pair
     /// row's earliest apply (or an earlier one), a cluster's registry row.
-    register_cache: Arc<shards::Shards<chrono::DateTime<chrono::Utc>>>,
+    register_cache: Arc<shards::Shards<audit::PairFacts>>,
 }
 
 impl Ledger {

@@ -16,16 +16,16 @@ const REPO: &str = "acme/fleet";
 type Delivery = (&'static str, Vec<u8>, Vec<(&'static str, &'static str)>);
 
 /// Commit `n` of these stories.
-fn c(n: u32) -> String {
+pub(crate) fn c(n: u32) -> String {
     format!("a0d17{n:035x}")
 }
 
-fn rfc(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// A cluster time `s` seconds after a fixed epoch.
-fn at(s: i64) -> DateTime<Utc> {
+pub(crate) fn at(s: i64) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-02T10:00:00Z")
         .unwrap()
         .with_timezone(&Utc)
@@ -74,7 +74,7 @@ async fn push_as(
     tokio::time::sleep(std::time::Duration::from_millis(3)).await;
 }
 
-async fn push(app: &TestApp, before: Option<u32>, commits: &[u32]) {
+pub(crate) async fn push(app: &TestApp, before: Option<u32>, commits: &[u32]) {
     push_as(app, before, commits, &HashMap::new(), "dana-ops").await;
 }
 
@@ -125,7 +125,7 @@ async fn merged(app: &TestApp, n: u32, number: u64, author: &str, approvers: &[&
 }
 
 /// A Flux event of Kustomization `name` on `cluster` about commit `n`.
-async fn report(app: &TestApp, cluster: &str, name: &str, n: u32, s: i64, failed: bool) {
+pub(crate) async fn report(app: &TestApp, cluster: &str, name: &str, n: u32, s: i64, failed: bool) {
     let body = flux_event("kustomization-succeeded.json", |v| {
         v["involvedObject"]["name"] = json!(name);
         if failed {
@@ -142,7 +142,7 @@ async fn report(app: &TestApp, cluster: &str, name: &str, n: u32, s: i64, failed
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 }
 
-fn window(from: i64, to: i64) -> String {
+pub(crate) fn window(from: i64, to: i64) -> String {
     format!(
         "from={}&to={}",
         urlencoding(&rfc(at(from))),

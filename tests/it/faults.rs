@@ -99,7 +99,10 @@ async fn ledger(client: &reqwest::Client, port: u16, sink: &Path) -> (BTreeSet<S
     let unique: BTreeSet<&&str> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "a message was sent twice");
     // The objects' messages (`group.*` ones are counted by the group tests).
-    let objects_messages = all.iter().filter(|m| !crate::helpers::is_group_message(m)).count();
+    let objects_messages = all
+        .iter()
+        .filter(|m| !crate::helpers::is_group_message(m))
+        .count();
     (objects, objects_messages)
 }
 

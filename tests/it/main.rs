@@ -6,6 +6,7 @@ mod audit;
 mod fake_sb;
 mod faults;
 mod flux;
+mod groups;
 mod helpers;
 mod hooks;
 mod hostile;

@@ -277,7 +277,10 @@ async fn messages_parked_by_an_outage_are_delivered_by_themselves_in_order() {
     // group's resolution once the recovery was settled (it is when its turn came before the
     // outage's first answer).
     assert_eq!(h["outbox"]["dead"], 2, "{h}");
-    assert!(matches!(h["outbox"]["pending"].as_u64(), Some(1 | 2)), "{h}");
+    assert!(
+        matches!(h["outbox"]["pending"].as_u64(), Some(1 | 2)),
+        "{h}"
+    );
     assert!(
         sb.requests()
             .iter()
@@ -301,7 +304,10 @@ async fn messages_parked_by_an_outage_are_delivered_by_themselves_in_order() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let all = accepted_types(&sb.accepted_all());
-    assert_eq!(&all[2..], ["io.fluxtrail.group.opened", "io.fluxtrail.group.resolved"]);
+    assert_eq!(
+        &all[2..],
+        ["io.fluxtrail.group.opened", "io.fluxtrail.group.resolved"]
+    );
     let (_, h) = app.get_json("/api/health").await;
     assert_eq!(h["outbox"], json!({"pending": 0, "dead": 0}));
 }
