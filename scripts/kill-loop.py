@@ -5,7 +5,8 @@
 
 Starts fluxtrail on a fresh data directory and drives it with signed, distinct deliveries
 from several threads: Flux failures (each on its own object, so each must produce exactly one
-`apply.failed`), Flux successes, and GitHub pushes (each with its own commits). Meanwhile the
+`apply.failed`; up to eight share each failing commit, so they share a group), recoveries of
+acknowledged failures, Flux successes, and GitHub pushes (each with its own commits). Meanwhile the
 server is killed with SIGKILL at random moments (0.1-0.8 s apart) and restarted at once on
 the same directory and port. Clients see refused connections while it is down and retry
 nothing: an unanswered delivery simply counts as not acknowledged (Flux and the Git hosts
@@ -14,6 +15,10 @@ would retry it).
 Afterwards, with the server up once more and its outbox drained, it checks:
   - every delivery answered 2xx is in the ledger (object or commit evidence);
   - every acknowledged failure has its message; no message id appears twice in the sink;
+  - groups (contract §9): every `apply.failed`/`apply.recovered` names a group, a recovery
+    the group of its incident's failure; every group named has exactly one `group.opened`;
+    every resolved group (GET /api/groups) exactly one `group.resolved`, with all its
+    members, and no open group has one;
   - SQLite's integrity_check is ok.
 Prints a report and exits non-zero on any violation.
 """
@@ -110,17 +115,36 @@ def get(port, path):
         return e.code, None
 
 
-def flux_event(n, kind):
+def revision(n, kind):
+    # Up to eight failures share each failing commit (one cause, one group).
+    seed = f"cause-{n // 30}" if kind == "fail" else str(n)
+    return f"main@sha1:{hashlib.sha1(seed.encode()).hexdigest()}"
+
+
+def flux_event(n, kind, name=None, rev=None, timestamp="2026-11-27T10:00:00Z"):
     failing = kind == "fail"
     return json.dumps({
-        "involvedObject": {"kind": "Kustomization", "namespace": "flux-system", "name": f"{kind}-{n:06d}"},
+        "involvedObject": {"kind": "Kustomization", "namespace": "flux-system", "name": name or f"{kind}-{n:06d}"},
         "severity": "error" if failing else "info",
-        "timestamp": "2026-11-27T10:00:00Z",
+        "timestamp": timestamp,
         "message": f"event {n}: " + ("dry-run failed" if failing else "Reconciliation finished"),
         "reason": "ReconciliationFailed" if failing else "ReconciliationSucceeded",
-        "metadata": {"revision": f"main@sha1:{hashlib.sha1(str(n).encode()).hexdigest()}"},
+        "metadata": {"revision": rev or revision(n, kind)},
         "reportingController": "kustomize-controller",
     }).encode()
+
+
+def all_groups(port, state):
+    out, cursor = [], None
+    while True:
+        path = f"/api/groups?state={state}&limit=500" + (f"&cursor={cursor}" if cursor else "")
+        status, page = get(port, path)
+        if status != 200:
+            raise SystemExit(f"GET {path}: {status}")
+        out += page["groups"]
+        cursor = page["next"]
+        if not cursor:
+            return out
 
 
 def github_push(n):
@@ -154,15 +178,29 @@ def main():
     lock = threading.Lock()
     counter = [0]
     results = []  # (kind, n, status, extra)
+    failed_acked = []  # (object name, revision) of acknowledged failures not yet recovered
     stop = threading.Event()
 
     def worker():
+        rng = random.Random(threading.get_ident())
         while not stop.is_set():
             with lock:
                 n = counter[0]
                 counter[0] += 1
-            kind = ("fail", "ok", "push")[n % 3]
-            if kind == "push":
+                kind = ("fail", "ok", "push", "recover")[n % 4]
+                target = None
+                if kind == "recover":
+                    if failed_acked:
+                        target = failed_acked.pop(rng.randrange(len(failed_acked)))
+                    else:
+                        kind = "ok"
+            if kind == "recover":
+                name, rev = target
+                body = flux_event(n, "ok", name=name, rev=rev, timestamp="2026-11-27T10:05:00Z")
+                sig = hmac.new(FLUX_KEY.encode(), body, hashlib.sha256).hexdigest()
+                status = post(port, "/api/hooks/flux/prod-eu", body, {"X-Signature": f"sha256={sig}"})
+                extra = name
+            elif kind == "push":
                 body, shas = github_push(n)
                 sig = hmac.new(GITHUB_SECRET.encode(), body, hashlib.sha256).hexdigest()
                 status = post(port, "/api/hooks/git/github", body, {
@@ -176,6 +214,8 @@ def main():
                 extra = f"{kind}-{n:06d}"
             with lock:
                 results.append((kind, n, status, extra))
+                if kind == "fail" and status in (200, 202):
+                    failed_acked.append((extra, revision(n, kind)))
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.workers)]
     for t in threads:
@@ -203,7 +243,7 @@ def main():
     status, objects = get(port, "/api/objects")
     names = {o["name"] for o in objects["objects"]}
     sink = os.path.join(data, "store", "messages.jsonl")
-    ids, torn, failed_objects = [], 0, set()
+    ids, torn, failed_objects, messages = [], 0, set(), []
     with open(sink, "rb") as f:
         for line in f.read().splitlines():
             try:
@@ -212,8 +252,50 @@ def main():
                 torn += 1  # cut by a SIGKILL mid-write; its message was re-sent whole
                 continue
             ids.append(m["id"])
-            failed_objects.add(m["data"]["name"])
+            messages.append(m)
+            if m["type"] == "io.fluxtrail.apply.failed":
+                failed_objects.add(m["data"]["name"])
     duplicates = len(ids) - len(set(ids))
+
+    # Groups: exactly once, and consistent with what the incidents say.
+    group_errors = []
+    by_type = {}
+    for m in messages:
+        by_type.setdefault(m["type"].rsplit(".", 2)[-2] + "." + m["type"].rsplit(".", 1)[-1], []).append(m)
+    incident_group = {}
+    for m in by_type.get("apply.failed", []):
+        g = m["data"].get("groupId")
+        if not g:
+            group_errors.append(f"apply.failed without groupId: {m['id']}")
+        incident_group.setdefault(m["data"]["incidentId"], g)
+        if incident_group[m["data"]["incidentId"]] != g:
+            group_errors.append(f"an incident in two groups: {m['data']['incidentId']}")
+    for m in by_type.get("apply.recovered", []):
+        if m["data"].get("groupId") != incident_group.get(m["data"]["incidentId"]):
+            group_errors.append(f"recovery in another group than its failure: {m['id']}")
+    opened, resolved = {}, {}
+    for m in by_type.get("group.opened", []):
+        opened[m["data"]["groupId"]] = opened.get(m["data"]["groupId"], 0) + 1
+    for m in by_type.get("group.resolved", []):
+        g = m["data"]["groupId"]
+        resolved[g] = resolved.get(g, 0) + 1
+    named = set(incident_group.values())
+    for g in named:
+        if opened.get(g) != 1:
+            group_errors.append(f"group {g}: {opened.get(g, 0)} group.opened")
+    resolved_groups = all_groups(port, "resolved")
+    open_groups = all_groups(port, "open")
+    for g in resolved_groups:
+        if resolved.get(g["groupId"]) != 1:
+            group_errors.append(f"resolved group {g['groupId']}: {resolved.get(g['groupId'], 0)} group.resolved")
+    for g in open_groups:
+        if g["groupId"] in resolved:
+            group_errors.append(f"open group {g['groupId']} has a group.resolved")
+    for g in resolved_groups + open_groups:
+        if g["groupId"] not in named:
+            group_errors.append(f"group {g['groupId']} listed, never named by an apply.failed")
+    if len(resolved) != len(resolved_groups):
+        group_errors.append(f"{len(resolved)} group.resolved, {len(resolved_groups)} resolved groups")
 
     acked = [r for r in results if r[2] in (200, 202)]
     refused_5xx = [r for r in results if r[2] is not None and r[2] >= 500]
@@ -244,15 +326,21 @@ def main():
         "duplicate message ids": duplicates,
         "torn lines (killed mid-write)": torn,
         "acknowledged failures without their message": len(without_message),
+        "groups opened (group.opened)": sum(opened.values()),
+        "groups resolved (group.resolved)": sum(resolved.values()),
+        "groups open / resolved (GET /api/groups)": f"{len(open_groups)} / {len(resolved_groups)}",
+        "group inconsistencies": len(group_errors),
         "integrity_check": integrity,
     }
     width = max(len(k) for k in report)
     for k, v in report.items():
         print(f"{k:<{width}}  {v}")
-    ok = not missing and duplicates == 0 and not without_message and integrity == "ok" and not other
+    ok = (not missing and duplicates == 0 and not without_message and integrity == "ok" and not other
+          and not group_errors)
     if not ok:
         print(f"FAILED; data kept in {data}", file=sys.stderr)
-        print("missing:", missing[:10], "without message:", without_message[:10], "other:", other[:10], file=sys.stderr)
+        print("missing:", missing[:10], "without message:", without_message[:10], "other:", other[:10],
+              "groups:", group_errors[:10], file=sys.stderr)
         sys.exit(1)
     subprocess.run(["rm", "-rf", data])
 

@@ -253,6 +253,10 @@ pub(super) enum Register {
         sha: String,
         facts: PairFacts,
     },
+    /// An object of the cluster failed at the commit's revision after the pair row knew it
+    /// applied: the only new fact, kept in a row of its own (`{sha}|failed`) written blind —
+    /// a fact needs no read — so a failure costs no more round trips than before part 11.
+    Failed { cluster: String, sha: String },
 }
 
 impl Register {
@@ -261,6 +265,7 @@ impl Register {
         match self {
             Register::Cluster(c) => format!("c|{c}"),
             Register::Pair { cluster, sha, .. } => format!("p|{cluster}|{sha}"),
+            Register::Failed { cluster, sha } => format!("f|{cluster}|{sha}"),
         }
     }
 }
@@ -334,6 +339,9 @@ pub struct PairRow {
     pub facts: PairFacts,
 }
 
+/// The row key suffix of a pair's failure fact (`Register::Failed`).
+pub(super) const FAILED_SUFFIX: &str = "|failed";
+
 /// The partition naming every cluster with change rows (row key: the cluster).
 const CLUSTERS: &str = "clusters";
 
@@ -363,7 +371,20 @@ impl Ledger {
             let first_apply =
                 target.applied_at.is_some() && old.is_none_or(|o| o.applied_at.is_none());
             let facts = PairFacts::of(target, first_apply.then_some(received_at));
-            if before.merge(facts) != before {
+            let merged = before.merge(facts);
+            if merged != before
+                && merged
+                    == (PairFacts {
+                        failed_at: merged.failed_at,
+                        ..before
+                    })
+                && before.first_at.is_some()
+            {
+                w.registers.push(Register::Failed {
+                    cluster: now.cluster.clone(),
+                    sha: sha.to_string(),
+                });
+            } else if merged != before {
                 w.registers.push(Register::Pair {
                     cluster: now.cluster.clone(),
                     sha: sha.to_string(),
@@ -482,6 +503,18 @@ impl Ledger {
                     };
                     out.push((Table::Audit, pk, vec![op]));
                 }
+                Register::Failed { cluster, sha } => {
+                    if self.known(&key).is_some() {
+                        continue;
+                    }
+                    let pk = pair_partition(cluster);
+                    let row = Row::from_record(
+                        &pk,
+                        format!("{sha}{FAILED_SUFFIX}"),
+                        &json!({"cluster": cluster, "sha": sha, "failed": true}),
+                    );
+                    out.push((Table::Audit, pk, vec![BatchOp::Upsert(row)]));
+                }
             }
         }
         Ok(out)
@@ -491,7 +524,7 @@ impl Ledger {
     pub(super) fn registered(&self, registers: &[Register]) {
         for r in registers {
             let facts = match r {
-                Register::Cluster(_) => PairFacts::default(),
+                Register::Cluster(_) | Register::Failed { .. } => PairFacts::default(),
                 Register::Pair { facts, .. } => *facts,
             };
             self.remember(&r.cache_key(), facts);
@@ -1105,6 +1138,9 @@ impl Ledger {
                 .query_range(Table::Audit, &pair_partition(&cluster), "", "~", usize::MAX)
                 .await?;
             for e in rows {
+                if e.rk.ends_with(FAILED_SUFFIX) {
+                    continue;
+                }
                 let p: PairRow = e.record()?;
                 if p.facts.applied_at.is_some_and(|a| a >= q.from && a < q.to) {
                     in_window.push(p);

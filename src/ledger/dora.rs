@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::audit::{stamp, ChangeQuery, PairRow};
+use super::audit::{stamp, ChangeQuery, PairRow, FAILED_SUFFIX};
 use super::groups::{incidents_partition, GroupIndexRow, GroupState, IncidentRow, OPEN_INDEX};
 use super::records::CommitRecord;
 use super::Ledger;
@@ -114,8 +114,15 @@ impl Ledger {
                 ALL,
             )
             .await?;
-        let mut out = Vec::new();
+        let mut out: Vec<PairRow> = Vec::new();
         for (rk, json) in &pairs {
+            if let Some(sha) = rk.strip_suffix(FAILED_SUFFIX) {
+                // Right after its pair row (key order): the deployment failed.
+                if let Some(p) = out.last_mut().filter(|p| p.sha == sha) {
+                    p.facts.failed_at = p.facts.failed_at.or(p.facts.first());
+                }
+                continue;
+            }
             let p: PairRow = serde_json::from_str(json)
                 .map_err(|e| StoreError::Corrupt(format!("pairs|{cluster}/{rk}: {e}")))?;
             if p.facts.first().is_some_and(|f| f >= from && f < to) {
