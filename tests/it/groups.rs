@@ -354,3 +354,76 @@ async fn dora_parameters_are_checked() {
     assert_eq!(v["clusters"], json!([]));
     assert_eq!(v["fleet"]["deployments"], 0);
 }
+
+/// The pair rows DORA counts deployments from are a commutative merge: the same reports in
+/// any order, with duplicates, give the same deployments, failures and lead times — three
+/// objects of one cluster applying one commit at different times (one late, older report),
+/// one failing before its success, one failing after its success.
+#[tokio::test]
+async fn the_delivery_rollup_is_the_same_in_every_order() {
+    // (object, cluster seconds, failed)
+    let events: [(&str, i64, bool); 6] = [
+        ("apps", 100, false),
+        ("infra", 50, true),
+        ("infra", 200, false),
+        ("web", 30, false),
+        ("apps", 400, true),
+        ("apps", 100, false), // a retry of the first
+    ];
+    let orders: [[usize; 6]; 4] = [
+        [0, 1, 2, 3, 4, 5],
+        [5, 4, 3, 2, 1, 0],
+        [3, 4, 0, 2, 5, 1],
+        [4, 2, 5, 1, 3, 0],
+    ];
+    let mut answers = vec![];
+    for order in orders {
+        let app = spawn_app().await;
+        push(&app, None, &[1]).await;
+        for i in order {
+            let (name, s, failed) = events[i];
+            if i == 0 || i == 5 {
+                // The same bytes twice: one of the two is answered 200 (a duplicate).
+                let body = flux_event("kustomization-succeeded.json", |v| {
+                    v["involvedObject"]["name"] = json!(name);
+                    v["timestamp"] = json!(crate::audit::rfc(at(s)));
+                    v["metadata"]["revision"] = json!(format!("main@sha1:{}", c(1)));
+                });
+                let status = app
+                    .post_flux("/api/hooks/flux/prod-eu", &body)
+                    .await
+                    .status();
+                assert!(status.is_success(), "{status}");
+            } else {
+                report(&app, "prod-eu", name, 1, s, failed).await;
+            }
+        }
+        let (status, mut v) = app
+            .get_json(&format!("/api/dora?{}", window(-3600, 3600)))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let eu = cluster(&v, "prod-eu").clone();
+        assert_eq!(eu["deployments"], 1, "{order:?}: {eu}");
+        assert_eq!(eu["failedDeployments"], 1, "{order:?}: {eu}");
+        // Committed 09:00, first success (web's) at 10:00:30.
+        assert_eq!(
+            eu["leadTimeSeconds"],
+            json!({"n": 1, "p50": 3630, "p90": 3630}),
+            "{order:?}"
+        );
+        // Receipts (server clock) and incidents (which depend on the order a late failure
+        // arrives in, by the object's own rules) are not part of the comparison.
+        for key in [
+            "pushToApplySeconds",
+            "timeToRestoreSeconds",
+            "openIncidents",
+        ] {
+            v["clusters"][0].as_object_mut().unwrap().remove(key);
+            v["fleet"].as_object_mut().unwrap().remove(key);
+        }
+        answers.push(v);
+    }
+    for a in &answers[1..] {
+        assert_eq!(a, &answers[0]);
+    }
+}

@@ -278,6 +278,7 @@ async fn deliver(side: &Side, d: &Delivery, rng: &std::sync::Mutex<Rng>) -> u64 
 
 async fn sweep_all(side: &Side, now: DateTime<Utc>) {
     let sweeps = side.apps.iter().map(|app| async move {
+        let mut last = String::new();
         for _ in 0..50 {
             let r = app
                 .client
@@ -289,9 +290,10 @@ async fn sweep_all(side: &Side, now: DateTime<Utc>) {
             if r.status().is_success() {
                 return;
             }
+            last = format!("{} {}", r.status(), r.text().await.unwrap_or_default());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("a sweep kept failing");
+        panic!("a sweep kept failing: {last}");
     });
     futures_util::future::join_all(sweeps).await;
 }
@@ -359,7 +361,15 @@ struct Outcome {
     /// The audit feed (part 10): every page of the whole history, and its coverage.
     changes: Vec<Value>,
     summary: Value,
+    /// Delivery metrics over the whole history, without push-to-apply (server times).
+    dora: Value,
+    /// The message ids of the objects (`group.*` ones differ with the order incidents open
+    /// and close in, see `group_invariants`).
     messages: BTreeSet<String>,
+    /// What breaks the groups' exactly-once rules (empty: nothing).
+    group_errors: Vec<String>,
+    /// How many `group.*` messages the topic holds.
+    group_messages: usize,
 }
 
 /// Waits until the outbox is empty and the topic stops growing, then reads everything.
@@ -368,7 +378,7 @@ async fn outcome(side: &Side, commits: u32, now: DateTime<Utc>) -> (Outcome, usi
     let mut last = usize::MAX;
     for _ in 0..400 {
         let (_, h) = app.get_json("/api/health").await;
-        let n = side.bus.accepted().len();
+        let n = side.bus.accepted_all().len();
         if h["outbox"]["pending"] == 0 && h["outbox"]["dead"] == 0 && n == last {
             break;
         }
@@ -410,6 +420,20 @@ async fn outcome(side: &Side, commits: u32, now: DateTime<Utc>) -> (Outcome, usi
         .get_json(&format!("/api/changes/summary?{window}"))
         .await;
     normalise(&mut summary, now);
+    let (status, mut dora) = app.get_json(&format!("/api/dora?{window}")).await;
+    assert!(status.is_success(), "dora: {status} {dora}");
+    if let Some(clusters) = dora["clusters"].as_array_mut() {
+        for figures in clusters {
+            figures
+                .as_object_mut()
+                .expect("figures")
+                .remove("pushToApplySeconds");
+        }
+    }
+    if let Some(fleet) = dora["fleet"].as_object_mut() {
+        fleet.remove("pushToApplySeconds");
+    }
+    let group_errors = group_invariants(side).await;
     let requests = side.bus.requests();
     let handed_twice = requests.len() - side.bus.accepted().len();
     let messages = side.bus.accepted().iter().map(|r| r.message_id()).collect();
@@ -420,10 +444,135 @@ async fn outcome(side: &Side, commits: u32, now: DateTime<Utc>) -> (Outcome, usi
             incidents,
             changes,
             summary,
+            dora,
             messages,
+            group_errors,
+            group_messages: side.bus.accepted_all().len() - side.bus.accepted().len(),
         },
         handed_twice,
     )
+}
+
+/// The groups' rules (contract §9) over what one side's topic holds and `/api/groups` says.
+/// Not compared with the other side: which incidents share a group depends on the order
+/// they open and close in (a cause that fails again after its group resolved opens a new
+/// one), and the two sides see different orders. What must hold in any order: every
+/// incident message names a group, a recovery its failure's; each group named is opened
+/// exactly once; each resolved group is resolved exactly once, listing all its members; an
+/// open group has an open member and no `group.resolved`; every incident is in one group.
+async fn group_invariants(side: &Side) -> Vec<String> {
+    let mut errors = vec![];
+    let messages: Vec<Value> = side
+        .bus
+        .accepted_all()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let of = |t: &str| {
+        messages
+            .iter()
+            .filter(|m| m["type"] == format!("io.fluxtrail.{t}").as_str())
+            .collect::<Vec<_>>()
+    };
+    let mut incident_group: BTreeMap<String, String> = BTreeMap::new();
+    for m in of("apply.failed") {
+        let (Some(i), Some(g)) = (
+            m["data"]["incidentId"].as_str(),
+            m["data"]["groupId"].as_str(),
+        ) else {
+            errors.push(format!("apply.failed without incident or group: {m}"));
+            continue;
+        };
+        if incident_group.entry(i.into()).or_insert_with(|| g.into()) != g {
+            errors.push(format!("incident {i} in two groups"));
+        }
+    }
+    for m in of("apply.recovered") {
+        let i = m["data"]["incidentId"].as_str().unwrap_or_default();
+        if incident_group.get(i).map(String::as_str) != m["data"]["groupId"].as_str() {
+            errors.push(format!("recovery of {i} in another group than its failure"));
+        }
+    }
+    let count = |t: &str| {
+        let mut n: BTreeMap<String, usize> = BTreeMap::new();
+        for m in of(t) {
+            *n.entry(m["data"]["groupId"].as_str().unwrap_or_default().into())
+                .or_default() += 1;
+        }
+        n
+    };
+    let (opened, resolved) = (count("group.opened"), count("group.resolved"));
+    let named: BTreeSet<&String> = incident_group.values().collect();
+    for g in &named {
+        if opened.get(*g) != Some(&1) {
+            errors.push(format!("group {g}: {:?} group.opened", opened.get(*g)));
+        }
+    }
+    let app = &side.apps[0];
+    let mut listed: BTreeMap<String, Value> = BTreeMap::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = app.get_json(&format!("/api/groups?limit=7{cursor}")).await;
+        assert!(status.is_success(), "groups: {status} {page}");
+        for g in page["groups"].as_array().unwrap() {
+            let id = g["groupId"].as_str().unwrap().to_string();
+            if listed.insert(id.clone(), g.clone()).is_some() {
+                errors.push(format!("group {id} listed twice"));
+            }
+        }
+        match page["next"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let mut members_listed = BTreeSet::new();
+    for (id, g) in &listed {
+        let members = g["members"].as_array().unwrap();
+        let open = members.iter().filter(|m| m["state"] == "open").count();
+        for m in members {
+            members_listed.insert(m["incidentId"].as_str().unwrap().to_string());
+        }
+        match g["state"].as_str() {
+            Some("resolved") => {
+                if resolved.get(id) != Some(&1) || open != 0 {
+                    errors.push(format!(
+                        "resolved group {id}: {:?} group.resolved, {open} open members",
+                        resolved.get(id)
+                    ));
+                }
+                let announced = of("group.resolved")
+                    .into_iter()
+                    .find(|m| m["data"]["groupId"] == id.as_str())
+                    .map(|m| m["data"]["memberCount"].clone());
+                if announced != Some(g["memberCount"].clone()) {
+                    errors.push(format!(
+                        "group {id}: group.resolved announced {announced:?} members, {} listed",
+                        g["memberCount"]
+                    ));
+                }
+            }
+            _ => {
+                if resolved.contains_key(id) || open == 0 {
+                    errors.push(format!(
+                        "open group {id}: {:?} group.resolved, {open} open members",
+                        resolved.get(id)
+                    ));
+                }
+            }
+        }
+        if !named.contains(id) {
+            errors.push(format!("group {id} listed but named by no apply.failed"));
+        }
+    }
+    let incidents: BTreeSet<String> = incident_group.keys().cloned().collect();
+    if incidents != members_listed {
+        errors.push(format!(
+            "incidents not in a listed group: {:?}; members without an apply.failed: {:?}",
+            incidents.difference(&members_listed).collect::<Vec<_>>(),
+            members_listed.difference(&incidents).collect::<Vec<_>>()
+        ));
+    }
+    errors
 }
 
 /// What differs between two outcomes, as paths (empty: none).
@@ -460,6 +609,14 @@ fn divergences(a: &Outcome, b: &Outcome) -> Vec<String> {
     }
     if a.summary != b.summary {
         out.push(format!("summary:\n  {}\n  {}", a.summary, b.summary));
+    }
+    if a.dora != b.dora {
+        out.push(format!("dora:\n  {}\n  {}", a.dora, b.dora));
+    }
+    for (side, o) in [("one instance", a), ("scaled out", b)] {
+        for e in &o.group_errors {
+            out.push(format!("groups, {side}: {e}"));
+        }
     }
     if a.messages != b.messages {
         out.push(format!(
@@ -526,7 +683,7 @@ async fn many_instances_with_faults_end_in_the_one_instance_state() {
         let injected = proxy.counts.injected();
         let diverged = divergences(&want, &got);
         println!(
-            "scale-out run seed={seed}: {instances} instances, {events} deliveries, {} store requests, {injected} faults injected (refused {}, lost {}, delayed {}, 412 {}, outages {}), {refused} deliveries refused and retried, {} messages ({twice} handed over twice, deduplicated), {} divergences",
+            "scale-out run seed={seed}: {instances} instances, {events} deliveries, {} store requests, {injected} faults injected (refused {}, lost {}, delayed {}, 412 {}, outages {}), {refused} deliveries refused and retried, {} messages ({twice} handed over twice, deduplicated) and {} group messages, {} divergences",
             proxy.counts.requests.load(Ordering::Relaxed),
             proxy.counts.refused.load(Ordering::Relaxed),
             proxy.counts.lost.load(Ordering::Relaxed),
@@ -534,6 +691,7 @@ async fn many_instances_with_faults_end_in_the_one_instance_state() {
             proxy.counts.preconditions.load(Ordering::Relaxed),
             proxy.counts.outages.load(Ordering::Relaxed),
             want.messages.len(),
+            got.group_messages,
             diverged.len(),
         );
         assert!(!want.messages.is_empty() && want.evidence.len() > 5 && !want.changes.is_empty());
