@@ -366,6 +366,7 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::MessageType;
     use crate::store::sqlite::SqliteStore;
     use async_trait::async_trait;
     use std::sync::Mutex;
@@ -480,6 +481,59 @@ mod tests {
             states(store.as_ref(), "b").await,
             [s("b1", "delivered", 2), s("b2", "delivered", 1)]
         );
+    }
+
+    /// An incident's failure and recovery settled in one pass (both waited for a publisher
+    /// that was down, say): its group opens and resolves once, each message names it, and
+    /// the index rows name the incident once (Table Storage refuses a batch naming a row
+    /// twice; the store checks that on every write in tests).
+    #[tokio::test]
+    async fn a_failure_and_its_recovery_settle_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        for (seq, kind) in [
+            (0, MessageType::ApplyFailed),
+            (1, MessageType::ApplyRecovered),
+        ] {
+            let mut m = Message::sample("a", &format!("m{seq}"));
+            m.kind = kind;
+            m.incident_id = Some("inc-1".into());
+            m.sha = Some("a".repeat(40));
+            m.opened_at = Some(m.time);
+            let rec = OutboxRecord::pending(m);
+            let row = Row::from_record("a", format!("outbox|{seq:012}|00|m{seq}"), &rec)
+                .with_tag("rowType", ROW_OUTBOX);
+            store.insert(Table::Objects, row).await.unwrap();
+        }
+        let publisher = Arc::new(Scripted::default());
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            max_attempts: 5,
+        };
+        let d = Dispatcher::new(store.clone(), publisher.clone(), policy);
+        let pass = d
+            .deliver_partitions(&["a".to_string()], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            pass.delivered, 4,
+            "two group messages, then the object's two"
+        );
+        let accepted = publisher.accepted.lock().unwrap().clone();
+        assert_eq!(&accepted[2..], ["m0", "m1"]);
+        let rows = store
+            .query_partition(Table::Audit, "incidents|c", None)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(
+            rows[0].props["resolvedAt"].is_string(),
+            "{:?}",
+            rows[0].props
+        );
+        let index = |pk| store.query_partition(Table::Audit, pk, None);
+        assert_eq!(index(groups::OPEN_INDEX).await.unwrap().len(), 0);
+        assert_eq!(index(groups::RESOLVED_INDEX).await.unwrap().len(), 1);
     }
 
     #[test]

@@ -49,9 +49,10 @@ pub const GROUP_PREFIX: &str = "group|";
 /// Member incident ids kept in a generation row and listed in `group.resolved` (Table
 /// Storage: 64 KiB per property); `memberCount` has them all.
 const LISTED_MEMBERS: usize = 400;
-/// Messages settled in one transaction of a group partition (each is at most a member row
-/// and one message; Table Storage takes 100 operations).
-const PER_BATCH: usize = 40;
+/// Messages settled in one transaction of a group partition: each writes at most a member
+/// row, a generation row and two messages (a recovery that opens and resolves a generation
+/// alone), and Table Storage takes 100 operations in one.
+const PER_BATCH: usize = 24;
 /// Concurrent settles of one group before giving up for this pass (the message waits).
 const MAX_CONFLICTS: usize = 16;
 
@@ -515,9 +516,14 @@ async fn index(
     let mut inserts: Vec<Row> = vec![];
     let mut deletes: Vec<(String, String)> = vec![];
     let mut gens = BTreeSet::new();
-    for m in msgs {
-        let Some((member, _, _)) = m.incident_id.as_ref().and_then(|id| part.members.get(id))
-        else {
+    // Each incident once, as it is now: a batch may not name one row twice (Table Storage
+    // refuses the whole batch), and a failure and its recovery may be settled together.
+    let incidents: BTreeSet<&str> = msgs
+        .iter()
+        .filter_map(|m| m.incident_id.as_deref())
+        .collect();
+    for id in incidents {
+        let Some((member, _, _)) = part.members.get(id) else {
             continue;
         };
         gens.insert(member.generation);

@@ -88,6 +88,18 @@ pub fn check_entity(wire: &Map<String, Value>) -> Result<usize, String> {
     Ok(size)
 }
 
+/// Table Storage refuses a batch that names one row twice (400 `InvalidDuplicateRow`), as a
+/// whole; SQLite would apply both. `rks`: the row keys of the batch's operations.
+pub fn check_distinct<'a>(rks: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for rk in rks {
+        if !seen.insert(rk) {
+            return Err(format!("batch names row {rk:?} twice"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a batch of entities already checked one by one (their sizes).
 pub fn check_batch(sizes: &[usize]) -> Result<(), String> {
     if sizes.len() > MAX_BATCH_OPS {

@@ -208,6 +208,16 @@ pub enum BatchOp {
     },
 }
 
+impl BatchOp {
+    /// The row it writes or deletes.
+    pub fn rk(&self) -> &str {
+        match self {
+            BatchOp::Insert(r) | BatchOp::Upsert(r) | BatchOp::Update(r, _) => &r.rk,
+            BatchOp::Delete { rk, .. } => rk,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// `insert` of a key that exists (Table Storage 409).

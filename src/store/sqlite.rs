@@ -423,6 +423,7 @@ impl SqliteStore {
                 });
             }
             super::limits::check_batch(&sizes)
+                .and_then(|()| super::limits::check_distinct(ops.iter().map(BatchOp::rk)))
                 .map_err(|e| StoreError::TooLarge(format!("{}/{pk}: {e}", table.name())))?;
         }
         let parts = parts

@@ -449,6 +449,8 @@ impl Store for TableStore {
         pk: &str,
         ops: Vec<BatchOp>,
     ) -> Result<Vec<Etag>, StoreError> {
+        super::limits::check_distinct(ops.iter().map(BatchOp::rk))
+            .map_err(|e| StoreError::TooLarge(format!("{}/{pk}: {e}", table.name())))?;
         let pkc = self.table(table).partition_key_client(encode_key(pk));
         let mut tx = pkc.transaction();
         let n = ops.len();
