@@ -82,7 +82,7 @@ pub struct ChangeRow {
 /// Reading the times chrono writes (`2026-11-30T10:00:00Z`, `…:00.250Z`) without chrono's
 /// general RFC 3339 parser, which took a sixth of the CPU of the fleet's export; anything
 /// else (an offset, a leap second) goes to that parser.
-mod utc {
+pub(super) mod utc {
     use chrono::{DateTime, NaiveDate, Utc};
     use serde::de::{Deserializer, Error, Visitor};
 

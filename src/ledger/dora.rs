@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::audit::{stamp, ChangeQuery, PairRow, FAILED_SUFFIX};
-use super::groups::{incidents_partition, GroupIndexRow, GroupState, IncidentRow, OPEN_INDEX};
+use super::audit::{stamp, utc, ChangeQuery, PairFacts, PairRow, FAILED_SUFFIX};
+use super::groups::{incidents_partition, GroupIndexRow, GroupState, OPEN_INDEX};
 use super::records::CommitRecord;
 use super::Ledger;
 use crate::core::incident::IncidentState;
@@ -27,6 +28,52 @@ const ALL: usize = i64::MAX as usize;
 /// A cluster's deployments in the window, and its incidents opened in it (each with its
 /// repository).
 type ClusterFacts = (Vec<PairRow>, Vec<(Incident, Option<String>)>);
+
+/// A pair row as read for the metrics: flat (no `serde(flatten)`, which buffers every row)
+/// and with the audit feed's fast time parser — the fleet reads one per commit and cluster.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PairRead {
+    cluster: String,
+    sha: String,
+    #[serde(default, deserialize_with = "utc::de_option")]
+    first_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "utc::de_option")]
+    applied_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "utc::de_option")]
+    failed_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "utc::de_option")]
+    received_at: Option<DateTime<Utc>>,
+}
+
+impl From<PairRead> for PairRow {
+    fn from(p: PairRead) -> Self {
+        PairRow {
+            cluster: p.cluster,
+            sha: p.sha,
+            facts: PairFacts {
+                first_at: p.first_at,
+                applied_at: p.applied_at,
+                failed_at: p.failed_at,
+                received_at: p.received_at,
+            },
+        }
+    }
+}
+
+/// An incident index row as read for the metrics: only what they use.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IncidentRead {
+    #[serde(deserialize_with = "utc::de")]
+    opened_at: DateTime<Utc>,
+    #[serde(default, deserialize_with = "utc::de_option")]
+    resolved_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    closed_by: Option<String>,
+    #[serde(default)]
+    repository: Option<String>,
+}
 
 /// What one commit adds to its deployments.
 struct CommitFacts {
@@ -123,8 +170,9 @@ impl Ledger {
                 }
                 continue;
             }
-            let p: PairRow = serde_json::from_str(json)
-                .map_err(|e| StoreError::Corrupt(format!("pairs|{cluster}/{rk}: {e}")))?;
+            let p: PairRow = serde_json::from_str::<PairRead>(json)
+                .map_err(|e| StoreError::Corrupt(format!("pairs|{cluster}/{rk}: {e}")))?
+                .into();
             if p.facts.first().is_some_and(|f| f >= from && f < to) {
                 out.push(p);
             }
@@ -141,7 +189,7 @@ impl Ledger {
             .await?;
         let mut incidents = Vec::with_capacity(rows.len());
         for (rk, json) in &rows {
-            let row: IncidentRow = serde_json::from_str(json)
+            let row: IncidentRead = serde_json::from_str(json)
                 .map_err(|e| StoreError::Corrupt(format!("{pk}/{rk}: {e}")))?;
             incidents.push((
                 Incident {
