@@ -135,6 +135,32 @@ async fn the_request_is_exactly_what_service_bus_expects() {
         std::fs::read_to_string(&golden).expect("golden file; run with UPDATE_EXPECT=1 and review");
     // The message id and incident id are deterministic, so the whole request is.
     assert_eq!(text, want);
+    // Its group's `group.opened` too: the group id as `groupid` and as the session (a group
+    // names no single cluster, so no `cluster` property).
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/servicebus/send-group-opened.golden");
+    let mut all = sb.accepted_all();
+    for _ in 0..200 {
+        if all.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        all = sb.accepted_all();
+    }
+    let group = all.last().unwrap();
+    let text = verified_wire_text(group);
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    let want =
+        std::fs::read_to_string(&golden).expect("golden file; run with UPDATE_EXPECT=1 and review");
+    assert_eq!(text, want);
+    assert!(group.header("cluster").is_none());
+    assert_eq!(
+        group.header("groupid"),
+        accepted[0].header("groupid"),
+        "the object's message names the group"
+    );
 }
 
 #[tokio::test]
