@@ -23,9 +23,8 @@ use serde_json::{json, Value};
 
 /// One (commit, cluster) as the ledger knows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Deployment {
-    pub cluster: String,
-    pub sha: String,
+pub struct Deployment<'a> {
+    pub cluster: &'a str,
     /// The first report, applied or failed (the cluster's clock).
     pub first_at: DateTime<Utc>,
     /// The first success (the cluster's clock).
@@ -42,8 +41,8 @@ pub struct Deployment {
 
 /// One incident as the ledger knows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Incident {
-    pub cluster: String,
+pub struct Incident<'a> {
+    pub cluster: &'a str,
     pub opened_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     /// Closed without a recovery (the object was retired): no restore to measure.
@@ -77,7 +76,7 @@ fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
 }
 
 impl Figures {
-    fn add_deployment(&mut self, d: &Deployment) {
+    fn add_deployment(&mut self, d: &Deployment<'_>) {
         self.deployments += 1;
         self.failed += u64::from(d.failed);
         if let Some(applied) = d.applied_at {
@@ -90,7 +89,7 @@ impl Figures {
         }
     }
 
-    fn add_restore(&mut self, i: &Incident) {
+    fn add_restore(&mut self, i: &Incident<'_>) {
         if let (Some(r), false) = (i.resolved_at, i.retired) {
             self.restore.push(seconds(i.opened_at, r));
         }
@@ -132,54 +131,95 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// The metrics of `clusters` (each listed, even with nothing to measure) over
-/// `[from, to)`: deployments and incidents outside the window, or of other clusters, are
-/// left out here, whatever the caller read. `open` counts each cluster's incidents open now.
+/// The metrics of `clusters` (each listed, even with nothing to measure) over `[from, to)`,
+/// fed one deployment and incident at a time (the fleet's 90 days are ~100,000 of each: only
+/// the figures' values are kept, not the rows). Deployments and incidents outside the window,
+/// or of other clusters, are left out here, whatever the caller read.
+#[derive(Debug)]
+pub struct Metrics {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    per: BTreeMap<String, Figures>,
+}
+
+impl Metrics {
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>, clusters: &[String]) -> Self {
+        Metrics {
+            from,
+            to,
+            per: clusters.iter().map(|c| (c.clone(), Figures::default())).collect(),
+        }
+    }
+
+    fn inside(&self, t: DateTime<Utc>) -> bool {
+        t >= self.from && t < self.to
+    }
+
+    pub fn deployment(&mut self, d: &Deployment<'_>) {
+        if self.inside(d.first_at) {
+            if let Some(f) = self.per.get_mut(d.cluster) {
+                f.add_deployment(d);
+            }
+        }
+    }
+
+    pub fn incident(&mut self, i: &Incident<'_>) {
+        if self.inside(i.opened_at) {
+            if let Some(f) = self.per.get_mut(i.cluster) {
+                f.add_restore(i);
+            }
+        }
+    }
+
+    /// The cluster's incidents open now.
+    pub fn open(&mut self, cluster: &str, n: u64) {
+        if let Some(f) = self.per.get_mut(cluster) {
+            f.open_incidents = n;
+        }
+    }
+
+    /// The contract's JSON.
+    pub fn finish(self) -> Value {
+        let days = (self.to - self.from).num_milliseconds() as f64 / 86_400_000.0;
+        let mut fleet = Figures::default();
+        let mut out = vec![];
+        for (cluster, mut f) in self.per {
+            fleet.merge(&f);
+            let mut v = f.to_json(days);
+            v.as_object_mut()
+                .expect("an object")
+                .insert("cluster".into(), json!(cluster));
+            out.push(v);
+        }
+        json!({
+            "from": self.from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "to": self.to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "clusters": out,
+            "fleet": fleet.to_json(days),
+        })
+    }
+}
+
+/// `Metrics` over whole lists (the tables of cases).
 pub fn metrics(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     clusters: &[String],
-    deployments: &[Deployment],
-    incidents: &[Incident],
+    deployments: &[Deployment<'_>],
+    incidents: &[Incident<'_>],
     open: &BTreeMap<String, u64>,
 ) -> Value {
-    let mut per: BTreeMap<&str, Figures> = clusters
-        .iter()
-        .map(|c| (c.as_str(), Figures::default()))
-        .collect();
-    let inside = |t: DateTime<Utc>| t >= from && t < to;
-    for d in deployments.iter().filter(|d| inside(d.first_at)) {
-        if let Some(f) = per.get_mut(d.cluster.as_str()) {
-            f.add_deployment(d);
-        }
+    let mut m = Metrics::new(from, to, clusters);
+    for d in deployments {
+        m.deployment(d);
     }
-    for i in incidents.iter().filter(|i| inside(i.opened_at)) {
-        if let Some(f) = per.get_mut(i.cluster.as_str()) {
-            f.add_restore(i);
-        }
+    for i in incidents {
+        m.incident(i);
     }
     for (c, n) in open {
-        if let Some(f) = per.get_mut(c.as_str()) {
-            f.open_incidents = *n;
-        }
+        m.open(c, *n);
     }
-    let days = (to - from).num_milliseconds() as f64 / 86_400_000.0;
-    let mut fleet = Figures::default();
-    let mut out = vec![];
-    for (cluster, mut f) in per {
-        fleet.merge(&f);
-        let mut v = f.to_json(days);
-        v.as_object_mut()
-            .expect("an object")
-            .insert("cluster".into(), json!(cluster));
-        out.push(v);
-    }
-    json!({
-        "from": from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "to": to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "clusters": out,
-        "fleet": fleet.to_json(days),
-    })
+    m.finish()
 }
 
 #[cfg(test)]
@@ -194,10 +234,9 @@ mod tests {
     const FROM: &str = "2026-11-01T00:00:00Z";
     const TO: &str = "2026-11-11T00:00:00Z";
 
-    fn dep(cluster: &str, sha: &str, first: &str) -> Deployment {
+    fn dep<'a>(cluster: &'a str, _sha: &str, first: &str) -> Deployment<'a> {
         Deployment {
-            cluster: cluster.into(),
-            sha: sha.into(),
+            cluster,
             first_at: t(first),
             applied_at: Some(t(first)),
             failed: false,
@@ -207,16 +246,16 @@ mod tests {
         }
     }
 
-    fn inc(cluster: &str, opened: &str, resolved: Option<&str>) -> Incident {
+    fn inc<'a>(cluster: &'a str, opened: &str, resolved: Option<&str>) -> Incident<'a> {
         Incident {
-            cluster: cluster.into(),
+            cluster,
             opened_at: t(opened),
             resolved_at: resolved.map(t),
             retired: false,
         }
     }
 
-    fn run(deps: &[Deployment], incs: &[Incident], open: &[(&str, u64)]) -> Value {
+    fn run(deps: &[Deployment<'_>], incs: &[Incident<'_>], open: &[(&str, u64)]) -> Value {
         let clusters = ["prod-eu".to_string(), "prod-us".to_string()];
         let open = open.iter().map(|(c, n)| (c.to_string(), *n)).collect();
         metrics(t(FROM), t(TO), &clusters, deps, incs, &open)

@@ -15,7 +15,7 @@ use super::groups::{incidents_partition, GroupIndexRow, GroupState, OPEN_INDEX};
 use super::records::CommitRecord;
 use super::Ledger;
 use crate::core::incident::IncidentState;
-use crate::dora::{metrics, Deployment, Incident};
+use crate::dora::{Deployment, Incident, Metrics};
 use crate::store::{StoreError, Table};
 
 /// Clusters read at once.
@@ -25,9 +25,9 @@ const JOIN_CHUNK: usize = 500;
 /// A limit meaning "all of the range".
 const ALL: usize = i64::MAX as usize;
 
-/// A cluster's deployments in the window, and its incidents opened in it (each with its
-/// repository).
-type ClusterFacts = (Vec<PairRow>, Vec<(Incident, Option<String>)>);
+/// A cluster's deployments in the window, and its incidents opened in it (of the repository
+/// asked for): opened, resolved, closed by retiring the object.
+type ClusterFacts = (Vec<PairRow>, Vec<(DateTime<Utc>, Option<DateTime<Utc>>, bool)>);
 
 /// A pair row as read for the metrics: flat (no `serde(flatten)`, which buffers every row)
 /// and with the audit feed's fast time parser — the fleet reads one per commit and cluster.
@@ -76,6 +76,7 @@ struct IncidentRead {
 }
 
 /// What one commit adds to its deployments.
+#[derive(Debug, Clone)]
 struct CommitFacts {
     committed_at: Option<DateTime<Utc>>,
     pushed_at: DateTime<Utc>,
@@ -88,60 +89,62 @@ impl Ledger {
     pub async fn dora(&self, q: &ChangeQuery) -> Result<Value, StoreError> {
         let clusters = self.clusters(q).await?;
         let (from, to) = (q.from, q.to);
-        let mut per_cluster: Vec<ClusterFacts> = Vec::with_capacity(clusters.len());
-        for chunk in clusters.chunks(CONCURRENCY) {
-            per_cluster.extend(
-                futures::future::try_join_all(
-                    chunk.iter().map(|c| self.cluster_facts(c, from, to)),
-                )
-                .await?,
-            );
-        }
-        let mut shas: Vec<String> = per_cluster
-            .iter()
-            .flat_map(|(pairs, _)| pairs.iter().map(|p| p.sha.clone()))
-            .collect();
-        shas.sort_unstable();
-        shas.dedup();
-        let commits = self.commit_facts(shas).await?;
         let repository = q.repository.as_ref().map(|r| r.as_str());
-        let mut deployments = vec![];
-        let mut incidents = vec![];
-        for (pairs, incs) in per_cluster {
-            for p in pairs {
-                let c = commits.get(p.sha.as_str());
-                if repository.is_some_and(|r| c.is_none_or(|c| c.repository != r)) {
-                    continue;
-                }
-                let Some(first_at) = p.facts.first() else {
-                    continue;
-                };
-                deployments.push(Deployment {
-                    first_at,
-                    applied_at: p.facts.applied_at,
-                    failed: p.facts.failed_at.is_some(),
-                    apply_received_at: p.facts.received_at,
-                    committed_at: c.and_then(|c| c.committed_at),
-                    pushed_at: c.map(|c| c.pushed_at),
-                    cluster: p.cluster,
-                    sha: p.sha,
-                });
+        let mut metrics = Metrics::new(from, to, &clusters);
+        // Each commit joined once for the fleet (a few thousand, small); the clusters' rows
+        // a few clusters at a time, fed into the figures and dropped.
+        let mut commits: HashMap<String, Option<CommitFacts>> = HashMap::new();
+        for chunk in clusters.chunks(CONCURRENCY) {
+            let facts: Vec<ClusterFacts> = futures::future::try_join_all(
+                chunk.iter().map(|c| self.cluster_facts(c, from, to, repository)),
+            )
+            .await?;
+            let mut shas: Vec<String> = facts
+                .iter()
+                .flat_map(|(pairs, _)| pairs.iter().map(|p| &p.sha))
+                .filter(|s| !commits.contains_key(*s))
+                .cloned()
+                .collect();
+            shas.sort_unstable();
+            shas.dedup();
+            let joined = self.commit_facts(&shas).await?;
+            for sha in shas {
+                let c = joined.get(&sha).cloned();
+                commits.insert(sha, c);
             }
-            for (i, repo) in incs {
-                if repository.is_none_or(|r| repo.as_deref() == Some(r)) {
-                    incidents.push(i);
+            for (cluster, (pairs, incidents)) in chunk.iter().zip(facts) {
+                for p in pairs {
+                    let c = commits.get(&p.sha).and_then(Option::as_ref);
+                    if repository.is_some_and(|r| c.is_none_or(|c| c.repository != r)) {
+                        continue;
+                    }
+                    let Some(first_at) = p.facts.first() else {
+                        continue;
+                    };
+                    metrics.deployment(&Deployment {
+                        cluster,
+                        first_at,
+                        applied_at: p.facts.applied_at,
+                        failed: p.facts.failed_at.is_some(),
+                        apply_received_at: p.facts.received_at,
+                        committed_at: c.and_then(|c| c.committed_at),
+                        pushed_at: c.map(|c| c.pushed_at),
+                    });
+                }
+                for i in incidents {
+                    metrics.incident(&Incident {
+                        cluster,
+                        opened_at: i.0,
+                        resolved_at: i.1,
+                        retired: i.2,
+                    });
                 }
             }
         }
-        let open = self.open_incidents(&clusters, repository).await?;
-        Ok(metrics(
-            from,
-            to,
-            &clusters,
-            &deployments,
-            &incidents,
-            &open,
-        ))
+        for (cluster, n) in self.open_incidents(&clusters, repository).await? {
+            metrics.open(&cluster, n);
+        }
+        Ok(metrics.finish())
     }
 
     /// A cluster's pair rows first reported in the window, and its incidents opened in it.
@@ -150,6 +153,7 @@ impl Ledger {
         cluster: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        repository: Option<&str>,
     ) -> Result<ClusterFacts, StoreError> {
         let pairs = self
             .store
@@ -191,15 +195,9 @@ impl Ledger {
         for (rk, json) in &rows {
             let row: IncidentRead = serde_json::from_str(json)
                 .map_err(|e| StoreError::Corrupt(format!("{pk}/{rk}: {e}")))?;
-            incidents.push((
-                Incident {
-                    cluster: cluster.to_string(),
-                    opened_at: row.opened_at,
-                    resolved_at: row.resolved_at,
-                    retired: row.closed_by.is_some(),
-                },
-                row.repository,
-            ));
+            if repository.is_none_or(|r| row.repository.as_deref() == Some(r)) {
+                incidents.push((row.opened_at, row.resolved_at, row.closed_by.is_some()));
+            }
         }
         Ok((out, incidents))
     }
@@ -207,7 +205,7 @@ impl Ledger {
     /// The commits' timestamps, first pushes and repositories, many commits per read.
     async fn commit_facts(
         &self,
-        shas: Vec<String>,
+        shas: &[String],
     ) -> Result<HashMap<String, CommitFacts>, StoreError> {
         let mut out = HashMap::with_capacity(shas.len());
         for chunk in shas.chunks(JOIN_CHUNK) {
