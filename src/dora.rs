@@ -147,7 +147,10 @@ impl Metrics {
         Metrics {
             from,
             to,
-            per: clusters.iter().map(|c| (c.clone(), Figures::default())).collect(),
+            per: clusters
+                .iter()
+                .map(|c| (c.clone(), Figures::default()))
+                .collect(),
         }
     }
 

@@ -166,11 +166,45 @@ impl Dispatcher {
             .store
             .partitions_where(Table::Objects, "delivery", Delivery::Pending.as_str())
             .await?;
+        // A backlog (a restart, a store outage) may hold failures and recoveries of many
+        // objects: every waiting incident opening is settled first, so incidents that were
+        // open at once share their group whichever pass delivers them (`groups::settle`).
+        if partitions.len() > PASS_PARTITIONS {
+            for chunk in partitions.chunks(PASS_PARTITIONS) {
+                self.settle_openings(chunk).await?;
+            }
+        }
         let mut pass = Pass::default();
         for chunk in partitions.chunks(PASS_PARTITIONS) {
             pass.add(self.deliver_partitions(chunk, now).await?);
         }
         Ok(pass)
+    }
+
+    /// Settles the incident openings waiting in these objects' outboxes (their groups), nothing
+    /// else: delivery settles them again (a no-op) and takes the rest in order.
+    async fn settle_openings(&self, pks: &[String]) -> Result<(), StoreError> {
+        let partitions = self
+            .store
+            .query_partitions_where(
+                Table::Objects,
+                pks,
+                Some("outbox|"),
+                ("delivery", Delivery::Pending.as_str()),
+            )
+            .await?;
+        let mut openings: Vec<Message> = vec![];
+        for row in partitions.into_iter().flatten() {
+            let rec: OutboxRecord = row.record()?;
+            if rec.message.kind == crate::core::MessageType::ApplyFailed
+                && groups::unsettled(&rec.message)
+            {
+                openings.push(rec.message);
+            }
+        }
+        let mut refs: Vec<&mut Message> = openings.iter_mut().collect();
+        groups::settle(self.store.as_ref(), &mut refs).await?;
+        Ok(())
     }
 
     /// Delivers the due messages of several objects: read in one query, handed to the
@@ -534,6 +568,44 @@ mod tests {
         let index = |pk| store.query_partition(Table::Audit, pk, None);
         assert_eq!(index(groups::OPEN_INDEX).await.unwrap().len(), 0);
         assert_eq!(index(groups::RESOLVED_INDEX).await.unwrap().len(), 1);
+    }
+
+    /// A backlog of two objects' failures and recoveries of one commit (say, after a
+    /// restart): one group that opens once and resolves once, not one per object.
+    #[tokio::test]
+    async fn a_backlog_groups_what_was_open_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        for pk in ["a", "b"] {
+            for (seq, kind) in [
+                (0, MessageType::ApplyFailed),
+                (1, MessageType::ApplyRecovered),
+            ] {
+                let mut m = Message::sample(pk, &format!("{pk}{seq}"));
+                m.kind = kind;
+                m.incident_id = Some(format!("inc-{pk}"));
+                m.sha = Some("a".repeat(40));
+                m.opened_at = Some(m.time);
+                let rec = OutboxRecord::pending(m);
+                let row = Row::from_record(pk, format!("outbox|{seq:012}|00|{pk}{seq}"), &rec)
+                    .with_tag("rowType", ROW_OUTBOX);
+                store.insert(Table::Objects, row).await.unwrap();
+            }
+        }
+        let publisher = Arc::new(Scripted::default());
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            max_attempts: 5,
+        };
+        let d = Dispatcher::new(store.clone(), publisher.clone(), policy);
+        let pass = d.deliver_all(Utc::now()).await.unwrap();
+        assert_eq!(
+            pass.delivered, 6,
+            "one group's two messages and the objects' four"
+        );
+        let index = |pk| store.query_partition(Table::Audit, pk, None);
+        assert_eq!(index(groups::RESOLVED_INDEX).await.unwrap().len(), 1);
+        assert_eq!(index(groups::OPEN_INDEX).await.unwrap().len(), 0);
     }
 
     #[test]

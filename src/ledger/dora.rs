@@ -27,7 +27,10 @@ const ALL: usize = i64::MAX as usize;
 
 /// A cluster's deployments in the window, and its incidents opened in it (of the repository
 /// asked for): opened, resolved, closed by retiring the object.
-type ClusterFacts = (Vec<PairRow>, Vec<(DateTime<Utc>, Option<DateTime<Utc>>, bool)>);
+type ClusterFacts = (
+    Vec<PairRow>,
+    Vec<(DateTime<Utc>, Option<DateTime<Utc>>, bool)>,
+);
 
 /// A pair row as read for the metrics: flat (no `serde(flatten)`, which buffers every row)
 /// and with the audit feed's fast time parser — the fleet reads one per commit and cluster.
@@ -96,7 +99,9 @@ impl Ledger {
         let mut commits: HashMap<String, Option<CommitFacts>> = HashMap::new();
         for chunk in clusters.chunks(CONCURRENCY) {
             let facts: Vec<ClusterFacts> = futures::future::try_join_all(
-                chunk.iter().map(|c| self.cluster_facts(c, from, to, repository)),
+                chunk
+                    .iter()
+                    .map(|c| self.cluster_facts(c, from, to, repository)),
             )
             .await?;
             let mut shas: Vec<String> = facts

@@ -431,11 +431,18 @@ pub async fn settle(
     messages: &mut [&mut Message],
 ) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
-    // By cause, each in the order given.
+    // By cause; openings first (in the order given), then closings (in the order given).
+    // An incident's opening always precedes its closing, as in its object's outbox; across
+    // incidents, settling every opening first groups what was open at once — a pass that
+    // found several objects' failures and recoveries waiting (after a restart, a store
+    // outage) groups them as if it had settled each failure when it happened, instead of
+    // opening and resolving one group per object.
     let mut by_cause: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, m) in messages.iter().enumerate() {
-        if unsettled(m) {
-            by_cause.entry(cause_of(m)).or_default().push(i);
+    for opening in [true, false] {
+        for (i, m) in messages.iter().enumerate() {
+            if unsettled(m) && (m.kind == MessageType::ApplyFailed) == opening {
+                by_cause.entry(cause_of(m)).or_default().push(i);
+            }
         }
     }
     for (cause, idx) in by_cause {
