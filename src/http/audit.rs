@@ -225,10 +225,12 @@ pub(super) async fn changes(
                 .ok_or_else(|| bad_cursor(c))
         })
         .transpose()?;
+    // Checked for CSV too, though the export is the whole window: a malformed parameter is a
+    // 400 whatever the format.
+    let limit = p.limit()?;
     if csv {
         return export_csv(state, q, cursor).await;
     }
-    let limit = p.limit()?;
     let page = state.ledger.changes(&q, cursor.as_ref(), limit).await?;
     let rows: Vec<_> = page.changes.iter().map(|c| c.to_json()).collect();
     Ok(json_response(

@@ -386,6 +386,7 @@ async fn the_feed_answers_windows_filters_and_pages_that_neither_skip_nor_repeat
         "approved=maybe",
         "limit=0",
         "limit=1000",
+        "format=csv&limit=188675",
         "cursor=%%%",
         "cursor=eyJwIjoiY2x1c3RlcnxvdGhlciIsImsiOiIwIn0",
         "format=xml",
