@@ -278,16 +278,28 @@ impl Register {
 pub struct PairFacts {
     /// The first report of the commit by an object of the cluster, applied or failed
     /// (cluster clock): when the deployment happened (contract §8).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "utc::de_option"
+    )]
     pub first_at: Option<DateTime<Utc>>,
     /// The first success (cluster clock).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "utc::de_option")]
     pub applied_at: Option<DateTime<Utc>>,
     /// The first failure at the commit's revision (cluster clock): the deployment failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "utc::de_option"
+    )]
     pub failed_at: Option<DateTime<Utc>>,
     /// When fluxtrail received the first apply report (its clock): push-to-apply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "utc::de_option"
+    )]
     pub received_at: Option<DateTime<Utc>>,
 }
 

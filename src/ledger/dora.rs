@@ -7,11 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::audit::{stamp, utc, ChangeQuery, PairFacts, PairRow, FAILED_SUFFIX};
-use super::groups::{incidents_partition, GroupIndexRow, GroupState, OPEN_INDEX};
+use super::audit::{stamp, ChangeQuery, PairRow, FAILED_SUFFIX};
+use super::groups::{incidents_partition, GroupIndexRow, GroupState, IncidentRow, OPEN_INDEX};
 use super::records::CommitRecord;
 use super::Ledger;
 use crate::core::incident::IncidentState;
@@ -31,52 +30,6 @@ type ClusterFacts = (
     Vec<PairRow>,
     Vec<(DateTime<Utc>, Option<DateTime<Utc>>, bool)>,
 );
-
-/// A pair row as read for the metrics: flat (no `serde(flatten)`, which buffers every row)
-/// and with the audit feed's fast time parser — the fleet reads one per commit and cluster.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PairRead {
-    cluster: String,
-    sha: String,
-    #[serde(default, deserialize_with = "utc::de_option")]
-    first_at: Option<DateTime<Utc>>,
-    #[serde(default, deserialize_with = "utc::de_option")]
-    applied_at: Option<DateTime<Utc>>,
-    #[serde(default, deserialize_with = "utc::de_option")]
-    failed_at: Option<DateTime<Utc>>,
-    #[serde(default, deserialize_with = "utc::de_option")]
-    received_at: Option<DateTime<Utc>>,
-}
-
-impl From<PairRead> for PairRow {
-    fn from(p: PairRead) -> Self {
-        PairRow {
-            cluster: p.cluster,
-            sha: p.sha,
-            facts: PairFacts {
-                first_at: p.first_at,
-                applied_at: p.applied_at,
-                failed_at: p.failed_at,
-                received_at: p.received_at,
-            },
-        }
-    }
-}
-
-/// An incident index row as read for the metrics: only what they use.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct IncidentRead {
-    #[serde(deserialize_with = "utc::de")]
-    opened_at: DateTime<Utc>,
-    #[serde(default, deserialize_with = "utc::de_option")]
-    resolved_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    closed_by: Option<String>,
-    #[serde(default)]
-    repository: Option<String>,
-}
 
 /// What one commit adds to its deployments.
 #[derive(Debug, Clone)]
@@ -179,9 +132,8 @@ impl Ledger {
                 }
                 continue;
             }
-            let p: PairRow = serde_json::from_str::<PairRead>(json)
-                .map_err(|e| StoreError::Corrupt(format!("pairs|{cluster}/{rk}: {e}")))?
-                .into();
+            let p: PairRow = serde_json::from_str(json)
+                .map_err(|e| StoreError::Corrupt(format!("pairs|{cluster}/{rk}: {e}")))?;
             if p.facts.first().is_some_and(|f| f >= from && f < to) {
                 out.push(p);
             }
@@ -198,7 +150,7 @@ impl Ledger {
             .await?;
         let mut incidents = Vec::with_capacity(rows.len());
         for (rk, json) in &rows {
-            let row: IncidentRead = serde_json::from_str(json)
+            let row: IncidentRow = serde_json::from_str(json)
                 .map_err(|e| StoreError::Corrupt(format!("{pk}/{rk}: {e}")))?;
             if repository.is_none_or(|r| row.repository.as_deref() == Some(r)) {
                 incidents.push((row.opened_at, row.resolved_at, row.closed_by.is_some()));

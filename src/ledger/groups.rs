@@ -147,8 +147,10 @@ pub struct MemberRecord {
 pub struct IncidentRow {
     pub incident_id: String,
     pub group_id: String,
+    // The fast parser of the audit feed's times: DORA reads one row per incident.
+    #[serde(deserialize_with = "super::audit::utc::de")]
     pub opened_at: DateTime<Utc>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::audit::utc::de_option")]
     pub resolved_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<String>,
