@@ -181,18 +181,23 @@ impl Dispatcher {
         Ok(pass)
     }
 
-    /// Settles the incident openings waiting in these objects' outboxes (their groups), nothing
-    /// else: delivery settles them again (a no-op) and takes the rest in order.
-    async fn settle_openings(&self, pks: &[String]) -> Result<(), StoreError> {
-        let partitions = self
-            .store
+    /// The waiting messages of these objects, each object's in order. Pending rows only: an
+    /// object's delivered (and dead) messages stay until retention.
+    async fn pending(&self, pks: &[String]) -> Result<Vec<Vec<crate::store::Entity>>, StoreError> {
+        self.store
             .query_partitions_where(
                 Table::Objects,
                 pks,
                 Some("outbox|"),
                 ("delivery", Delivery::Pending.as_str()),
             )
-            .await?;
+            .await
+    }
+
+    /// Settles the incident openings waiting in these objects' outboxes (their groups), nothing
+    /// else: delivery settles them again (a no-op) and takes the rest in order.
+    async fn settle_openings(&self, pks: &[String]) -> Result<(), StoreError> {
+        let partitions = self.pending(pks).await?;
         let mut openings: Vec<Message> = vec![];
         for row in partitions.into_iter().flatten() {
             let rec: OutboxRecord = row.record()?;
@@ -217,16 +222,7 @@ impl Dispatcher {
         pks: &[String],
         now: DateTime<Utc>,
     ) -> Result<Pass, StoreError> {
-        // Pending rows only: an object's delivered (and dead) messages stay until retention.
-        let partitions = self
-            .store
-            .query_partitions_where(
-                Table::Objects,
-                pks,
-                Some("outbox|"),
-                ("delivery", Delivery::Pending.as_str()),
-            )
-            .await?;
+        let partitions = self.pending(pks).await?;
         let mut pass = Pass::default();
         let mut rest: Vec<Due> = Vec::new();
         for (part, rows) in partitions.into_iter().enumerate() {
@@ -285,9 +281,7 @@ impl Dispatcher {
             .partition(|d| d.rec.message.kind.is_internal());
         rest = publish;
         for mut d in internal {
-            d.rec.delivery = Delivery::Delivered;
-            d.rec.delivered_at = Some(now);
-            d.rec.next_attempt_at = None;
+            d.rec.delivered(now);
             handled.push(d);
         }
         // Handed over in order; after a failure, the failed message's object waits and the
@@ -301,11 +295,7 @@ impl Dispatcher {
             let mut it = rest.into_iter();
             for mut d in it.by_ref().take(accepted) {
                 d.rec.attempts += 1;
-                d.rec.delivery = Delivery::Delivered;
-                d.rec.delivered_at = Some(now);
-                d.rec.next_attempt_at = None;
-                d.rec.last_error = None;
-                d.rec.parked = false;
+                d.rec.delivered(now);
                 pass.delivered += 1;
                 handled.push(d);
             }

@@ -188,7 +188,8 @@ fn cause_of(m: &Message) -> String {
 struct Partition {
     gens: BTreeMap<u32, (GroupRecord, Option<Etag>, bool)>,
     members: HashMap<String, (MemberRecord, Option<Etag>, bool)>,
-    outbox: Vec<Message>,
+    /// New group messages, each with its generation.
+    outbox: Vec<(u32, Message)>,
 }
 
 impl Partition {
@@ -215,8 +216,7 @@ impl Partition {
             g.resolved_at = Some(g.resolved_at.map_or(at, |r| r.max(at)));
             if g.open == 0 {
                 g.state = GroupState::Resolved;
-                let resolved = resolved_message(g);
-                self.outbox.push(resolved);
+                self.outbox.push((generation, resolved_message(g)));
             }
         }
         group
@@ -258,7 +258,7 @@ impl Partition {
                     members: vec![],
                     clusters: vec![],
                 };
-                self.outbox.push(opened_message(&g));
+                self.outbox.push((n, opened_message(&g)));
                 self.gens.insert(n, (g, None, true));
                 n
             }
@@ -317,13 +317,8 @@ impl Partition {
                 });
             }
         }
-        for m in &self.outbox {
+        for (generation, m) in &self.outbox {
             let order = u8::from(m.kind == MessageType::GroupResolved);
-            let generation = m
-                .custom
-                .as_ref()
-                .and_then(|c| c.data["generation"].as_u64())
-                .unwrap_or(0);
             let rk = format!("outbox|{generation:06}|{order}|{}", m.id);
             ops.push(BatchOp::Insert(
                 Row::from_record(pk, rk, &OutboxRecord::pending(m.clone()))
@@ -375,15 +370,7 @@ fn opened_message(g: &GroupRecord) -> Message {
         "revision": g.revision,
         "repository": g.repository,
         "openedAt": g.opened_at,
-        "first": {
-            "incidentId": g.first.incident_id,
-            "cluster": g.first.cluster,
-            "kind": g.first.kind,
-            "namespace": g.first.namespace,
-            "name": g.first.name,
-            "reason": g.first.reason,
-            "message": g.first.message,
-        },
+        "first": g.first,
         "severity": MessageType::GroupOpened.severity(),
     });
     group_message(MessageType::GroupOpened, g, g.opened_at, data)
@@ -586,19 +573,11 @@ async fn index(
                 ))),
         }
     }
+    // One batch per partition: a settle covers at most `PER_BATCH` messages, so each holds
+    // fewer than Table Storage's 100 operations.
     let writes: Vec<(Table, String, Vec<BatchOp>)> = upserts
         .into_iter()
-        .flat_map(|(pk, ops)| {
-            let chunks: Vec<Vec<BatchOp>> = ops
-                .into_iter()
-                .collect::<Vec<_>>()
-                .chunks(100)
-                .map(<[BatchOp]>::to_vec)
-                .collect();
-            chunks
-                .into_iter()
-                .map(move |c| (Table::Audit, pk.clone(), c))
-        })
+        .map(|(pk, ops)| (Table::Audit, pk, ops))
         .collect();
     if !writes.is_empty() {
         store.batches(writes).await?;
@@ -651,32 +630,11 @@ impl GroupRecord {
             "repository": self.repository,
             "openedAt": self.opened_at,
             "resolvedAt": if self.state == GroupState::Resolved { self.resolved_at } else { None },
-            "first": {
-                "incidentId": self.first.incident_id,
-                "cluster": self.first.cluster,
-                "kind": self.first.kind,
-                "namespace": self.first.namespace,
-                "name": self.first.name,
-                "reason": self.first.reason,
-                "message": self.first.message,
-            },
+            "first": self.first,
             "open": self.open,
             "memberCount": self.member_count,
             "clusters": self.clusters,
-            "members": members.iter().map(|m| json!({
-                "incidentId": m.incident_id,
-                "cluster": m.cluster,
-                "kind": m.kind,
-                "namespace": m.namespace,
-                "name": m.name,
-                "state": m.state,
-                "openedAt": m.opened_at,
-                "resolvedAt": m.resolved_at,
-                "closedBy": m.closed_by,
-                "revision": m.revision,
-                "reason": m.reason,
-                "message": m.message,
-            })).collect::<Vec<_>>(),
+            "members": members,
         })
     }
 }

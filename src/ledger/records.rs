@@ -131,6 +131,15 @@ pub struct OutboxRecord {
 }
 
 impl OutboxRecord {
+    /// Handed over (or, for an internal message, settled): done.
+    pub fn delivered(&mut self, now: DateTime<Utc>) {
+        self.delivery = Delivery::Delivered;
+        self.delivered_at = Some(now);
+        self.next_attempt_at = None;
+        self.last_error = None;
+        self.parked = false;
+    }
+
     /// A new message, waiting for its first attempt.
     pub fn pending(message: Message) -> Self {
         OutboxRecord {

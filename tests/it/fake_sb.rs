@@ -208,9 +208,6 @@ fn once_each(requests: Vec<Captured>) -> Vec<Captured> {
 }
 
 fn is_group(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|m| {
-        m["type"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("io.fluxtrail.group."))
-    })
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|m| crate::helpers::is_group_message(&m))
 }
