@@ -384,23 +384,21 @@ impl Ledger {
                 target.applied_at.is_some() && old.is_none_or(|o| o.applied_at.is_none());
             let facts = PairFacts::of(target, first_apply.then_some(received_at));
             let merged = before.merge(facts);
-            if merged != before
-                && merged
-                    == (PairFacts {
-                        failed_at: merged.failed_at,
-                        ..before
-                    })
-                && before.first_at.is_some()
-            {
-                w.registers.push(Register::Failed {
-                    cluster: now.cluster.clone(),
-                    sha: sha.to_string(),
-                });
-            } else if merged != before {
-                w.registers.push(Register::Pair {
-                    cluster: now.cluster.clone(),
-                    sha: sha.to_string(),
-                    facts,
+            // What is new is only that it failed (the row knows the rest): a fact row.
+            let only_failed = PairFacts {
+                failed_at: before.failed_at,
+                ..merged
+            } == before;
+            if merged != before {
+                let (cluster, sha) = (now.cluster.clone(), sha.to_string());
+                w.registers.push(if only_failed {
+                    Register::Failed { cluster, sha }
+                } else {
+                    Register::Pair {
+                        cluster,
+                        sha,
+                        facts,
+                    }
                 });
             }
         }
