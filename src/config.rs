@@ -117,6 +117,17 @@ pub struct Settings {
     pub max_connections: usize,
     /// `FLUXTRAIL_APPROVAL_*` (contract §10).
     pub approval: crate::policy::Policy,
+    /// `FLUXTRAIL_{GITHUB,GITLAB,AZUREDEVOPS,GITEA}_API_TOKEN`/`_URL` (contract §11): the Git
+    /// hosts' APIs the backfill may ask. Empty: no backfill.
+    pub backfill_hosts: Vec<crate::backfill::HostConfig>,
+    /// `FLUXTRAIL_BACKFILL_DELAY` (default `60s`): how long a noticed hole waits before the
+    /// API is asked (the webhook may only be late).
+    pub backfill_delay: Duration,
+    /// `FLUXTRAIL_BACKFILL_RETRY_MAX` (default `10m`): the longest wait between attempts of
+    /// an item the host failed (an outage of any length loses nothing: it is retried).
+    pub backfill_retry_max: Duration,
+    /// `FLUXTRAIL_BACKFILL_TIMEOUT` (default `10s`): one API request.
+    pub backfill_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +146,8 @@ pub enum ConfigError {
     Size { name: &'static str, value: String },
     #[error("FLUXTRAIL_LOG_FORMAT={0:?} must be text or json")]
     LogFormat(String),
+    #[error("{name}={value:?} is not an http(s) URL")]
+    Url { name: &'static str, value: String },
     #[error("FLUXTRAIL_INSECURE_ALLOW_UNSIGNED is set but this process runs under the Azure Functions host ({0} is set): unsigned deliveries are for local development only")]
     InsecureUnderHost(&'static str),
 }
@@ -252,7 +265,30 @@ impl Settings {
             &get("FLUXTRAIL_APPROVAL_EXEMPT").unwrap_or_default(),
             duration("FLUXTRAIL_APPROVAL_GRACE", Duration::from_secs(600))?,
         );
+        let backfill_hosts = crate::backfill::HostKind::ALL
+            .into_iter()
+            .filter_map(|kind| {
+                let token = get(&format!("FLUXTRAIL_{}_API_TOKEN", kind.var()))?;
+                let name = kind.url_var();
+                Some(
+                    match get(name).or_else(|| kind.default_url().map(String::from)) {
+                        None => Err(ConfigError::Url {
+                            name,
+                            value: String::new(),
+                        }),
+                        Some(url) => {
+                            crate::backfill::HostConfig::new(kind, &url, Secret::new(token))
+                                .ok_or(ConfigError::Url { name, value: url })
+                        }
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
+            backfill_hosts,
+            backfill_delay: duration("FLUXTRAIL_BACKFILL_DELAY", Duration::from_secs(60))?,
+            backfill_retry_max: duration("FLUXTRAIL_BACKFILL_RETRY_MAX", Duration::from_secs(600))?,
+            backfill_timeout: duration("FLUXTRAIL_BACKFILL_TIMEOUT", Duration::from_secs(10))?,
             approval,
             listen,
             data_dir,

@@ -4,6 +4,7 @@
 //! deliveries into domain events; the ledger (`ledger`) records them in a `store`. See
 //! ARCHITECTURE.md for the map.
 
+pub mod backfill;
 pub mod config;
 pub mod core;
 pub mod domain;

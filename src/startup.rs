@@ -43,6 +43,7 @@ pub struct Application {
     dispatcher: Dispatcher,
     dispatcher_task: JoinHandle<()>,
     sweeper_task: Option<JoinHandle<()>>,
+    backfill_task: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -82,9 +83,28 @@ impl Application {
             max_attempts: settings.publish_max_attempts,
         };
         let dispatcher = Dispatcher::new(store.clone(), publisher.clone(), policy);
-        let ledger = Ledger::new(store)
+        let mut ledger = Ledger::new(store)
             .with_outbox(wake_tx)
             .with_policy(settings.approval.clone());
+        let hosts = &settings.backfill_hosts;
+        if !hosts.is_empty() {
+            let serves = hosts.iter().map(|h| h.serves.clone()).collect();
+            ledger = ledger.with_backfill(crate::ledger::backfill::Notices::new(
+                serves,
+                settings.backfill_delay,
+            ));
+            for h in hosts {
+                tracing::info!(host = h.kind.name(), url = %h.api_url, serves = %h.serves, "backfill from this API");
+            }
+        }
+        let backfill = (!hosts.is_empty()).then(|| {
+            Arc::new(crate::backfill::Backfill::new(
+                ledger.clone(),
+                hosts,
+                settings.backfill_timeout,
+                settings.backfill_retry_max,
+            ))
+        });
         let recovered = ledger.recover().await?;
         if recovered > 0 {
             tracing::warn!(
@@ -137,7 +157,9 @@ impl Application {
                 publisher,
                 dispatcher: dispatcher.clone(),
                 sweep,
+                backfill: backfill.clone(),
             }),
+            backfill_task: backfill.map(|b| tokio::spawn(b.run())),
             dispatcher,
             dispatcher_task,
             sweeper_task,
@@ -155,6 +177,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         http::serve(self.listener, self.state, shutdown).await;
         self.dispatcher_task.abort();
+        if let Some(t) = self.backfill_task {
+            t.abort();
+        }
         if let Some(t) = self.sweeper_task {
             t.abort();
         }

@@ -73,6 +73,16 @@ impl SweepReport {
     }
 }
 
+/// The sweep's share of the backfill (contract §11: a worker and the sweep drain it): what
+/// is due, for up to 20 s, as a log line.
+pub async fn drain_backfill(b: &crate::backfill::Backfill) -> Result<String, StoreError> {
+    let r = b.drain(std::time::Duration::from_secs(20)).await?;
+    Ok(format!(
+        "backfill: {} done, {} failed, {} to retry",
+        r.done, r.failed, r.retried
+    ))
+}
+
 pub async fn sweep(
     ledger: &Ledger,
     dispatcher: &Dispatcher,
@@ -87,6 +97,11 @@ pub async fn sweep(
     report.approvals_decided = approvals.decided;
     report.unapproved = approvals.unapproved;
     report.delivered = dispatcher.deliver_all(now).await?.delivered;
+    if ledger.backfill_notices().is_some() {
+        let cutoff =
+            now - chrono::Duration::from_std(settings.retain_deliveries).unwrap_or_default();
+        ledger.backfill_retention(cutoff).await?;
+    }
     // Retention: the store filters by age; at most RETENTION_BATCH rows of each kind per
     // sweep, so a sweep's memory and time stay bounded whatever the history (the next sweeps
     // take the rest).

@@ -195,6 +195,7 @@ fn push_event(r: PushResource) -> Result<GitEvent, ParseError> {
                 forced: false,
                 pusher: r.pushed_by.as_ref().and_then(Identity::handle),
                 commits: own,
+                source: Default::default(),
             })
         })
         .collect::<Result<Vec<_>, ParseError>>()?;

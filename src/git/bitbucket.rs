@@ -199,6 +199,7 @@ fn push_event(p: PushPayload) -> Result<GitEvent, ParseError> {
                     forced: c.forced,
                     pusher: pusher.clone(),
                     commits,
+                    source: Default::default(),
                 })
             })
             .collect::<Result<Vec<_>, ParseError>>()?;

@@ -231,6 +231,7 @@ fn push_event(p: PushPayload) -> Result<GitEvent, ParseError> {
                 forced: false,
                 pusher: pusher.clone(),
                 commits,
+                source: Default::default(),
             })
         })
         .collect::<Result<Vec<_>, ParseError>>()?;

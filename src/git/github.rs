@@ -170,6 +170,7 @@ impl PushPayload {
             forced: self.forced,
             pusher,
             commits,
+            source: Default::default(),
         })
     }
 }

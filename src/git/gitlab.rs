@@ -145,6 +145,7 @@ fn push_event(p: PushPayload) -> Result<GitEvent, ParseError> {
             forced: false,
             pusher: p.user_username.or(p.user_name),
             commits,
+            source: Default::default(),
         }],
     })
 }

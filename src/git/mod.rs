@@ -212,6 +212,24 @@ pub struct Push {
     /// The commits the payload lists, oldest first. Hosts cap this list (reference §Summary),
     /// so it is never assumed complete.
     pub commits: Vec<Commit>,
+    /// `api` for the gap a backfill filled from the host's compare API (part 12).
+    #[serde(default, skip_serializing_if = "Source::is_push")]
+    pub source: Source,
+}
+
+/// Where a commit's (or a push's) record came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    #[default]
+    Push,
+    Api,
+}
+
+impl Source {
+    pub fn is_push(&self) -> bool {
+        *self == Source::Push
+    }
 }
 
 impl Push {
@@ -386,7 +404,7 @@ pub(crate) fn tag_ref(name: &str) -> String {
 /// RFC 3339 in UTC. Hosts also send `2017-12-10 17:08:07 UTC` (GitLab merge requests, still
 /// on gitlab.com) and `2017-12-10 17:08:07 +0100`; a value that is no time at all is dropped
 /// (logged): every time fluxtrail returns is RFC 3339.
-pub(crate) fn timestamp(value: Option<&str>) -> Option<String> {
+pub fn timestamp(value: Option<&str>) -> Option<String> {
     let v = value?.trim();
     if v.is_empty() {
         return None;

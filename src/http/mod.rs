@@ -69,6 +69,8 @@ pub struct AppState {
     pub publisher: Arc<dyn Publisher>,
     pub dispatcher: Dispatcher,
     pub sweep: SweepSettings,
+    /// The backfill worker (part 12), when a host API is configured: the sweep drains it too.
+    pub backfill: Option<Arc<crate::backfill::Backfill>>,
 }
 
 /// At most this many request headers, and this many bytes of request line + headers; past

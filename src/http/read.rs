@@ -191,6 +191,7 @@ pub(super) async fn health(
             "error": publisher.err().map(|e| e.to_string()),
         },
         "outbox": outbox_counts(state).await,
+        "backfill": backfill_status(state).await,
     });
     let status = if ok {
         StatusCode::OK
@@ -198,6 +199,21 @@ pub(super) async fn health(
         StatusCode::SERVICE_UNAVAILABLE
     };
     Ok(json_response(status, &body))
+}
+
+/// The backfill queue and each host's rate-limit state (`null` when no host API is
+/// configured; the queue `null` when the store cannot say). Never a reason for a 503: the
+/// hosts' APIs are not what the service needs to take deliveries.
+async fn backfill_status(state: &AppState) -> serde_json::Value {
+    let Some(b) = &state.backfill else {
+        return serde_json::Value::Null;
+    };
+    let queue = state
+        .ledger
+        .backfill_status(chrono::Utc::now())
+        .await
+        .unwrap_or(serde_json::Value::Null);
+    json!({"queue": queue, "hosts": b.rate_limits()})
 }
 
 /// Messages waiting and parked, for the health report (`null` when the store cannot say).

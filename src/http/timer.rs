@@ -38,7 +38,10 @@ pub(super) async fn sweep(
         tracing::warn!("the sweep timer is past due");
     }
     let report = sweep::sweep(&state.ledger, &state.dispatcher, state.sweep, now).await?;
-    let logs = report.logs();
+    let mut logs = report.logs();
+    if let Some(b) = &state.backfill {
+        logs.push(sweep::drain_backfill(b).await?);
+    }
     for line in &logs {
         tracing::info!(%now, "sweep: {line}");
     }

@@ -361,6 +361,10 @@ pub(super) fn pair_partition(cluster: &str) -> String {
     format!("pairs|{cluster}")
 }
 
+/// How long past the grace a `change.unapproved` decision waits while the host's API is
+/// still asked for the commit's pull request (part 12).
+const BACKFILL_HOLD: Duration = Duration::hours(1);
+
 impl Ledger {
     /// The index rows a target row's change needs (see the module's comment).
     pub(super) fn index_writes(
@@ -637,7 +641,7 @@ impl CommitFacts {
             subject(c).unwrap_or_default(),
             author(c).unwrap_or_default(),
             c.and_then(|c| c.pushed_by.clone()).unwrap_or_default(),
-            c.map(|c| rfc(c.pushed_at)).unwrap_or_default(),
+            c.and_then(|c| c.push_time()).map(rfc).unwrap_or_default(),
             verdict.approved.to_string(),
             verdict.exempt.clone().unwrap_or_default(),
             a.map(|a| a.number.to_string()).unwrap_or_default(),
@@ -687,7 +691,7 @@ impl Change {
             "subject": subject(c),
             "author": author(c),
             "pushedBy": c.and_then(|c| c.pushed_by.clone()),
-            "pushedAt": c.map(|c| c.pushed_at),
+            "pushedAt": c.and_then(|c| c.push_time()),
             "approval": self.facts.approval,
             "approved": self.facts.verdict.approved,
             "exempt": self.facts.verdict.exempt,
@@ -1331,6 +1335,21 @@ impl Ledger {
             if covered && decided.is_none() {
                 let (commit, approval) = self.commit_records(&sha).await?;
                 let verdict = self.policy.verdict(commit.as_ref(), approval.as_ref());
+                // Part 12: the host's API is still being asked for this commit's pull request
+                // (its webhook may have been lost): decide when it answered — for at most an
+                // hour past the grace, so an API outage does not silence the alarm.
+                if verdict.unapproved()
+                    && approval.is_none()
+                    && first + grace + BACKFILL_HOLD > now
+                    && match &commit {
+                        Some(c) if self.backfill.is_some() => {
+                            self.approval_pending(&c.repository, &sha).await?
+                        }
+                        _ => false,
+                    }
+                {
+                    continue;
+                }
                 if verdict.unapproved() {
                     let message = self
                         .unapproved_message(

@@ -35,7 +35,7 @@ type ClusterFacts = (
 #[derive(Debug, Clone)]
 struct CommitFacts {
     committed_at: Option<DateTime<Utc>>,
-    pushed_at: DateTime<Utc>,
+    pushed_at: Option<DateTime<Utc>>,
     repository: String,
 }
 
@@ -86,7 +86,7 @@ impl Ledger {
                         failed: p.facts.failed_at.is_some(),
                         apply_received_at: p.facts.received_at,
                         committed_at: c.and_then(|c| c.committed_at),
-                        pushed_at: c.map(|c| c.pushed_at),
+                        pushed_at: c.and_then(|c| c.pushed_at),
                     });
                 }
                 for i in incidents {
@@ -182,7 +182,7 @@ impl Ledger {
                         sha.clone(),
                         CommitFacts {
                             committed_at,
-                            pushed_at: c.pushed_at,
+                            pushed_at: c.push_time(),
                             repository: c.repository,
                         },
                     );

@@ -34,8 +34,12 @@ pub struct CommitEvidence {
     pub author: Option<Person>,
     pub timestamp: Option<String>,
     pub url: Option<String>,
-    pub pushed_at: String,
+    /// `None` for a commit only the host's API described (`source: api`).
+    pub pushed_at: Option<String>,
     pub pushed_by: Option<String>,
+    /// `push` (a push webhook described it) or `api` (part 12: the host's API did, after
+    /// its webhook was lost).
+    pub source: crate::git::Source,
 }
 
 /// Builds the evidence from the partition's rows; `None` when there are none.
@@ -53,6 +57,7 @@ pub fn assemble(sha: &CommitSha, rows: &[Entity]) -> Result<Option<Evidence>, St
         match row.rk.as_str() {
             "commit" => {
                 let c: CommitRecord = row.record()?;
+                let pushed_at = c.push_time();
                 evidence.commit = Some(CommitEvidence {
                     repository: c.repository,
                     repository_url: c.repository_url,
@@ -62,10 +67,10 @@ pub fn assemble(sha: &CommitSha, rows: &[Entity]) -> Result<Option<Evidence>, St
                     author: c.author,
                     timestamp: c.timestamp,
                     url: c.url,
-                    pushed_at: c
-                        .pushed_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    pushed_at: pushed_at
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
                     pushed_by: c.pushed_by,
+                    source: c.source,
                 });
             }
             "approval" => evidence.approval = Some(row.record()?),

@@ -127,6 +127,8 @@ impl Ledger {
             // but what it says of commits is merged into their rows, with its history row,
             // through the same conditional write as any event.
             let stale = out.disposition == Disposition::Stale;
+            self.notice_flux(event, class, commit.as_ref(), &out.state, received_at)
+                .await?;
             let mut rows = self
                 .plan_rows(&out, cached.as_ref().zip(target_etag.as_ref()), stale)
                 .await?;
@@ -474,6 +476,52 @@ impl Ledger {
                     .unwrap_or_default()
                     .to_string()
             }))
+    }
+
+    /// The holes an event shows (part 12): a commit of a followed repository that no push
+    /// described, an applied commit (its approval record, if it has none, is asked for).
+    async fn notice_flux(
+        &self,
+        event: &FluxEvent,
+        class: Class,
+        commit: Option<&CommitInfo>,
+        state: &ObjectState,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        use crate::backfill::Item;
+        if self.backfill.is_none() {
+            return Ok(());
+        }
+        match commit {
+            None => {
+                let (Some(follow), Some(sha)) = (&state.follows, core::event_sha(event, None))
+                else {
+                    return Ok(());
+                };
+                let git_ref = event
+                    .source_revision()
+                    .filter(|r| {
+                        r.candidate_refs()
+                            .iter()
+                            .any(|c| c == follow.git_ref.as_str())
+                    })
+                    .map(|_| follow.git_ref.to_string());
+                let item = Item::Commit {
+                    repository: follow.repository.to_string(),
+                    git_ref,
+                    sha: sha.to_string(),
+                };
+                self.notice(item, now).await
+            }
+            Some(c) if class == Class::Applied => {
+                let item = Item::Approval {
+                    repository: c.repository.to_string(),
+                    sha: c.sha.to_string(),
+                };
+                self.notice(item, now).await
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     /// What a push recorded about the event's source commit: from the object's state when it

@@ -89,6 +89,7 @@ impl Ledger {
                         &push.git_ref,
                     ));
                     self.expect_on_followers(push, received_at).await?;
+                    self.notice_gap(push, received_at).await?;
                     if provider == Provider::Bitbucket {
                         self.resolve_merges(push).await?;
                     }

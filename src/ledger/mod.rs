@@ -14,6 +14,7 @@
 //! finishes. No 2xx is sent before 3, so nothing acknowledged is ever half-written.
 
 pub mod audit;
+pub mod backfill;
 mod dora;
 pub mod evidence;
 mod flux;
@@ -78,6 +79,8 @@ pub struct Ledger {
     /// What the audit registries are known to hold (`audit::Register::cache_key`): a pair
     /// row's earliest apply (or an earlier one), a cluster's registry row.
     register_cache: Arc<shards::Shards<audit::PairFacts>>,
+    /// Holes to ask the Git hosts' APIs about (part 12), when any is configured.
+    backfill: Option<Arc<backfill::Notices>>,
 }
 
 impl Ledger {
@@ -90,7 +93,19 @@ impl Ledger {
             policy: Arc::default(),
             graphs: Arc::default(),
             register_cache: Arc::new(shards::Shards::with_capacity(16_384)),
+            backfill: None,
         }
+    }
+
+    /// Queues the holes ingest notices for the APIs of `notices` (part 12).
+    pub fn with_backfill(mut self, notices: backfill::Notices) -> Self {
+        self.backfill = Some(Arc::new(notices));
+        self
+    }
+
+    /// The backfill's notices, when a host API is configured.
+    pub fn backfill_notices(&self) -> Option<&Arc<backfill::Notices>> {
+        self.backfill.as_ref()
     }
 
     /// Decides approvals under `policy`.

@@ -181,10 +181,18 @@ pub struct CommitRecord {
     pub author: Option<Person>,
     pub timestamp: Option<String>,
     pub url: Option<String>,
-    /// When the first push that carried this commit was received, and by whom.
+    /// When the first push that carried this commit was received, and by whom. For a commit
+    /// only the host's API told us about (`source: api`), when that answer was recorded:
+    /// shown nowhere as a push time (`push_time`).
     pub pushed_at: DateTime<Utc>,
     pub pushed_by: Option<String>,
+    /// Who described it: a push webhook, or (part 12) the host's API after webhooks were
+    /// lost. A push wins the merge: once one arrives, the commit is `push`.
+    #[serde(default, skip_serializing_if = "Source::is_push")]
+    pub source: Source,
 }
+
+pub use crate::git::Source;
 
 impl CommitRecord {
     /// What the core needs of it, typed: a stored key or ref that does not parse is a
@@ -221,14 +229,27 @@ impl CommitRecord {
             url: commit.url.clone(),
             pushed_at: received_at,
             pushed_by: push.pusher.clone(),
+            source: push.source,
         }
+    }
+
+    /// When a push that carried it was received; `None` when only the API described it.
+    pub fn push_time(&self) -> Option<DateTime<Utc>> {
+        self.source.is_push().then_some(self.pushed_at)
     }
 
     /// Merges a later (or earlier) sighting of the same commit. Refs accumulate; the first
     /// push (by time received) names the pusher; details missing from one payload (Bitbucket
     /// Data Center sends none) are filled from another.
     pub fn merge(self, other: CommitRecord) -> CommitRecord {
-        let key = |r: &CommitRecord| (r.pushed_at, r.pushed_by.clone(), r.repository.clone());
+        let key = |r: &CommitRecord| {
+            (
+                r.source,
+                r.pushed_at,
+                r.pushed_by.clone(),
+                r.repository.clone(),
+            )
+        };
         let (mut first, second) = if key(&other) < key(&self) {
             (other, self)
         } else {
@@ -267,6 +288,9 @@ pub struct PushRecord {
     /// The payload's commits, oldest first (possibly capped by the host).
     pub commits: Vec<String>,
     pub received_at: DateTime<Utc>,
+    /// `api`: the commits of a gap in the ref's push chain, from the host's compare API.
+    #[serde(default, skip_serializing_if = "Source::is_push")]
+    pub source: Source,
 }
 
 impl PushRecord {
@@ -284,6 +308,7 @@ impl PushRecord {
             pusher: push.pusher.clone(),
             commits: push.commits.iter().map(|c| c.sha.to_string()).collect(),
             received_at,
+            source: push.source,
         }
     }
 
@@ -434,7 +459,26 @@ mod tests {
             url: None,
             pushed_at: DateTime::from_timestamp(at, 0).unwrap(),
             pushed_by: Some(by.into()),
+            source: Source::Push,
         }
+    }
+
+    #[test]
+    fn a_push_wins_over_the_api_in_either_order() {
+        let mut api = rec(&["refs/heads/main"], 100, "x", Some("from the api"));
+        api.pushed_by = None;
+        api.source = Source::Api;
+        let mut push = rec(&["refs/heads/main"], 200, "bob", None);
+        push.message = None;
+        let a = api.clone().merge(push.clone());
+        let b = push.clone().merge(api.clone());
+        assert_eq!(a, b);
+        assert_eq!(a.source, Source::Push);
+        assert_eq!(a.push_time(), Some(push.pushed_at));
+        assert_eq!(a.pushed_by.as_deref(), Some("bob"));
+        assert_eq!(a.message.as_deref(), Some("from the api"));
+        assert_eq!(api.push_time(), None);
+        assert_eq!(a.clone().merge(a.clone()), a);
     }
 
     #[test]
