@@ -73,7 +73,8 @@ pub async fn pull_request(
         url: str_of(&pull["html_url"]),
         author: str_of(&pull["user"]["login"]),
         merge: Some(Merge {
-            sha: MergeCommit::Full(sha_of(&pull["merge_commit_sha"], "merge_commit_sha")?),
+            // As the listing named it (the one that matched `sha`).
+            sha: MergeCommit::Full(sha_of(&found["merge_commit_sha"], "merge_commit_sha")?),
             merged_by: str_of(&pull["merged_by"]["login"]),
             merged_at: time_of(&pull["merged_at"]),
             target_ref: str_of(&pull["base"]["ref"]).map(|b| crate::git::branch_ref(&b)),

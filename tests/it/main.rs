@@ -3,6 +3,7 @@
 
 mod approvals;
 mod audit;
+mod backfill;
 mod fake_sb;
 mod faults;
 mod flux;
@@ -21,6 +22,8 @@ mod read_api;
 mod scale;
 mod scaleout;
 mod servicebus;
+#[path = "../standin/mod.rs"]
+mod standin;
 mod store;
 mod sweep;
 mod truth;
