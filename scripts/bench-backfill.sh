@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Part 12's benchmark (not part of .ci/run): the backfill drains at the rate the host's limit
+# allows, never over it, while ingest keeps its throughput.
+#
+#   scripts/bench-backfill.sh          # ITEMS=10000 LIMIT=100 (requests per second) DURATION=10s
+#
+# 1. A: fluxtrail without any host API: wrk replays the load harness's Flux events → events/s.
+# 2. B: fluxtrail with the GitHub API on the stand-in (`examples/git_api_standin.rs`, the
+#    tests' stand-in as a process, LIMIT requests per 1 s window, refusing past it): an object
+#    following `127.0.0.1/bench/fleet` reports ITEMS commits no push described (ITEMS queued
+#    items), then the same wrk load runs while the worker drains them → events/s; then the
+#    drain is timed to the end (`/api/health` backfill.queue.queued = 0).
+# 3. A again (the machine's drift), and the ratio B ÷ mean(A).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+items=${ITEMS:-10000}
+limit=${LIMIT:-100}
+duration=${DURATION:-10s}
+key=bench-key
+secret=bench-secret
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --locked --bin fluxtrail --example git_api_standin 2>&1 | tail -1
+bin=${FLUXTRAIL_BIN:-target/release/fluxtrail}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { until curl -s -o /dev/null "http://127.0.0.1:$1/"; do sleep 0.01; done; }
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
+load() { REQUESTS="$work/flux.txt" DELAY_MS=0 wrk -t1 -c32 -d"$duration" --timeout 5s -s scripts/bench/replay.lua "http://127.0.0.1:$1" | grep '^RESULT' | field rps; }
+
+python3 scripts/bench/events.py flux 400000 2000 "$key" > "$work/flux.txt"
+sp=$(free_port)
+target/release/examples/git_api_standin 127.0.0.1:$sp "$limit" 1 > "$work/standin.log" 2>&1 & pids+=($!)
+wait_up $sp
+
+start() { # port datadir [extra env…]
+  local port=$1 dir=$2; shift 2
+  env FLUXTRAIL_LISTEN=127.0.0.1:$port FLUXTRAIL_DATA_DIR=$dir FLUXTRAIL_FLUX_HMAC_KEY=$key \
+    FLUXTRAIL_GITHUB_SECRET=$secret RUST_LOG=warn "$@" "$bin" serve > "$dir.log" 2>&1 &
+  pids+=($!); echo $!
+}
+
+pa=$(free_port); pid=$(start $pa "$work/a1"); wait_up $pa
+a1=$(load $pa); kill $pid; wait $pid 2>/dev/null || true
+
+pb=$(free_port)
+pid=$(start $pb "$work/b" FLUXTRAIL_GITHUB_API_TOKEN=bench-token FLUXTRAIL_GITHUB_API_URL=http://127.0.0.1:$sp \
+  FLUXTRAIL_BACKFILL_DELAY=0s); wait_up $pb
+echo "queueing $items items (an object reports $items commits no push described)…"
+python3 - "$pb" "$items" "$key" "$secret" <<'PY'
+import hashlib, hmac, http.client, json, sys
+port, n, key, secret = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+c = http.client.HTTPConnection("127.0.0.1", port)
+def post(path, body, headers):
+    c.request("POST", path, body, headers); r = c.getresponse(); r.read()
+    assert r.status in (200, 202), (r.status, path)
+first = hashlib.sha1(b"bench-first").hexdigest()
+push = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": first, "created": True, "deleted": False, "forced": False,
+    "commits": [{"id": first, "message": "first", "timestamp": "2026-12-01T10:00:00Z", "author": {"name": "Dana", "email": "d@x"}}],
+    "head_commit": {"id": first, "message": "first", "timestamp": "2026-12-01T10:00:00Z"},
+    "repository": {"id": 1, "full_name": "bench/fleet", "html_url": "https://127.0.0.1/bench/fleet", "clone_url": "https://127.0.0.1/bench/fleet.git"},
+    "pusher": {"name": "dana"}}).encode()
+post("/api/hooks/git/github", push, {"Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": "bench-first",
+     "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), push, hashlib.sha256).hexdigest()})
+for i in range(n + 1):
+    sha = first if i == 0 else hashlib.sha1(f"lost-{i}".encode()).hexdigest()
+    t = 1796000000 + i
+    body = json.dumps({"involvedObject": {"kind": "Kustomization", "namespace": "flux-system", "name": "follower"},
+        "severity": "info", "timestamp": f"2026-12-0{1 + (t // 86400) % 9}T{(t // 3600) % 24:02d}:{(t // 60) % 60:02d}:{t % 60:02d}Z",
+        "message": "Reconciliation finished", "reason": "ReconciliationSucceeded", "metadata": {"revision": f"main@sha1:{sha}"},
+        "reportingController": "kustomize-controller"}).encode()
+    post("/api/hooks/flux/seed", body, {"Content-Type": "application/json",
+         "X-Signature": "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()})
+PY
+t0=$(date +%s.%N)
+b=$(load $pb)
+queue() { curl -s "http://127.0.0.1:$pb/api/health" | python3 -c 'import json,sys; q=json.load(sys.stdin)["backfill"]["queue"]; print(q["queued"], q["done"], q["failed"])'; }
+while :; do read -r queued done failed < <(queue); [ "$queued" = 0 ] && break; sleep 0.5; done
+t1=$(date +%s.%N)
+rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
+kill $pid; wait $pid 2>/dev/null || true
+
+pa=$(free_port); pid=$(start $pa "$work/a2"); wait_up $pa
+a2=$(load $pa); kill $pid; wait $pid 2>/dev/null || true
+
+stats=$(curl -s "http://127.0.0.1:$sp/_standin/stats")
+python3 - "$a1" "$b" "$a2" "$t0" "$t1" "$items" "$limit" "$done" "$failed" "$stats" "$rss" <<'PY'
+import json, sys
+a1, b, a2, t0, t1 = map(float, sys.argv[1:6])
+items, limit, done, failed = map(int, sys.argv[6:10])
+stats = json.loads(sys.argv[10]); rss = int(sys.argv[11])
+drain = t1 - t0
+print(f"backfill: {items} items queued, {done} done, {failed} failed in {drain:.1f} s = {done / drain:.1f} items/s "
+      f"(stand-in limit {limit} requests/s); requests refused by the stand-in: {stats['refused']}")
+print(f"ingest without backfill (A, before and after): {a1:.0f}, {a2:.0f} events/s; while draining (B): {b:.0f} events/s; "
+      f"B / mean(A) = {b / ((a1 + a2) / 2):.3f}")
+print(f"resident memory of B after the drain: {rss / 1024:.1f} MB")
+PY
