@@ -49,6 +49,7 @@ a1=$(load $pa); kill $pid; wait $pid 2>/dev/null || true
 pb=$(free_port)
 pid=$(start $pb "$work/b" FLUXTRAIL_GITHUB_API_TOKEN=bench-token FLUXTRAIL_GITHUB_API_URL=http://127.0.0.1:$sp \
   FLUXTRAIL_BACKFILL_DELAY=0s); wait_up $pb
+t_seed=$(date +%s.%N)
 echo "queueing $items items (an object reports $items commits no push described)…"
 python3 - "$pb" "$items" "$key" "$secret" <<'PY'
 import hashlib, hmac, http.client, json, sys
@@ -65,17 +66,31 @@ push = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": first,
     "pusher": {"name": "dana"}}).encode()
 post("/api/hooks/git/github", push, {"Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": "bench-first",
      "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), push, hashlib.sha256).hexdigest()})
-for i in range(n + 1):
-    sha = first if i == 0 else hashlib.sha1(f"lost-{i}".encode()).hexdigest()
-    t = 1796000000 + i
-    body = json.dumps({"involvedObject": {"kind": "Kustomization", "namespace": "flux-system", "name": "follower"},
-        "severity": "info", "timestamp": f"2026-12-0{1 + (t // 86400) % 9}T{(t // 3600) % 24:02d}:{(t // 60) % 60:02d}:{t % 60:02d}Z",
-        "message": "Reconciliation finished", "reason": "ReconciliationSucceeded", "metadata": {"revision": f"main@sha1:{sha}"},
-        "reportingController": "kustomize-controller"}).encode()
-    post("/api/hooks/flux/seed", body, {"Content-Type": "application/json",
-         "X-Signature": "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()})
+# 100 objects follow the branch (each reports the pushed commit first), then each reports
+# its share of the commits no push described; 16 senders, each owning its objects (an
+# object's events in order).
+import threading
+objects = 100
+def sender(k):
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    for o in range(k, objects, 16):
+        for i in range(n // objects + 1):
+            sha = first if i == 0 else hashlib.sha1(f"lost-{o}-{i}".encode()).hexdigest()
+            t = 1796000000 + i
+            body = json.dumps({"involvedObject": {"kind": "Kustomization", "namespace": "flux-system", "name": f"follower-{o}"},
+                "severity": "info", "timestamp": f"2026-12-0{1 + (t // 86400) % 9}T{(t // 3600) % 24:02d}:{(t // 60) % 60:02d}:{t % 60:02d}Z",
+                "message": "Reconciliation finished", "reason": "ReconciliationSucceeded", "metadata": {"revision": f"main@sha1:{sha}"},
+                "reportingController": "kustomize-controller"}).encode()
+            conn.request("POST", "/api/hooks/flux/seed", body, {"Content-Type": "application/json",
+                "X-Signature": "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()})
+            r = conn.getresponse(); r.read()
+            assert r.status == 202, r.status
+threads = [threading.Thread(target=sender, args=(k,)) for k in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
 PY
 t0=$(date +%s.%N)
+echo "queued in $(python3 -c "print(round($t0 - $t_seed, 1))") s"
 b=$(load $pb)
 queue() { curl -s "http://127.0.0.1:$pb/api/health" | python3 -c 'import json,sys; q=json.load(sys.stdin)["backfill"]["queue"]; print(q["queued"], q["done"], q["failed"])'; }
 while :; do read -r queued done failed < <(queue); [ "$queued" = 0 ] && break; sleep 0.5; done

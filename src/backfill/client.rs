@@ -374,11 +374,20 @@ impl HostClient {
             s.snap.limit = Some(l);
         }
         if let Some(r) = header_u64(headers, "ratelimit-remaining") {
-            s.snap.remaining = Some(r);
-            if let Some(reset) = header_u64(headers, "ratelimit-reset")
-                .and_then(|r| DateTime::from_timestamp(r as i64, 0))
-            {
-                s.snap.reset_at = Some(reset);
+            let reset = header_u64(headers, "ratelimit-reset")
+                .and_then(|r| DateTime::from_timestamp(r as i64, 0));
+            match (s.snap.reset_at, reset) {
+                // Answers of one window arrive out of order: the lowest count is the truest
+                // (a later answer with more left was counted by the host earlier).
+                (Some(known), Some(new)) if new == known => {
+                    s.snap.remaining = Some(s.snap.remaining.map_or(r, |k| k.min(r)));
+                }
+                // An answer of a window that has passed says nothing of this one.
+                (Some(known), Some(new)) if new < known => {}
+                _ => {
+                    s.snap.remaining = Some(r);
+                    s.snap.reset_at = reset;
+                }
             }
         }
         match error {
