@@ -2,11 +2,11 @@
 # Part 12's benchmark (not part of .ci/run): the backfill drains at the rate the host's limit
 # allows, never over it, while ingest keeps its throughput.
 #
-#   scripts/bench-backfill.sh          # ITEMS=10000 LIMIT=100 (requests per second) DURATION=10s
+#   scripts/bench-backfill.sh          # ITEMS=10000 LIMIT=1000 WINDOW=10 (1,000 requests per 10 s) DURATION=10s
 #
 # 1. A: fluxtrail without any host API: wrk replays the load harness's Flux events → events/s.
 # 2. B: fluxtrail with the GitHub API on the stand-in (`examples/git_api_standin.rs`, the
-#    tests' stand-in as a process, LIMIT requests per 1 s window, refusing past it): an object
+#    tests' stand-in as a process, LIMIT requests per WINDOW-second window, refusing past it): an object
 #    following `127.0.0.1/bench/fleet` reports ITEMS commits no push described (ITEMS queued
 #    items), then the same wrk load runs while the worker drains them → events/s; then the
 #    drain is timed to the end (`/api/health` backfill.queue.queued = 0).
@@ -14,7 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 items=${ITEMS:-10000}
-limit=${LIMIT:-100}
+limit=${LIMIT:-1000}
+window=${WINDOW:-10}
 duration=${DURATION:-10s}
 key=bench-key
 secret=bench-secret
@@ -33,7 +34,7 @@ load() { REQUESTS="$work/flux.txt" DELAY_MS=0 wrk -t1 -c32 -d"$duration" --timeo
 
 python3 scripts/bench/events.py flux 400000 2000 "$key" > "$work/flux.txt"
 sp=$(free_port)
-target/release/examples/git_api_standin 127.0.0.1:$sp "$limit" 1 > "$work/standin.log" 2>&1 & pids+=($!)
+target/release/examples/git_api_standin 127.0.0.1:$sp "$limit" "$window" > "$work/standin.log" 2>&1 & pids+=($!)
 wait_up $sp
 
 start() { # port datadir [extra env…]
@@ -102,14 +103,14 @@ pa=$(free_port); pid=$(start $pa "$work/a2"); wait_up $pa
 a2=$(load $pa); kill $pid; wait $pid 2>/dev/null || true
 
 stats=$(curl -s "http://127.0.0.1:$sp/_standin/stats")
-python3 - "$a1" "$b" "$a2" "$t0" "$t1" "$items" "$limit" "$done" "$failed" "$stats" "$rss" <<'PY'
+python3 - "$a1" "$b" "$a2" "$t0" "$t1" "$items" "$limit" "$done" "$failed" "$stats" "$rss" "$window" <<'PY'
 import json, sys
 a1, b, a2, t0, t1 = map(float, sys.argv[1:6])
 items, limit, done, failed = map(int, sys.argv[6:10])
-stats = json.loads(sys.argv[10]); rss = int(sys.argv[11])
+stats = json.loads(sys.argv[10]); rss = int(sys.argv[11]); window = int(sys.argv[12])
 drain = t1 - t0
 print(f"backfill: {items} items queued, {done} done, {failed} failed in {drain:.1f} s = {done / drain:.1f} items/s "
-      f"(stand-in limit {limit} requests/s); requests refused by the stand-in: {stats['refused']}")
+      f"(stand-in limit {limit} requests per {window} s = {limit / window:.0f}/s); requests refused by the stand-in: {stats['refused']}")
 print(f"ingest without backfill (A, before and after): {a1:.0f}, {a2:.0f} events/s; while draining (B): {b:.0f} events/s; "
       f"B / mean(A) = {b / ((a1 + a2) / 2):.3f}")
 print(f"resident memory of B after the drain: {rss / 1024:.1f} MB")

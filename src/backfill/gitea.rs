@@ -6,9 +6,9 @@
 use serde_json::Value;
 
 use super::client::{ApiError, HostClient};
-use super::{github, repo_path, repository, sha_of, str_of, time_of};
-use crate::domain::{CommitSha, MergeCommit};
-use crate::git::{Commit, Merge, PullRequest, Review};
+use super::{github, repo_path, sha_of};
+use crate::domain::CommitSha;
+use crate::git::{Commit, PullRequest};
 
 /// `GET /api/v1/repos/{o}/{r}/git/commits/{sha}` (GitHub's commit shape).
 pub async fn commit(c: &HostClient, repo: &str, sha: &CommitSha) -> Result<Commit, ApiError> {
@@ -49,39 +49,8 @@ pub async fn pull_request(
             Value::as_array,
         )
         .await?;
-    Ok(Some(PullRequest {
-        repository: repository(repo, str_of(&pull["base"]["repo"]["html_url"]))?,
-        number,
-        url: str_of(&pull["html_url"]),
-        author: str_of(&pull["user"]["login"]),
-        merge: Some(Merge {
-            sha: MergeCommit::Full(sha_of(&pull["merge_commit_sha"], "merge_commit_sha")?),
-            merged_by: str_of(&pull["merged_by"]["login"]),
-            merged_at: time_of(&pull["merged_at"]),
-            target_ref: str_of(&pull["base"]["ref"]).map(|b| crate::git::branch_ref(&b)),
-            head: pull["head"]["sha"]
-                .as_str()
-                .and_then(|s| CommitSha::parse(s).ok()),
-        }),
-        reviews: reviews
-            .iter()
-            .filter_map(|v| {
-                let approved = match v["state"].as_str()? {
-                    "APPROVED" if v["dismissed"] != true => true,
-                    "APPROVED" | "REQUEST_CHANGES" => false,
-                    _ => return None,
-                };
-                Some(Review {
-                    user: str_of(&v["user"]["login"])?,
-                    approved,
-                    commit: v["commit_id"]
-                        .as_str()
-                        .and_then(|s| CommitSha::parse(s).ok()),
-                    at: time_of(&v["submitted_at"]),
-                })
-            })
-            .collect(),
-    }))
+    let merge_sha = sha_of(&pull["merge_commit_sha"], "merge_commit_sha")?;
+    github::pull_of(repo, &pull, merge_sha, &reviews).map(Some)
 }
 
 /// `GET …/compare/{base}...{head}` (oldest first).
@@ -97,10 +66,5 @@ pub async fn compare(
             repo_path(repo)
         ))
         .await?;
-    page.body["commits"]
-        .as_array()
-        .ok_or_else(|| ApiError::Malformed("compare: no commits".into()))?
-        .iter()
-        .map(github::commit_of)
-        .collect()
+    super::commits_in(&page.body["commits"], github::commit_of)
 }

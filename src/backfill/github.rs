@@ -67,29 +67,46 @@ pub async fn pull_request(
             Value::as_array,
         )
         .await?;
-    Ok(Some(PullRequest {
+    // The merge commit as the listing named it (the one that matched `sha`).
+    let merge_sha = sha_of(&found["merge_commit_sha"], "merge_commit_sha")?;
+    pull_of(repo, &pull, merge_sha, &reviews).map(Some)
+}
+
+/// A pull request in GitHub's shape (Gitea and Forgejo answer the same) with its reviews.
+pub fn pull_of(
+    repo: &str,
+    pull: &Value,
+    merge_sha: CommitSha,
+    reviews: &[Value],
+) -> Result<PullRequest, ApiError> {
+    Ok(PullRequest {
         repository: repository(repo, str_of(&pull["base"]["repo"]["html_url"]))?,
-        number,
+        number: pull["number"]
+            .as_u64()
+            .ok_or_else(|| ApiError::Malformed("pull request without a number".into()))?,
         url: str_of(&pull["html_url"]),
         author: str_of(&pull["user"]["login"]),
         merge: Some(Merge {
-            // As the listing named it (the one that matched `sha`).
-            sha: MergeCommit::Full(sha_of(&found["merge_commit_sha"], "merge_commit_sha")?),
+            sha: MergeCommit::Full(merge_sha),
             merged_by: str_of(&pull["merged_by"]["login"]),
             merged_at: time_of(&pull["merged_at"]),
             target_ref: str_of(&pull["base"]["ref"]).map(|b| crate::git::branch_ref(&b)),
-            head: CommitSha::parse(pull["head"]["sha"].as_str().unwrap_or_default()).ok(),
+            head: pull["head"]["sha"]
+                .as_str()
+                .and_then(|s| CommitSha::parse(s).ok()),
         }),
         reviews: reviews.iter().filter_map(review_of).collect(),
-    }))
+    })
 }
 
 /// A review's verdict, as the webhook parser reads one: approvals, and the verdicts that
-/// withdraw one (changes requested, dismissed); comments say nothing.
+/// withdraw one (changes requested, dismissed); comments say nothing. Gitea spells
+/// "changes requested" `REQUEST_CHANGES` and keeps a dismissed approval `APPROVED` with
+/// `dismissed: true`.
 fn review_of(v: &Value) -> Option<Review> {
     let approved = match v["state"].as_str()? {
-        "APPROVED" => true,
-        "CHANGES_REQUESTED" | "DISMISSED" => false,
+        "APPROVED" => v["dismissed"] != true,
+        "CHANGES_REQUESTED" | "REQUEST_CHANGES" | "DISMISSED" => false,
         _ => return None,
     };
     Some(Review {

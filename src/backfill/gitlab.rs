@@ -130,10 +130,5 @@ pub async fn compare(
             project(repo)
         ))
         .await?;
-    page.body["commits"]
-        .as_array()
-        .ok_or_else(|| ApiError::Malformed("compare: no commits".into()))?
-        .iter()
-        .map(commit_of)
-        .collect()
+    super::commits_in(&page.body["commits"], commit_of)
 }

@@ -298,6 +298,18 @@ pub fn message_of(v: &serde_json::Value) -> Option<String> {
         .map(|m| crate::flux::cut(m.to_string(), crate::git::MAX_COMMIT_MESSAGE))
 }
 
+/// A compare answer's list of commits, each read by `commit_of`.
+pub fn commits_in(
+    list: &serde_json::Value,
+    commit_of: fn(&serde_json::Value) -> Result<Commit, ApiError>,
+) -> Result<Vec<Commit>, ApiError> {
+    list.as_array()
+        .ok_or_else(|| ApiError::Malformed("compare: no commits".into()))?
+        .iter()
+        .map(commit_of)
+        .collect()
+}
+
 /// A host's time as RFC 3339 UTC, as the webhook parsers keep it.
 pub fn time_of(v: &serde_json::Value) -> Option<String> {
     crate::git::timestamp(v.as_str())

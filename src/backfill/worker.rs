@@ -17,9 +17,9 @@ use crate::store::StoreError;
 
 /// How long a claim holds an item (a crashed instance's items are taken over after it).
 const LEASE: chrono::Duration = chrono::Duration::minutes(2);
-/// Items claimed per host in one pass, and asked about at once.
+/// Items claimed per host in one pass (one batch), and asked about at once.
 const PER_PASS: usize = 32;
-const CONCURRENCY: usize = 4;
+const CONCURRENCY: usize = 8;
 /// The first retry's wait; it doubles per failed attempt, up to `retry_max`.
 const RETRY_BASE: Duration = Duration::from_secs(5);
 /// The longest the worker sleeps with nothing due (other instances queue items too).
@@ -157,15 +157,11 @@ impl Backfill {
                 continue;
             }
             let due = self.ledger.due(&config.serves, now, PER_PASS).await?;
-            let mut claims = Vec::new();
-            for (rk, etag, d) in due {
-                if d.lease_until.is_some_and(|l| l > now) {
-                    continue;
-                }
-                if let Some(c) = self.ledger.claim(rk, &etag, d, now + LEASE).await? {
-                    claims.push(c);
-                }
-            }
+            let free = due
+                .into_iter()
+                .filter(|(_, _, d)| d.lease_until.is_none_or(|l| l <= now))
+                .collect();
+            let claims = self.ledger.claim_all(free, now + LEASE).await?;
             if claims.is_empty() {
                 report.add(PassReport {
                     next: self.ledger.next_due(&config.serves).await?,

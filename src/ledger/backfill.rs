@@ -246,6 +246,57 @@ impl Ledger {
         }
     }
 
+    /// Takes due rows for `lease` in one batch (one round trip); if another instance took
+    /// one of them first, each is taken on its own (the ones it took are skipped).
+    pub async fn claim_all(
+        &self,
+        rows: Vec<(String, Etag, DueRecord)>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Claim>, StoreError> {
+        if rows.len() <= 1 {
+            let mut out = Vec::new();
+            for (rk, etag, due) in rows {
+                out.extend(self.claim(rk, &etag, due, lease_until).await?);
+            }
+            return Ok(out);
+        }
+        let claims: Vec<Claim> = rows
+            .iter()
+            .map(|(rk, etag, due)| Claim {
+                rk: rk.clone(),
+                etag: etag.clone(),
+                due: DueRecord {
+                    lease_until: Some(lease_until),
+                    ..due.clone()
+                },
+            })
+            .collect();
+        let ops = claims
+            .iter()
+            .map(|c| {
+                BatchOp::Update(
+                    Row::from_record(PARTITION, c.rk.clone(), &c.due),
+                    c.etag.clone(),
+                )
+            })
+            .collect();
+        match self.store.batch(Table::Audit, PARTITION, ops).await {
+            Ok(etags) => Ok(claims
+                .into_iter()
+                .zip(etags)
+                .map(|(c, etag)| Claim { etag, ..c })
+                .collect()),
+            Err(StoreError::PreconditionFailed | StoreError::Conflict) => {
+                let mut out = Vec::new();
+                for (rk, etag, due) in rows {
+                    out.extend(self.claim(rk, &etag, due, lease_until).await?);
+                }
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Ends a claimed item: `done` or `failed`, with what the host said.
     pub async fn finish(
         &self,
@@ -365,18 +416,7 @@ impl Ledger {
             source: Source::Api,
         };
         let sha = incoming.sha.clone();
-        self.modify(
-            Table::Commits,
-            &sha,
-            "commit",
-            |stored: Option<CommitRecord>| {
-                Some(match stored {
-                    Some(s) => s.merge(incoming.clone()),
-                    None => incoming.clone(),
-                })
-            },
-        )
-        .await?;
+        self.merge_commit(incoming).await?;
         self.missing.pushed([sha.as_str(), &sha[..12]]);
         Ok(())
     }

@@ -186,21 +186,26 @@ impl Ledger {
             .map(|c| CommitRecord::from_push(provider, push, c, received_at))
             .collect();
         for incoming in records {
-            let sha = incoming.sha.clone();
-            self.modify(
-                Table::Commits,
-                &sha,
-                "commit",
-                |stored: Option<CommitRecord>| {
-                    Some(match stored {
-                        Some(s) => s.merge(incoming.clone()),
-                        None => incoming.clone(),
-                    })
-                },
-            )
-            .await?;
+            self.merge_commit(incoming).await?;
         }
         Ok(push.commits.len())
+    }
+
+    /// Merges a sighting of a commit (a push's, or the host API's) into its row.
+    pub(super) async fn merge_commit(&self, incoming: CommitRecord) -> Result<(), StoreError> {
+        let sha = incoming.sha.clone();
+        self.modify(
+            Table::Commits,
+            &sha,
+            "commit",
+            |stored: Option<CommitRecord>| {
+                Some(match stored {
+                    Some(s) => s.merge(incoming.clone()),
+                    None => incoming.clone(),
+                })
+            },
+        )
+        .await
     }
 
     /// Stores the merge and reviews in the pull request's partition, then (re)derives the

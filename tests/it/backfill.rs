@@ -102,6 +102,19 @@ async fn health(app: &TestApp) -> Value {
     h
 }
 
+/// Polls `/api/health` until `check` holds for its `backfill.queue` (10 s at most).
+async fn wait_queue(app: &TestApp, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = health(app).await;
+        if check(&h["backfill"]["queue"]) {
+            return h;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn every_host_api_answers_in_the_webhook_types() {
     let s = StandIn::start().await;
@@ -488,23 +501,10 @@ async fn an_api_outage_of_any_length_loses_nothing() {
         applied(&app, n, 60 * n as i64).await; // their pushes lost
     }
     // While the host is down the items wait, retried.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = health(&app).await;
-        if h["backfill"]["queue"]["retrying"].as_u64() >= Some(3) {
-            assert!(
-                h["backfill"]["queue"]["lastError"]
-                    .as_str()
-                    .unwrap()
-                    .contains("503"),
-                "{h}"
-            );
-            assert!(h["backfill"]["queue"]["nextAttemptAt"].is_string(), "{h}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{h}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let h = wait_queue(&app, "retrying", |q| q["retrying"].as_u64() >= Some(3)).await;
+    let last_error = h["backfill"]["queue"]["lastError"].as_str().unwrap();
+    assert!(last_error.contains("503"), "{h}");
+    assert!(h["backfill"]["queue"]["nextAttemptAt"].is_string(), "{h}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(app.evidence(&c(2)).await.1["commit"].is_null());
     s.set_down(false);
@@ -515,16 +515,8 @@ async fn an_api_outage_of_any_length_loses_nothing() {
         .await;
         assert_eq!(ev["commit"]["source"], "api");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = health(&app).await;
-        if h["backfill"]["queue"]["queued"] == 0 {
-            assert_eq!(h["backfill"]["queue"]["failed"], 0, "{h}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{h}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let h = wait_queue(&app, "drained", |q| q["queued"] == 0).await;
+    assert_eq!(h["backfill"]["queue"]["failed"], 0, "{h}");
 }
 
 #[tokio::test]
@@ -542,20 +534,12 @@ async fn the_rate_limit_is_kept_and_a_commit_the_host_does_not_know_fails_once()
     for n in 2..=8 {
         eventually(&app, n, "filled", |ev| !ev["commit"].is_null()).await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = health(&app).await;
-        if h["backfill"]["queue"]["queued"] == 0 {
-            assert_eq!(
-                h["backfill"]["queue"]["failed"], 1,
-                "commit 9 is unknown: {h}"
-            );
-            assert_eq!(h["backfill"]["hosts"][0]["limit"], 4, "{h}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{h}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let h = wait_queue(&app, "drained", |q| q["queued"] == 0).await;
+    assert_eq!(
+        h["backfill"]["queue"]["failed"], 1,
+        "commit 9 is unknown: {h}"
+    );
+    assert_eq!(h["backfill"]["hosts"][0]["limit"], 4, "{h}");
     assert_eq!(s.refused(), 0, "never a request over the limit");
     assert_eq!(
         s.seen().iter().filter(|r| r.path.contains(&c(9))).count(),

@@ -122,6 +122,9 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let log = dir.path().join("stdout.log");
+    // The Git host's API (part 12): its token is used for real requests, at trace.
+    let host_api = crate::standin::StandIn::start().await;
+    let api_token = "ghp_api-token-7f3e2d1c";
     let mut child = Command::new(env!("CARGO_BIN_EXE_fluxtrail"))
         .arg("serve")
         .env_clear()
@@ -130,6 +133,9 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
         .env("FLUXTRAIL_GITHUB_SECRET", GITHUB_SECRET)
         .env("FLUXTRAIL_FLUX_HMAC_KEY", FLUX_HMAC_KEY)
         .env("FLUXTRAIL_API_TOKEN", API_TOKEN)
+        .env("FLUXTRAIL_GITHUB_API_TOKEN", api_token)
+        .env("FLUXTRAIL_GITHUB_API_URL", host_api.url())
+        .env("FLUXTRAIL_BACKFILL_DELAY", "0s")
         .env("RUST_LOG", "trace")
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::null())
@@ -137,7 +143,11 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
         .unwrap();
     let client = reqwest::Client::new();
     wait_ready(&client, port).await;
-    let body = fixture("github/push-forced.json");
+    // On the API's host, so that the applied commit's approval is asked for.
+    let body = String::from_utf8(fixture("github/push-forced.json"))
+        .unwrap()
+        .replace("github.com", "127.0.0.1")
+        .into_bytes();
     let signature = sign("github", &body).remove(0).1;
     let function_key = "fn-key-5d3c0b7e";
     let code = "code-query-9a8b7c6d";
@@ -178,6 +188,34 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
         .send()
         .await
         .unwrap();
+    // An apply of the pushed commit: the backfill asks the host for its pull request.
+    let applied = flux_event("kustomization-succeeded.json", |v| {
+        v["metadata"]["revision"] =
+            serde_json::json!("main@sha1:731f7eaddfb6af01cb2173e18f0f75b0ba780ef1");
+    });
+    let applied_sig = format!(
+        "sha256={}",
+        fluxtrail::git::signature::sign_sha256_hex(FLUX_HMAC_KEY.as_bytes(), &applied)
+    );
+    let r = client
+        .post(format!("http://127.0.0.1:{port}/api/hooks/flux/prod-eu"))
+        .header("content-type", "application/json")
+        .header("x-signature", &applied_sig)
+        .body(applied)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host_api
+        .seen()
+        .iter()
+        .any(|r| r.authorization.as_deref() == Some(&format!("Bearer {api_token}")))
+    {
+        assert!(Instant::now() < deadline, "the host's API was asked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     sigterm(&child);
     child.wait().unwrap();
     let logs = std::fs::read_to_string(&log).unwrap();
@@ -192,6 +230,7 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
         GITHUB_SECRET,
         FLUX_HMAC_KEY.trim(),
         API_TOKEN,
+        api_token,
         function_key,
         code,
         sig_hex,
