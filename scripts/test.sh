@@ -4,7 +4,8 @@
 # from npm with the lockfile and started here on a free port), the Flux suite against the
 # Service Bus stand-in, the README's newcomer path (start the server, send a signed push
 # and a signed Flux event with curl, read the evidence back), and schemathesis against the
-# running server with openapi.yaml.
+# running server with openapi.yaml, the evidence UI in Chromium (Debian's package, installed
+# here when missing) with playwright.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -125,6 +126,10 @@ echo "newcomer: 1 passed, 0 failed"
 
 echo "== schemathesis: openapi.yaml against the running server (no 5xx, every answer matches its schema)"
 scripts/schemathesis.sh target/debug/fluxtrail
+
+echo "== the evidence UI in a real browser: Debian's chromium driven by PyPI's playwright (scripts/ui-test.py)"
+command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+python3 scripts/ui-test.py target/debug/fluxtrail "$work/screenshots"
 
 echo "== SIGKILL in a loop under load (short run; RELIABILITY.md reports a long one)"
 python3 scripts/kill-loop.py --kills 8 --binary target/debug/fluxtrail

@@ -11,6 +11,7 @@ pub mod error;
 mod hooks;
 mod read;
 mod timer;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -57,6 +58,8 @@ pub const FUNCTION_ROUTES: &[(&str, &str, &str)] = &[
         "/api/objects/{cluster}/{kind}/{namespace}/{name}/retire",
     ),
     ("Health", "GET", "/api/health"),
+    ("Ui", "GET", "/api/ui"),
+    ("UiPage", "GET", "/api/ui/{*path}"),
     // The timer trigger: the host POSTs the invocation to /{FunctionName}.
     ("Sweep", "POST", "/Sweep"),
 ];
@@ -163,6 +166,8 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             allow(&req, &[Method::POST], "POST")?;
             timer::sweep(state, req).await
         }
+        // The evidence UI (part 13): the page at any path under /api/ui, and its assets.
+        ["api", "ui", rest @ ..] => ui::serve(&req, rest),
         ["api", "hooks", "git", provider] => {
             allow(&req, &[Method::POST], "POST")?;
             hooks::git(state, provider, req).await
@@ -242,7 +247,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
     }
 }
 
-fn allow(req: &Request<Incoming>, methods: &[Method], allow: &'static str) -> Result<(), ApiError> {
+fn allow<B>(req: &Request<B>, methods: &[Method], allow: &'static str) -> Result<(), ApiError> {
     if methods.contains(req.method()) {
         Ok(())
     } else {

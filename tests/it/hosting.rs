@@ -97,7 +97,11 @@ async fn every_exposed_route_is_served() {
         let path = path
             .replace("{provider}", "github")
             .replace("{cluster}", "prod-eu")
-            .replace("{sha}", "6113728f27ae82c7b1a177c8d03f9e96e0adf246");
+            .replace("{sha}", "6113728f27ae82c7b1a177c8d03f9e96e0adf246")
+            .replace(
+                "{*path}",
+                "commits/6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+            );
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let resp = app
             .client

@@ -27,3 +27,4 @@ mod standin;
 mod store;
 mod sweep;
 mod truth;
+mod ui;
