@@ -35,6 +35,15 @@ def check(ok, what):
         failures.append(what)
 
 
+def until(predicate, what, timeout=10):
+    """Polls `predicate` from Python (the page's CSP forbids playwright's eval-based waits)."""
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.05)
+
+
 def fixture(path):
     return json.loads((ROOT / "tests" / "fixtures" / path).read_text())
 
@@ -150,14 +159,15 @@ def run(base):
         check("#42" in text, "the approval badge of the merged pull request")
         page.screenshot(path=str(SHOTS / "matrix.png"), full_page=True)
         page.click("button[aria-label='Show the objects of prod-eu']")
-        check("Kustomization/flux-system/infra" in page.inner_text("#matrix thead"), "a cluster expands to its objects")
+        until(lambda: "Kustomization/flux-system/infra" in page.inner_text("#matrix thead"), "prod-eu's objects")
+        check("applied" in page.inner_text("#matrix tbody"), "a cluster expands to its objects, each with its state")
         page.screenshot(path=str(SHOTS / "matrix-expanded.png"), full_page=True)
         # Paging back through history.
         page.goto(base + "/api/ui/matrix?repository=github.com/acme/fleet-infra&ref=main&limit=2")
         page.wait_for_selector("#matrix")
         check(page.locator("#matrix tbody tr").count() == 2, "a page of two commits")
         page.click("text=Older commits")
-        page.wait_for_function("document.querySelectorAll('#matrix tbody tr').length === 1")
+        until(lambda: page.locator("#matrix tbody tr").count() == 1, "the older page")
         check(C1[:10] in page.inner_text("#matrix"), "the older page holds the first commit")
 
         # Commit page, by deep link: the message with markup is text.
@@ -185,7 +195,7 @@ def run(base):
         check("%" in page.inner_text("#coverage"), "approval coverage is shown")
         page.fill("#f-cluster", "staging")
         page.click("text=Filter")
-        page.wait_for_function("[...document.querySelectorAll('#changes tbody tr td:nth-child(2)')].every(td => td.textContent === 'staging')")
+        until(lambda: set(page.locator("#changes tbody tr td:nth-child(2)").all_inner_texts()) == {"staging"}, "the filtered feed")
         check("cluster=staging" in page.url, "filters are in the shareable URL")
         with page.expect_download() as dl:
             page.click("#csv")
@@ -202,7 +212,8 @@ def run(base):
         check(C3[:10] in page.inner_text("#groups"), "its group, by cause")
         page.screenshot(path=str(SHOTS / "incidents.png"), full_page=True)
         page.click("text=Resolved")
-        page.wait_for_function("location.search.includes('state=resolved')")
+        until(lambda: "state=resolved" in page.url, "the resolved tab")
+        page.wait_for_selector("#groups")
 
         # Delivery metrics with charts.
         page.goto(base + "/api/ui/dora")

@@ -194,21 +194,35 @@ async function matrixPage(_m, p) {
   h('label', { for: 'ref' }, 'Branch', refInput), h('button', { type: 'submit', class: 'primary' }, 'Show'));
   const head = [h('h1', {}, 'Rollouts'), form];
   if (!repository) return [...head, h('p', { class: 'muted' }, 'No Flux object follows a branch yet: name a repository (github.com/org/repo).')];
-  const page = await api('/api/commits', { repository, ref, limit: p.limit || 25, cursor: p.cursor });
+  const limit = p.limit || 25;
+  // Each commit's targets summarised per cluster (a big fleet has thousands per commit);
+  // a cluster's objects are read when it is expanded.
+  const page = await api('/api/commits', { repository, ref, limit, cursor: p.cursor, view: 'clusters' });
   const commits = page.commits || [];
   if (!commits.length) return [...head, h('p', { class: 'muted' }, 'No pushed commits of this branch are known.')];
-  // Columns: every cluster and object that reported or expects a commit of the page, plus
-  // the objects that follow the branch now.
   const clusters = new Map();
   const add = (cluster, key) => {
     if (!clusters.has(cluster)) clusters.set(cluster, new Set());
     if (key) clusters.get(cluster).add(key);
   };
-  for (const c of commits) for (const t of c.targets || []) add(t.cluster, objKey(t));
+  for (const c of commits) for (const s of c.clusters || []) add(s.cluster);
   const gitRef = ref.startsWith('refs/') ? ref : 'refs/heads/' + ref;
   for (const o of objects) {
     if (o.follows && o.follows.repository === repository && o.follows.gitRef === gitRef) add(o.cluster, objKey(o));
   }
+  // The targets of expanded clusters, by commit.
+  const detail = new Map();
+  const expand = async (cluster) => {
+    const full = await api('/api/commits', { repository, ref, limit, cursor: p.cursor, cluster });
+    for (const c of full.commits || []) {
+      detail.set(c.sha + ' ' + cluster, c.targets || []);
+      for (const t of c.targets || []) add(cluster, objKey(t));
+    }
+    expanded.add(cluster);
+    if (ready) drawTable();
+  };
+  let ready = false;
+  for (const c of [...expanded]) if (clusters.has(c)) await expand(c);
   const names = [...clusters.keys()].sort();
   const table = h('table', { class: 'matrix', id: 'matrix' });
   const drawTable = () => {
@@ -224,7 +238,7 @@ async function matrixPage(_m, p) {
           h('button', {
             type: 'button', 'aria-expanded': expanded.has(col.cluster) ? 'true' : 'false',
             'aria-label': 'Show the objects of ' + col.cluster,
-            onclick: () => { expanded.add(col.cluster); drawTable(); },
+            onclick: () => expand(col.cluster),
           }, '+'),
         ],
         col.object && col.object === [...clusters.get(col.cluster)].sort()[0] ? [' ', h('button', {
@@ -239,11 +253,14 @@ async function matrixPage(_m, p) {
           subject(commit.message), author ? h('div', { class: 'muted' }, author) : null),
         h('td', {}, approvalBadge(c.approval)),
         h('td', { class: 'muted' }, when(commit.pushedAt)),
-        cols.map((col) => h('td', { class: 'cell' }, cell(c.targets || [], col))));
+        cols.map((col) => h('td', { class: 'cell' }, col.object
+          ? cell(detail.get(c.sha + ' ' + col.cluster) || [], col)
+          : summaryCell((c.clusters || []).find((s) => s.cluster === col.cluster)))));
     });
     table.replaceChildren(h('thead', {}, headRow), h('tbody', {}, rows));
   };
   drawTable();
+  ready = true;
   const legend = h('div', { class: 'legend', 'aria-label': 'States' }, STATES.map((s) => stateBadge(s)));
   const pager = h('nav', { class: 'pager', 'aria-label': 'Pages of commits' },
     p.cursor ? link(BASE + '/matrix', { repository, ref }, 'Newest') : null,
@@ -263,6 +280,14 @@ function cell(targets, col) {
   const worst = STATES.find((s) => mine.some((t) => t.state === s)) || mine[0].state;
   const n = mine.filter((t) => t.state === worst).length;
   return stateBadge(worst, mine.length > 1 ? `${worst} ${n}/${mine.length}` : worst);
+}
+
+/** A cluster's cell from its summary: the most urgent state, with how many are in it. */
+function summaryCell(s) {
+  if (!s || !s.objects) return h('span', { class: 'muted', title: 'not expected here' }, '—');
+  const worst = STATES.find((st) => s.states[st]) || Object.keys(s.states)[0];
+  const n = s.states[worst] || 0;
+  return stateBadge(worst, s.objects > 1 ? `${worst} ${n}/${s.objects}` : worst);
 }
 
 function approvalBadge(a) {

@@ -74,7 +74,12 @@ struct RateState {
     in_flight: u64,
     /// Secondary limits hit in a row (GitHub): the wait doubles.
     secondary: u32,
+    /// The next request's turn when a window's remaining requests are spread over its time.
+    next_slot: Option<DateTime<Utc>>,
 }
+
+/// The longest a request waits for its turn; past it the item is rescheduled instead.
+const MAX_PACE_WAIT: chrono::Duration = chrono::Duration::seconds(30);
 
 pub struct HostClient {
     pub kind: HostKind,
@@ -166,8 +171,11 @@ impl HostClient {
         }
     }
 
-    /// Takes a request slot, or says until when there is none.
-    fn admit(&self, now: DateTime<Utc>) -> Result<(), ApiError> {
+    /// Takes a request slot, or says until when there is none. The slot may be a little
+    /// later (the returned wait): what remains of a window is spread evenly over the time
+    /// left, so the backfill never bursts (GitHub asks clients not to, and ingest on the
+    /// same machine keeps its share).
+    fn admit(&self, now: DateTime<Utc>) -> Result<std::time::Duration, ApiError> {
         let mut s = self.state.lock().unwrap();
         if let Some(until) = Self::blocked(&s, now) {
             return Err(ApiError::RateLimited { until });
@@ -179,10 +187,23 @@ impl HostClient {
             // The window reset: the next answer says how much the new one has.
             s.snap.remaining = None;
             s.snap.reset_at = None;
+            s.next_slot = None;
         }
+        let slot = match (s.snap.remaining, s.snap.reset_at) {
+            (Some(r), Some(reset)) if reset > now => {
+                let left = r.saturating_sub(s.in_flight).max(1) as i32;
+                let slot = s.next_slot.map_or(now, |n| n.max(now));
+                if slot - now > MAX_PACE_WAIT {
+                    return Err(ApiError::RateLimited { until: slot });
+                }
+                s.next_slot = Some(slot + (reset - now) / left);
+                slot
+            }
+            _ => now,
+        };
         s.in_flight += 1;
         s.snap.requests += 1;
-        Ok(())
+        Ok((slot - now).to_std().unwrap_or_default())
     }
 
     /// `GET {base}{path}` (or an absolute URL: a next page) as JSON.
@@ -234,7 +255,10 @@ impl HostClient {
         body: Option<&Value>,
     ) -> Result<Page, ApiError> {
         let url = self.url(path_or_url);
-        self.admit(Utc::now())?;
+        let wait = self.admit(Utc::now())?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let mut req = self
             .http
             .request(method.clone(), &url)

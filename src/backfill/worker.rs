@@ -19,7 +19,7 @@ use crate::store::StoreError;
 const LEASE: chrono::Duration = chrono::Duration::minutes(2);
 /// Items claimed per host in one pass (one batch), and asked about at once.
 const PER_PASS: usize = 32;
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 4;
 /// The first retry's wait; it doubles per failed attempt, up to `retry_max`.
 const RETRY_BASE: Duration = Duration::from_secs(5);
 /// The longest the worker sleeps with nothing due (other instances queue items too).

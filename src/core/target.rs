@@ -9,7 +9,7 @@ use crate::domain::CommitSha;
 use crate::flux::ObjectRef;
 
 /// Contract §3 `targets[].state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetState {
     /// Expected (the object follows the commit's branch) but not seen yet.

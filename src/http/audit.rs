@@ -121,7 +121,20 @@ pub(super) async fn branch_commits(
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
     authorize(state, headers)?;
-    let p = Params::parse(query, &["repository", "ref", "limit", "cursor"])?;
+    let p = Params::parse(
+        query,
+        &["repository", "ref", "limit", "cursor", "view", "cluster"],
+    )?;
+    // `view=clusters`: each commit's targets summarised per cluster (the UI's matrix).
+    let summary = match p.get("view") {
+        None | Some("targets") => false,
+        Some("clusters") => true,
+        Some(v) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "view={v:?}: targets or clusters"
+            )))
+        }
+    };
     let repository = p
         .repository()?
         .ok_or_else(|| ApiError::InvalidQuery("repository is required".into()))?;
@@ -142,8 +155,15 @@ pub(super) async fn branch_commits(
     }
     let (commits, next) = state
         .ledger
-        .branch_commits(&repository, &git_ref, cursor.as_ref(), limit)
+        .branch_commits(&repository, &git_ref, cursor.as_ref(), limit, summary)
         .await?;
+    // `cluster=`: only that cluster's targets (the matrix expanding one cluster).
+    let mut commits = commits;
+    if let Some(c) = p.get("cluster") {
+        for ev in &mut commits {
+            ev.targets.retain(|t| t.cluster == c);
+        }
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({

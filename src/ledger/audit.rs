@@ -1242,6 +1242,7 @@ impl Ledger {
         git_ref: &str,
         cursor: Option<&BranchCursor>,
         limit: usize,
+        summary: bool,
     ) -> Result<(Vec<super::Evidence>, Option<BranchCursor>), StoreError> {
         let pk = PushRecord::partition(repository.as_str(), git_ref);
         // The cursor's row is read again (some of its commits are still to come); every
@@ -1281,9 +1282,16 @@ impl Ledger {
                     let Ok(parsed) = CommitSha::parse(sha) else {
                         continue;
                     };
-                    if let Some(ev) = self.evidence(&parsed).await? {
-                        out.push(ev);
-                    }
+                    let ev = if summary {
+                        let rows = self
+                            .store
+                            .query_range_json(Table::Commits, parsed.as_str(), "", "~", usize::MAX)
+                            .await?;
+                        super::evidence::summarise(&parsed, &rows)?
+                    } else {
+                        self.evidence(&parsed).await?
+                    };
+                    out.extend(ev);
                 }
                 skip = 0;
                 after = Some(e.rk.clone());

@@ -21,6 +21,71 @@ pub struct Evidence {
     /// skipped or still expects it.
     /// The stored rows as they are: their field names are the contract's.
     pub targets: Vec<TargetRecord>,
+    /// `GET /api/commits?view=clusters` (the UI's rollout matrix): the targets summarised per
+    /// cluster instead of listed (`targets` is then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<ClusterSummary>>,
+}
+
+/// A commit's targets on one cluster: how many objects, and how many in each state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSummary {
+    pub cluster: String,
+    pub objects: usize,
+    pub states: std::collections::BTreeMap<crate::core::TargetState, usize>,
+}
+
+/// The evidence of one commit with its targets summarised per cluster, from its partition's
+/// rows as stored JSON text: a target row is read for its cluster and state only (a commit
+/// on a big fleet has thousands).
+pub fn summarise(
+    sha: &CommitSha,
+    rows: &[(String, String)],
+) -> Result<Option<Evidence>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Target<'a> {
+        #[serde(borrow)]
+        cluster: std::borrow::Cow<'a, str>,
+        state: crate::core::TargetState,
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let corrupt = |rk: &str, e: serde_json::Error| StoreError::Corrupt(format!("{sha}/{rk}: {e}"));
+    let mut entities = Vec::new();
+    let mut clusters: std::collections::BTreeMap<String, ClusterSummary> = Default::default();
+    for (rk, json) in rows {
+        if rk.starts_with("target|") {
+            let t: Target = serde_json::from_str(json).map_err(|e| corrupt(rk, e))?;
+            let c = clusters
+                .entry(t.cluster.to_string())
+                .or_insert_with(|| ClusterSummary {
+                    cluster: t.cluster.to_string(),
+                    objects: 0,
+                    states: Default::default(),
+                });
+            c.objects += 1;
+            *c.states.entry(t.state).or_default() += 1;
+        } else if rk == "commit" || rk == "approval" {
+            let props = serde_json::from_str(json).map_err(|e| corrupt(rk, e))?;
+            entities.push(Entity {
+                pk: sha.to_string(),
+                rk: rk.clone(),
+                props,
+                etag: None,
+            });
+        }
+    }
+    let mut ev = assemble(sha, &entities)?.unwrap_or(Evidence {
+        sha: sha.to_string(),
+        commit: None,
+        approval: None,
+        targets: vec![],
+        clusters: None,
+    });
+    ev.clusters = Some(clusters.into_values().collect());
+    Ok(Some(ev))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -52,6 +117,7 @@ pub fn assemble(sha: &CommitSha, rows: &[Entity]) -> Result<Option<Evidence>, St
         commit: None,
         approval: None,
         targets: vec![],
+        clusters: None,
     };
     for row in rows {
         match row.rk.as_str() {
