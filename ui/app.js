@@ -171,7 +171,9 @@ const expanded = new Set();
 async function matrixPage(_m, p) {
   let repository = p.repository || '';
   const ref = p.ref || 'main';
-  const objects = (await api('/api/objects', {})).objects || [];
+  // The followed branches (for the default and the suggestions) only when none is named:
+  // listing every object is a scan on a big fleet.
+  const objects = repository ? [] : (await api('/api/objects', {})).objects || [];
   const follows = new Map();
   for (const o of objects) {
     if (o.follows) follows.set(o.follows.repository + ' ' + o.follows.gitRef, o.follows);

@@ -1244,6 +1244,37 @@ impl Ledger {
         limit: usize,
         summary: bool,
     ) -> Result<(Vec<super::Evidence>, Option<BranchCursor>), StoreError> {
+        let (shas, next) = self.branch_page(repository, git_ref, cursor, limit).await?;
+        // The page's commits, read 8 at a time (each is one partition).
+        let read = |sha: CommitSha| async move {
+            if summary {
+                let rows = self
+                    .store
+                    .query_range_json(Table::Commits, sha.as_str(), "", "~", usize::MAX)
+                    .await?;
+                super::evidence::summarise(&sha, &rows)
+            } else {
+                self.evidence(&sha).await
+            }
+        };
+        use futures::{StreamExt, TryStreamExt};
+        let evidence: Vec<Option<super::Evidence>> = futures::stream::iter(shas)
+            .map(read)
+            .buffered(8)
+            .try_collect()
+            .await?;
+        Ok((evidence.into_iter().flatten().collect(), next))
+    }
+
+    /// The shas of one page of a branch's pushed commits, newest push first, and the cursor
+    /// of the next page.
+    async fn branch_page(
+        &self,
+        repository: &RepoKey,
+        git_ref: &str,
+        cursor: Option<&BranchCursor>,
+        limit: usize,
+    ) -> Result<(Vec<CommitSha>, Option<BranchCursor>), StoreError> {
         let pk = PushRecord::partition(repository.as_str(), git_ref);
         // The cursor's row is read again (some of its commits are still to come); every
         // later read starts after the last row read.
@@ -1282,16 +1313,7 @@ impl Ledger {
                     let Ok(parsed) = CommitSha::parse(sha) else {
                         continue;
                     };
-                    let ev = if summary {
-                        let rows = self
-                            .store
-                            .query_range_json(Table::Commits, parsed.as_str(), "", "~", usize::MAX)
-                            .await?;
-                        super::evidence::summarise(&parsed, &rows)?
-                    } else {
-                        self.evidence(&parsed).await?
-                    };
-                    out.extend(ev);
+                    out.push(parsed);
                 }
                 skip = 0;
                 after = Some(e.rk.clone());

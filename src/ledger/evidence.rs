@@ -36,6 +36,20 @@ pub struct ClusterSummary {
     pub states: std::collections::BTreeMap<crate::core::TargetState, usize>,
 }
 
+/// A target row's cluster and state without parsing the rest of it: both are near its start
+/// (the record's first and fifth fields). An unescaped `"state":"` can only be a key: inside
+/// a string value every quote is escaped. `None`: read the row the long way.
+fn cluster_and_state(json: &str) -> Option<(String, crate::core::TargetState)> {
+    use serde::Deserialize;
+    let c = json.find("\"cluster\":")? + "\"cluster\":".len();
+    let mut de = serde_json::Deserializer::from_str(&json[c..]);
+    let cluster = String::deserialize(&mut de).ok()?;
+    let s = json.find("\"state\":\"")? + "\"state\":".len();
+    let end = s + 1 + json[s + 1..].find('"')?;
+    let state = serde_json::from_str(&json[s..=end]).ok()?;
+    Some((cluster, state))
+}
+
 /// The evidence of one commit with its targets summarised per cluster, from its partition's
 /// rows as stored JSON text: a target row is read for its cluster and state only (a commit
 /// on a big fleet has thousands).
@@ -57,16 +71,22 @@ pub fn summarise(
     let mut clusters: std::collections::BTreeMap<String, ClusterSummary> = Default::default();
     for (rk, json) in rows {
         if rk.starts_with("target|") {
-            let t: Target = serde_json::from_str(json).map_err(|e| corrupt(rk, e))?;
+            let (cluster, state) = match cluster_and_state(json) {
+                Some(found) => found,
+                None => {
+                    let t: Target = serde_json::from_str(json).map_err(|e| corrupt(rk, e))?;
+                    (t.cluster.into_owned(), t.state)
+                }
+            };
             let c = clusters
-                .entry(t.cluster.to_string())
+                .entry(cluster.clone())
                 .or_insert_with(|| ClusterSummary {
-                    cluster: t.cluster.to_string(),
+                    cluster,
                     objects: 0,
                     states: Default::default(),
                 });
             c.objects += 1;
-            *c.states.entry(t.state).or_default() += 1;
+            *c.states.entry(state).or_default() += 1;
         } else if rk == "commit" || rk == "approval" {
             let props = serde_json::from_str(json).map_err(|e| corrupt(rk, e))?;
             entities.push(Entity {
@@ -145,4 +165,24 @@ pub fn assemble(sha: &CommitSha, rows: &[Entity]) -> Result<Option<Evidence>, St
         }
     }
     Ok(Some(evidence))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_rows_cluster_and_state_are_read_from_its_start() {
+        for cluster in ["prod-eu", "we\"ird|\\cluster"] {
+            let row = serde_json::json!({"cluster": cluster, "kind": "Kustomization", "namespace": "flux-system",
+                "name": "apps", "state": "superseded", "revision": "main@sha1:\"state\":\"applied\"",
+                "message": "\"state\":\"failed\""});
+            let (c, s) = cluster_and_state(&row.to_string()).unwrap();
+            assert_eq!(
+                (c.as_str(), s),
+                (cluster, crate::core::TargetState::Superseded)
+            );
+        }
+        assert!(cluster_and_state("{\"kind\":\"x\"}").is_none());
+    }
 }

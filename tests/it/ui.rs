@@ -88,3 +88,99 @@ fn the_assets_stay_within_their_budget() {
         .sum();
     assert!(total <= 300 * 1024, "{total} bytes");
 }
+
+#[tokio::test]
+async fn the_matrix_view_summarises_each_commits_targets_per_cluster() {
+    let app = spawn_app().await;
+    let c = |n: u32| format!("ab{n:038x}");
+    let body = github_push(
+        None,
+        "refs/heads/main",
+        None,
+        &[(1, c(1)), (2, c(2))],
+        false,
+    );
+    let r = app
+        .post_git(
+            "github",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", "matrix-1"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    for (cluster, name, n, reason) in [
+        ("prod-eu", "apps", 2, "ReconciliationSucceeded"),
+        ("prod-eu", "infra", 1, "ReconciliationSucceeded"),
+        ("staging", "apps", 2, "HealthCheckFailed"),
+    ] {
+        let ev = flux_event("kustomization-succeeded.json", |v| {
+            v["involvedObject"]["name"] = serde_json::json!(name);
+            v["reason"] = serde_json::json!(reason);
+            v["severity"] = serde_json::json!(if reason.ends_with("Failed") {
+                "error"
+            } else {
+                "info"
+            });
+            v["metadata"]["revision"] = serde_json::json!(format!("main@sha1:{}", c(n)));
+        });
+        let r = app
+            .post_flux(&format!("/api/hooks/flux/{cluster}"), &ev)
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let q = "/api/commits?repository=github.com/acme/fleet-infra&ref=main";
+    let (status, full) = app.get_json(q).await;
+    assert_eq!(status, StatusCode::OK, "{full}");
+    let (status, summary) = app.get_json(&format!("{q}&view=clusters")).await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    for (f, s) in full["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(summary["commits"].as_array().unwrap())
+    {
+        assert_eq!(f["sha"], s["sha"]);
+        assert_eq!(s["targets"], serde_json::json!([]));
+        assert_eq!(f["commit"], s["commit"]);
+        // The summary is the count of the listed targets per cluster and state.
+        let mut expected = std::collections::BTreeMap::<(String, String), u64>::new();
+        for t in f["targets"].as_array().unwrap() {
+            *expected
+                .entry((
+                    t["cluster"].as_str().unwrap().into(),
+                    t["state"].as_str().unwrap().into(),
+                ))
+                .or_default() += 1;
+        }
+        let mut got = std::collections::BTreeMap::new();
+        for cl in s["clusters"].as_array().unwrap() {
+            let mut objects = 0;
+            for (state, n) in cl["states"].as_object().unwrap() {
+                got.insert(
+                    (cl["cluster"].as_str().unwrap().to_string(), state.clone()),
+                    n.as_u64().unwrap(),
+                );
+                objects += n.as_u64().unwrap();
+            }
+            assert_eq!(cl["objects"].as_u64().unwrap(), objects);
+        }
+        assert_eq!(got, expected, "{}", f["sha"]);
+    }
+    let head = &summary["commits"][0]["clusters"];
+    assert_eq!(head[0]["cluster"], "prod-eu");
+    assert_eq!(head[1]["states"]["failed"], 1, "{head}");
+    // One cluster's targets only.
+    let (_, only) = app.get_json(&format!("{q}&cluster=staging")).await;
+    for commit in only["commits"].as_array().unwrap() {
+        assert!(commit["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["cluster"] == "staging"));
+    }
+    let (status, _) = app.get_json(&format!("{q}&view=pretty")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
