@@ -9,9 +9,11 @@
 #    headers, refusing past it): 100 objects following `127.0.0.1/bench/fleet` report ITEMS
 #    commits no push described (ITEMS queued items); timed from the first queued item to an
 #    empty queue (`/api/health` backfill.queue.queued = 0); requests refused counted.
-# 2. Ingest: RUNS (4) alternating pairs on fresh stores — A: no host API; B: ITEMS queued and
-#    draining while wrk replays the load harness's Flux events → events/s each; the median
-#    of the pairs' B/A.
+# 2. Ingest: RUNS (4) rounds of three servers, each on its own store, while wrk replays the
+#    load harness's Flux events → events/s: A, a fresh store without any host API; B, the
+#    seeded store with ITEMS queued and draining during the whole load; C, the same seeding
+#    without a host API (nothing queued). B/C is the drain's own cost; B/A adds the seeded
+#    store's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 items=${ITEMS:-10000}
@@ -100,8 +102,7 @@ rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
 kill $pid; wait $pid 2>/dev/null || true
 stats=$(curl -s "http://127.0.0.1:$sp/_standin/stats")
 
-# 2. Ingest: RUNS alternating pairs, each on fresh stores — A without any host API, B with
-#    ITEMS queued and draining during the whole load.
+# 2. Ingest: A (fresh, no host API), B (seeded, draining), C (seeded, no host API).
 runs=${RUNS:-4}
 pairs=""
 for r in $(seq 1 "$runs"); do
@@ -112,21 +113,27 @@ for r in $(seq 1 "$runs"); do
   b=$(load $pb)
   read -r queued _ _ < <(queue $pb)
   kill $pid; wait $pid 2>/dev/null || true
-  echo "pair $r: A $a events/s, B $b events/s (B's queue still held $queued items at the end: it drained throughout)"
-  pairs="$pairs $a:$b"
+  pc=$(free_port); pid=$(start $pc "$work/c$r"); wait_up $pc
+  seed $pc
+  cc=$(load $pc); kill $pid; wait $pid 2>/dev/null || true
+  echo "run $r: A $a, B $b, C $cc events/s (B's queue still held $queued items at the end: it drained throughout)"
+  pairs="$pairs $a:$b:$cc"
 done
 python3 - "$t_seed" "$t0" "$t1" "$items" "$limit" "$window" "$done" "$failed" "$stats" "$rss" $pairs <<'PY'
 import json, statistics, sys
 t_seed, t0, t1 = map(float, sys.argv[1:4])
 items, limit, window, done, failed = map(int, sys.argv[4:9])
 stats = json.loads(sys.argv[9]); rss = int(sys.argv[10])
-pairs = [tuple(map(float, p.split(":"))) for p in sys.argv[11:]]
+runs = [tuple(map(float, p.split(":"))) for p in sys.argv[11:]]
 print(f"backfill: {items} items queued in {t0 - t_seed:.1f} s (the worker already draining); {done} done, {failed} failed "
       f"{t1 - t_seed:.1f} s after the first was queued = {done / (t1 - t_seed):.1f} items/s "
       f"(stand-in limit {limit} requests per {window} s = {limit / window:.0f}/s); requests refused by the stand-in: {stats['refused']}")
-ratios = [b / a for a, b in pairs]
-print(f"ingest, {len(pairs)} alternating pairs: A (no host API) median {statistics.median(a for a, _ in pairs):.0f} events/s, "
-      f"B (draining) median {statistics.median(b for _, b in pairs):.0f} events/s; B/A per pair "
-      + ", ".join(f"{r:.3f}" for r in ratios) + f"; median B/A = {statistics.median(ratios):.3f}")
+med = lambda xs: statistics.median(list(xs))
+print(f"ingest, {len(runs)} runs: A (fresh store, no host API) median {med(a for a, _, _ in runs):.0f} events/s; "
+      f"B (the seeded store, {items} items draining) median {med(b for _, b, _ in runs):.0f}; "
+      f"C (the same seeded store, no host API) median {med(c for _, _, c in runs):.0f}")
+print("B/C per run (the cost of the drain itself): " + ", ".join(f"{b / c:.3f}" for _, b, c in runs)
+      + f"; median {med(b / c for _, b, c in runs):.3f}")
+print("B/A per run: " + ", ".join(f"{b / a:.3f}" for a, b, _ in runs) + f"; median {med(b / a for a, b, _ in runs):.3f}")
 print(f"resident memory after the drain: {rss / 1024:.1f} MB")
 PY
