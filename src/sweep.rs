@@ -100,7 +100,7 @@ pub async fn sweep(
     if ledger.backfill_notices().is_some() {
         let cutoff =
             now - chrono::Duration::from_std(settings.retain_deliveries).unwrap_or_default();
-        ledger.backfill_retention(cutoff).await?;
+        delete(ledger, Table::Audit, ledger.backfill_expired(cutoff).await?).await?;
     }
     // Retention: the store filters by age; at most RETENTION_BATCH rows of each kind per
     // sweep, so a sweep's memory and time stay bounded whatever the history (the next sweeps

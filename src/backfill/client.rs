@@ -94,7 +94,6 @@ pub struct HostClient {
 pub struct Page {
     pub body: Value,
     pub next: Option<String>,
-    pub headers: HeaderMap,
 }
 
 impl HostClient {
@@ -329,7 +328,6 @@ impl HostClient {
         Ok(Page {
             next: next_link(&headers),
             body,
-            headers,
         })
     }
 

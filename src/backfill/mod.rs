@@ -125,13 +125,6 @@ impl HostConfig {
             token,
         })
     }
-
-    /// Whether it serves the repository key `repository` (`{host}/{path}`).
-    pub fn serves(&self, repository: &str) -> bool {
-        repository
-            .split_once('/')
-            .is_some_and(|(host, _)| host == self.serves)
-    }
 }
 
 /// One hole to fill. Its id is deterministic, so noticing it again (another event, another
@@ -185,14 +178,6 @@ impl Item {
             | Item::Gap { repository, .. } => repository,
         }
     }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Item::Commit { .. } => "commit",
-            Item::Approval { .. } => "approval",
-            Item::Gap { .. } => "gap",
-        }
-    }
 }
 
 /// The owner/name path of a repository key (`github.com/acme/fleet` → `acme/fleet`).
@@ -200,41 +185,27 @@ pub fn repo_path(repository: &str) -> &str {
     repository.split_once('/').map_or("", |(_, p)| p)
 }
 
-/// What one host API answers, in the webhook parsers' types.
-pub enum HostApi {
-    GitHub(HostClient),
-    GitLab(HostClient),
-    AzureDevOps(HostClient),
-    Gitea(HostClient),
-}
+/// What one host API answers, in the webhook parsers' types: the client's `kind` picks the
+/// host's module.
+pub struct HostApi(HostClient);
 
 impl HostApi {
     pub fn new(config: &HostConfig, timeout: std::time::Duration) -> Self {
-        let client = HostClient::new(config, timeout);
-        match config.kind {
-            HostKind::GitHub => HostApi::GitHub(client),
-            HostKind::GitLab => HostApi::GitLab(client),
-            HostKind::AzureDevOps => HostApi::AzureDevOps(client),
-            HostKind::Gitea => HostApi::Gitea(client),
-        }
+        HostApi(HostClient::new(config, timeout))
     }
 
     pub fn client(&self) -> &HostClient {
-        match self {
-            HostApi::GitHub(c)
-            | HostApi::GitLab(c)
-            | HostApi::AzureDevOps(c)
-            | HostApi::Gitea(c) => c,
-        }
+        &self.0
     }
 
     /// A commit's metadata; `ApiError::NotFound` when the host does not know it.
     pub async fn commit(&self, repository: &str, sha: &CommitSha) -> Result<Commit, ApiError> {
-        match self {
-            HostApi::GitHub(c) => github::commit(c, repository, sha).await,
-            HostApi::GitLab(c) => gitlab::commit(c, repository, sha).await,
-            HostApi::AzureDevOps(c) => azuredevops::commit(c, repository, sha).await,
-            HostApi::Gitea(c) => gitea::commit(c, repository, sha).await,
+        let c = &self.0;
+        match c.kind {
+            HostKind::GitHub => github::commit(c, repository, sha).await,
+            HostKind::GitLab => gitlab::commit(c, repository, sha).await,
+            HostKind::AzureDevOps => azuredevops::commit(c, repository, sha).await,
+            HostKind::Gitea => gitea::commit(c, repository, sha).await,
         }
     }
 
@@ -245,11 +216,12 @@ impl HostApi {
         repository: &str,
         sha: &CommitSha,
     ) -> Result<Option<PullRequest>, ApiError> {
-        match self {
-            HostApi::GitHub(c) => github::pull_request(c, repository, sha).await,
-            HostApi::GitLab(c) => gitlab::pull_request(c, repository, sha).await,
-            HostApi::AzureDevOps(c) => azuredevops::pull_request(c, repository, sha).await,
-            HostApi::Gitea(c) => gitea::pull_request(c, repository, sha).await,
+        let c = &self.0;
+        match c.kind {
+            HostKind::GitHub => github::pull_request(c, repository, sha).await,
+            HostKind::GitLab => gitlab::pull_request(c, repository, sha).await,
+            HostKind::AzureDevOps => azuredevops::pull_request(c, repository, sha).await,
+            HostKind::Gitea => gitea::pull_request(c, repository, sha).await,
         }
     }
 
@@ -260,11 +232,12 @@ impl HostApi {
         base: &CommitSha,
         head: &CommitSha,
     ) -> Result<Vec<Commit>, ApiError> {
-        match self {
-            HostApi::GitHub(c) => github::compare(c, repository, base, head).await,
-            HostApi::GitLab(c) => gitlab::compare(c, repository, base, head).await,
-            HostApi::AzureDevOps(c) => azuredevops::compare(c, repository, base, head).await,
-            HostApi::Gitea(c) => gitea::compare(c, repository, base, head).await,
+        let c = &self.0;
+        match c.kind {
+            HostKind::GitHub => github::compare(c, repository, base, head).await,
+            HostKind::GitLab => gitlab::compare(c, repository, base, head).await,
+            HostKind::AzureDevOps => azuredevops::compare(c, repository, base, head).await,
+            HostKind::Gitea => gitea::compare(c, repository, base, head).await,
         }
     }
 }

@@ -153,12 +153,11 @@ pub(super) async fn branch_commits(
     if cursor.as_ref().is_some_and(|c| !c.rk.starts_with("log|")) {
         return Err(bad_cursor(p.raw("cursor").unwrap_or_default()));
     }
-    let (commits, next) = state
+    let (mut commits, next) = state
         .ledger
         .branch_commits(&repository, &git_ref, cursor.as_ref(), limit, summary)
         .await?;
     // `cluster=`: only that cluster's targets (the matrix expanding one cluster).
-    let mut commits = commits;
     if let Some(c) = p.get("cluster") {
         for ev in &mut commits {
             ev.targets.retain(|t| t.cluster == c);

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::records::{ApprovalRecord, CommitRecord, Source};
+use super::records::{CommitRecord, Source};
 use super::{Ledger, Recorded};
 use crate::backfill::Item;
 use crate::domain::{CommitSha, RepoKey};
@@ -101,6 +101,11 @@ pub struct DueRecord {
 impl DueRecord {
     pub fn row_key(&self) -> String {
         due_key(&self.host, self.due_at, &self.item.id())
+    }
+
+    /// When it may next be tried: its due time, or the end of a worker's lease on it.
+    pub fn next_attempt(&self) -> DateTime<Utc> {
+        self.lease_until.map_or(self.due_at, |l| l.max(self.due_at))
     }
 }
 
@@ -215,10 +220,7 @@ impl Ledger {
             .query_range(Table::Audit, PARTITION, &from, &to, 1)
             .await?;
         rows.first()
-            .map(|e| {
-                e.record::<DueRecord>()
-                    .map(|d| d.lease_until.unwrap_or(d.due_at).max(d.due_at))
-            })
+            .map(|e| e.record::<DueRecord>().map(|d| d.next_attempt()))
             .transpose()
     }
 
@@ -253,12 +255,8 @@ impl Ledger {
         rows: Vec<(String, Etag, DueRecord)>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Claim>, StoreError> {
-        if rows.len() <= 1 {
-            let mut out = Vec::new();
-            for (rk, etag, due) in rows {
-                out.extend(self.claim(rk, &etag, due, lease_until).await?);
-            }
-            return Ok(out);
+        if rows.is_empty() {
+            return Ok(Vec::new());
         }
         let claims: Vec<Claim> = rows
             .iter()
@@ -545,7 +543,7 @@ impl Ledger {
                         last_error = Some((d.enqueued_at, err.clone()));
                     }
                 }
-                let at = d.due_at.max(d.lease_until.unwrap_or(d.due_at));
+                let at = d.next_attempt();
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
@@ -560,43 +558,20 @@ impl Ledger {
         }))
     }
 
-    /// Items that ended (done or failed) before `cutoff`: removed by retention. A hole
+    /// Items that ended (done or failed) before `cutoff`, for retention to delete. A hole
     /// noticed again afterwards is queued again and, being filled, done without a request.
-    pub async fn backfill_retention(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+    pub async fn backfill_expired(&self, cutoff: DateTime<Utc>) -> Result<Vec<Entity>, StoreError> {
         let rows = self
             .store
             .query_range(Table::Audit, PARTITION, "item|", "item}", usize::MAX)
             .await?;
-        let old: Vec<&Entity> = rows
-            .iter()
+        Ok(rows
+            .into_iter()
             .filter(|e| {
                 e.record::<ItemRecord>()
                     .is_ok_and(|r| r.finished_at.is_some_and(|f| f < cutoff))
             })
-            .collect();
-        for chunk in old.chunks(100) {
-            let ops = chunk
-                .iter()
-                .map(|e| BatchOp::Delete {
-                    rk: e.rk.clone(),
-                    etag: e.etag.clone(),
-                })
-                .collect();
-            match self.store.batch(Table::Audit, PARTITION, ops).await {
-                Ok(_) | Err(StoreError::PreconditionFailed) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(old.len())
-    }
-
-    /// The approval record of a commit, if one is stored.
-    pub async fn approval_of(&self, sha: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-        self.store
-            .get(Table::Commits, sha, "approval")
-            .await?
-            .map(|e| e.record())
-            .transpose()
+            .collect())
     }
 
     /// Whether an approval item of `sha` still waits (the sweep holds its `change.unapproved`

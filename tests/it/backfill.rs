@@ -599,6 +599,10 @@ async fn each_item_is_done_once_by_two_instances() {
         let ev = ledger.evidence(&sha(&c(n))).await.unwrap().unwrap();
         assert_eq!(ev.commit.unwrap().source, fluxtrail::git::Source::Api);
     }
+    // Retention takes the ended items once they are older than its cutoff.
+    let later = Utc::now() + chrono::Duration::days(1);
+    assert_eq!(ledger.backfill_expired(later).await.unwrap().len(), 40);
+    assert!(ledger.backfill_expired(now).await.unwrap().is_empty());
     let status = ledger.backfill_status(Utc::now()).await.unwrap();
     assert_eq!(status["done"], 40, "{status}");
     assert_eq!(status["queued"], 0, "{status}");
