@@ -525,6 +525,8 @@ async function doraPage(_m, p) {
     const box = h('figure', { class: 'chart', id: 'chart-' + i, 'aria-label': title + ', weekly, last ' + WEEKS + ' weeks' });
     const rows = xs.map((x, j) => h('tr', {}, h('td', {}, when(new Date(x * 1000).toISOString()).slice(0, 10)), h('td', { class: 'num' }, ys[j] === null ? '—' : show(ys[j]))));
     const alt = h('details', {}, h('summary', {}, title + ' as a table'), h('table', {}, h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Week ending'), h('th', { scope: 'col' }, title))), h('tbody', {}, rows)));
+    // A chart with nothing to draw says so (an empty grid reads as a broken chart).
+    if (ys.every((y) => y === null)) box.append(h('figcaption', { class: 'muted' }, 'Nothing to show in these ' + WEEKS + ' weeks.'));
     afterRender.push(() => drawChart(box, title, xs, ys));
     return h('div', {}, box, alt);
   });
