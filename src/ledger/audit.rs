@@ -36,7 +36,7 @@ use crate::core::{message_id, Custom, Message, MessageType, TargetRecord, Target
 use crate::domain::{CommitSha, RepoKey};
 use crate::flux::ObjectRef;
 use crate::policy::Verdict;
-use crate::store::{BatchOp, Entity, Row, Store, StoreError, Table};
+use crate::store::{BatchOp, Entity, Etag, Row, StoreError, Table};
 
 /// One store call's worth of writes.
 pub(super) type Write = (Table, String, Vec<BatchOp>);
@@ -77,6 +77,12 @@ pub struct ChangeRow {
     pub applied_at: Option<DateTime<Utc>>,
     pub revision: Option<String>,
     pub sha: String,
+    /// Written ahead of its target row on a store whose writes of one call are not one
+    /// transaction (Table Storage), and not yet confirmed once that row landed: it may be an
+    /// attempt that never landed, a move's old key, or a late write over a newer one, so a
+    /// reader takes the row from its target row instead (`Ledger::verify_change`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// Reading the times chrono writes (`2026-11-30T10:00:00Z`, `…:00.250Z`) without chrono's
@@ -178,6 +184,7 @@ impl ChangeRow {
             applied_at: t.applied_at,
             revision: t.revision.clone(),
             sha: sha.to_string(),
+            pending: false,
         })
     }
 
@@ -196,7 +203,7 @@ impl ChangeRow {
         }
     }
 
-    fn cluster_key(&self) -> (String, String) {
+    pub(super) fn cluster_key(&self) -> (String, String) {
         (
             cluster_partition(&self.cluster),
             format!(
@@ -235,11 +242,31 @@ const DECIDED: &str = "policy-decided";
 /// (`old`) and as it will be written (`new`).
 #[derive(Debug, Default)]
 pub(super) struct IndexWrites {
+    /// In the target row's call, before it; the change row's batch (if any) first.
     pub before: Vec<Write>,
-    pub after: Vec<Write>,
+    /// What finishes the change row once the target row landed, on the etags its batch
+    /// (`before[0]`) got.
+    pub confirm: Option<Confirm>,
     /// What the registries need: merged before the target row is written (`register_writes`).
     pub registers: Vec<Register>,
 }
+
+/// What finishes a change row's write once its target row (the commit point) landed: the
+/// pending row confirmed, the row under the old key (marked pending in the same batch)
+/// deleted — each only on the etag that batch got, so neither undoes a later writer's row.
+/// If it fails or never runs, the rows stay pending and readers take them from the target
+/// row: the feed is right either way.
+#[derive(Debug)]
+pub(super) struct Confirm {
+    pk: String,
+    /// The new row as confirmed; `None` when it was written confirmed (an atomic store).
+    row: Option<Row>,
+    /// The old key, the second operation of the batch.
+    old_rk: Option<String>,
+}
+
+/// The confirmations of one call's writes: each with the place of its batch in the call.
+pub(super) type Confirms = Vec<(usize, Confirm)>;
 
 /// An entry a change needs in a registry read by the audit queries.
 #[derive(Debug, Clone, PartialEq)]
@@ -410,12 +437,35 @@ impl Ledger {
             return w;
         }
         w.registers.push(Register::Cluster(now.cluster.clone()));
+        // The change row first: pending where the call is not one transaction, with the
+        // row under the old key (a change that moved earlier) marked pending beside it —
+        // one partition, one atomic batch — until the target row landed.
+        let atomic = self.store.atomic_batches();
         let (pk, rk) = now.cluster_key();
-        w.before.push((
-            Table::Audit,
-            pk.clone(),
-            vec![BatchOp::Upsert(Row::from_record(pk, rk, &now))],
-        ));
+        let moved = was.as_ref().filter(|w| w.time != now.time);
+        let pending = ChangeRow {
+            pending: !atomic,
+            ..now.clone()
+        };
+        let mut ops = vec![BatchOp::Upsert(Row::from_record(
+            &pk,
+            rk.as_str(),
+            &pending,
+        ))];
+        if let Some(was) = moved {
+            let (_, old_rk) = was.cluster_key();
+            let old = ChangeRow {
+                pending: true,
+                ..was.clone()
+            };
+            ops.push(BatchOp::Upsert(Row::from_record(&pk, old_rk, &old)));
+        }
+        w.confirm = (!atomic || moved.is_some()).then(|| Confirm {
+            pk: pk.clone(),
+            row: (!atomic).then(|| Row::from_record(&pk, rk, &now)),
+            old_rk: moved.map(|w| w.cluster_key().1),
+        });
+        w.before.push((Table::Audit, pk, ops));
         if now.applied()
             && !was.as_ref().is_some_and(ChangeRow::applied)
             && self.policy.covers(&now.cluster)
@@ -437,11 +487,6 @@ impl Ledger {
                 CHECKS.into(),
                 vec![BatchOp::Upsert(Row::from_record(CHECKS, rk, &check))],
             ));
-        }
-        if let Some(was) = was.filter(|w| w.time != now.time) {
-            let (pk, rk) = was.cluster_key();
-            w.after
-                .push((Table::Audit, pk, vec![BatchOp::Delete { rk, etag: None }]));
         }
         w
     }
@@ -558,15 +603,61 @@ impl Ledger {
         }
     }
 
-    /// Deletes index rows a change moved away from; a row already gone is no failure.
-    pub(super) async fn finish_index(&self, after: Vec<Write>) -> Result<(), StoreError> {
-        for (table, pk, ops) in after {
-            match self.store.batch(table, &pk, ops).await {
-                Ok(_) | Err(StoreError::PreconditionFailed | StoreError::Conflict) => {}
-                Err(e) => return Err(e),
+    /// Once a call's target rows landed (`etags`: what its batches got): confirms its
+    /// pending change rows and deletes the rows their changes moved away from, each on the
+    /// etag of its own write. Nothing here can make the feed wrong, so a failure is only
+    /// logged: a row left pending is read from its target row.
+    pub(super) async fn finish_index(&self, confirms: Confirms, etags: &[Vec<Etag>]) {
+        for (at, c) in confirms {
+            let tag = |i: usize| {
+                etags
+                    .get(at)
+                    .and_then(|t| t.get(i))
+                    .filter(|e| !e.0.is_empty())
+                    .cloned()
+            };
+            let mut ops = vec![];
+            if let (Some(row), Some(etag)) = (c.row, tag(0)) {
+                ops.push(vec![BatchOp::Update(row, etag)]);
+            }
+            if let (Some(rk), Some(etag)) = (c.old_rk, tag(1)) {
+                ops.push(vec![BatchOp::Delete {
+                    rk,
+                    etag: Some(etag),
+                }]);
+            }
+            for op in ops {
+                match self.store.batch(Table::Audit, &c.pk, op).await {
+                    // Another writer's row since: it is that writer's to finish.
+                    Ok(_) | Err(StoreError::PreconditionFailed | StoreError::Conflict) => {}
+                    Err(e) => tracing::debug!(error = %e, pk = %c.pk, "change row left pending"),
+                }
             }
         }
-        Ok(())
+    }
+
+    /// A pending change row as its target row says it (`None`: the target row does not
+    /// record this change — an attempt that never landed, or a key the change moved from).
+    pub(super) async fn verify_change(
+        &self,
+        rk: &str,
+        row: &ChangeRow,
+    ) -> Result<Option<ChangeRow>, StoreError> {
+        let object = ObjectRef {
+            cluster: row.cluster.clone(),
+            kind: row.kind.clone(),
+            namespace: row.namespace.clone(),
+            name: row.name.clone(),
+        };
+        let Some(stored) = self
+            .store
+            .get(Table::Commits, &row.sha, &TargetRecord::row_key(&object))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let target: TargetRecord = stored.record()?;
+        Ok(ChangeRow::of(&row.sha, &target).filter(|c| c.cluster_key().1 == rk))
     }
 }
 
@@ -896,22 +987,43 @@ impl Lane {
         Some(Reverse(Head { rk, lane, row }))
     }
 
-    async fn fill(&mut self, store: &dyn Store, hi: &str) -> Result<(), StoreError> {
+    /// Reads the lane's next rows until one is kept or the range is exhausted; a pending row
+    /// is taken from its target row, or skipped.
+    async fn fill(&mut self, ledger: &Ledger, hi: &str) -> Result<(), StoreError> {
+        loop {
+            self.read(ledger, hi).await?;
+            if !self.buf.is_empty() || self.exhausted {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn read(&mut self, ledger: &Ledger, hi: &str) -> Result<(), StoreError> {
         let want = self.size + usize::from(self.exclusive);
-        let rows = store
+        let rows = ledger
+            .store
             .query_range_json(Table::Audit, &self.pk, &self.from, hi, want)
             .await?;
         self.exhausted = rows.len() < want;
+        let mut last = None;
         for (rk, json) in rows {
             if self.exclusive && rk == self.from {
                 continue;
             }
             let row: ChangeRow = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Corrupt(format!("{}/{rk}: {e}", self.pk)))?;
-            self.buf.push_back((rk, row));
+            let row = match row.pending {
+                false => Some(row),
+                true => ledger.verify_change(&rk, &row).await?,
+            };
+            if let Some(row) = row {
+                self.buf.push_back((rk.clone(), row));
+            }
+            last = Some(rk);
         }
-        if let Some((rk, _)) = self.buf.back() {
-            self.from.clone_from(rk);
+        // On from the last row read, kept or not.
+        if let Some(rk) = last {
+            self.from = rk;
             self.exclusive = true;
         }
         self.size = (self.size * 2).min(self.cap);
@@ -939,7 +1051,7 @@ impl ChangeScan {
             // no range it does not need.
             if let Some(i) = self.drained.take() {
                 let lane = &mut self.lanes[i];
-                lane.fill(ledger.store.as_ref(), &self.hi).await?;
+                lane.fill(ledger, &self.hi).await?;
                 self.heap.extend(lane.head(i));
             }
             let Some(Reverse(Head { rk, lane: i, row })) = self.heap.pop() else {
@@ -1061,8 +1173,7 @@ impl Ledger {
                 }
             })
             .collect();
-        let store = self.store.as_ref();
-        futures::future::try_join_all(lanes.iter_mut().map(|l| l.fill(store, &hi))).await?;
+        futures::future::try_join_all(lanes.iter_mut().map(|l| l.fill(self, &hi))).await?;
         let heap = lanes
             .iter_mut()
             .enumerate()
@@ -1362,7 +1473,10 @@ impl Ledger {
             }
             let decided_rk = format!("{cluster}|{sha}");
             let decided = self.store.get(Table::Audit, DECIDED, &decided_rk).await?;
-            if covered && decided.is_none() {
+            // Check rows are written ahead of their target rows: on Table Storage one whose
+            // target write never landed says nothing was applied (its retry writes it again).
+            let landed = !covered || decided.is_some() || self.any_applied(&sha, &rows).await?;
+            if covered && decided.is_none() && landed {
                 let (commit, approval) = self.commit_records(&sha).await?;
                 let verdict = self.policy.verdict(commit.as_ref(), approval.as_ref());
                 // Part 12: the host's API is still being asked for this commit's pull request
@@ -1429,6 +1543,29 @@ impl Ledger {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the target row of any of these checks records the apply.
+    async fn any_applied(
+        &self,
+        sha: &str,
+        rows: &[(Entity, CheckRow)],
+    ) -> Result<bool, StoreError> {
+        for (_, c) in rows {
+            let object = ObjectRef {
+                cluster: c.cluster.clone(),
+                kind: c.kind.clone(),
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+            };
+            let rk = TargetRecord::row_key(&object);
+            if let Some(e) = self.store.get(Table::Commits, sha, &rk).await? {
+                if e.record::<TargetRecord>()?.applied_at.is_some() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     async fn unapproved_message(

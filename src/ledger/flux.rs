@@ -37,8 +37,9 @@ impl Rows {
 /// The writes of one outcome, and where in them the state's and its current target row's are.
 struct Planned {
     writes: Vec<(Table, String, Vec<BatchOp>)>,
-    /// Audit index rows to delete once the writes landed (a change that moved earlier).
-    after: Vec<(Table, String, Vec<BatchOp>)>,
+    /// What finishes the audit index once the writes landed, each with the place of its
+    /// batch in `writes` (see `audit::Confirm`).
+    confirms: super::audit::Confirms,
     /// Pair rows to merge before the writes (see `audit::PairRow`).
     registers: Vec<super::audit::Register>,
     state_json: String,
@@ -160,13 +161,15 @@ impl Ledger {
             let shift = register_writes.len();
             let at = planned.state_at + 1;
             writes.splice(at..at, register_writes);
-            let target_at = planned
-                .target_at
-                .map(|t| if t >= at { t + shift } else { t });
+            let moved = |t: usize| if t >= at { t + shift } else { t };
+            let target_at = planned.target_at.map(moved);
             let (state_etag, target_etag) = match self.store.batches(writes).await {
                 Ok(tags) => {
                     let first = |i: usize| tags.get(i).and_then(|t| t.first()).cloned();
                     self.registered(&planned.registers);
+                    let confirms = planned.confirms.into_iter();
+                    let confirms = confirms.map(|(i, c)| (moved(i), c)).collect();
+                    self.finish_index(confirms, &tags).await;
                     (first(planned.state_at), target_at.and_then(first))
                 }
                 // Someone recorded the event (its history row exists): this call's own earlier
@@ -196,7 +199,6 @@ impl Ledger {
                 }
                 Err(e) => return Err(e),
             };
-            self.finish_index(planned.after).await?;
             if !out.messages.is_empty() {
                 self.notify_outbox(&pk);
             }
@@ -323,7 +325,7 @@ impl Ledger {
         previous_follow: Option<&core::Follow>,
     ) -> Planned {
         let received_at = rows.received_at;
-        let mut after = vec![];
+        let mut confirms = vec![];
         let mut registers = vec![];
         let mut writes = Vec::with_capacity(2 + rows.blind.len() + rows.read.len());
         let object = &out.state.object;
@@ -381,8 +383,8 @@ impl Ledger {
                 Some(row),
                 received_at,
             );
+            confirms.extend(index.confirm.map(|c| (writes.len(), c)));
             writes.extend(index.before);
-            after.extend(index.after);
             registers.extend(index.registers);
             let entity = Row::from_record(sha.as_str(), TargetRecord::row_key(object), row);
             if Some(sha) == current {
@@ -397,8 +399,8 @@ impl Ledger {
         for ((u, row, etag), old) in rows.read.iter().zip(&rows.read_old) {
             let Some(row) = row else { continue };
             let index = self.index_writes(u.sha.as_str(), old.as_ref(), Some(row), received_at);
+            confirms.extend(index.confirm.map(|c| (writes.len(), c)));
             writes.extend(index.before);
-            after.extend(index.after);
             registers.extend(index.registers);
             let entity = Row::from_record(u.sha.as_str(), TargetRecord::row_key(&u.object), row);
             let op = match etag {
@@ -412,7 +414,7 @@ impl Ledger {
         }
         Planned {
             writes,
-            after,
+            confirms,
             registers,
             state_json,
             state_at,

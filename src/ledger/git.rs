@@ -558,6 +558,11 @@ impl Ledger {
             // Registry rows in the same call, before the index and target rows (a conflict
             // reads again).
             let mut writes = self.register_writes(&index.registers).await?;
+            let confirms: Vec<_> = index
+                .confirm
+                .map(|c| (writes.len(), c))
+                .into_iter()
+                .collect();
             writes.extend(index.before);
             writes.push((
                 Table::Commits,
@@ -568,9 +573,9 @@ impl Ledger {
                 }],
             ));
             match self.store.batches(writes).await {
-                Ok(_) => {
+                Ok(tags) => {
                     self.registered(&index.registers);
-                    self.finish_index(index.after).await?;
+                    self.finish_index(confirms, &tags).await;
                     return Ok(Some(new));
                 }
                 Err(StoreError::Conflict | StoreError::PreconditionFailed) => continue,

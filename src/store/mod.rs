@@ -268,6 +268,11 @@ pub trait Store: Send + Sync + fmt::Debug {
         }
         Ok(out)
     }
+    /// Whether `batches` is one atomic unit (all or nothing). Table Storage's is not: the
+    /// audit index then marks what it writes ahead of its commit point as pending.
+    fn atomic_batches(&self) -> bool {
+        false
+    }
     /// Every entity of a partition, ordered by row key, optionally only those whose row key
     /// starts with `rk_prefix`.
     async fn query_partition(

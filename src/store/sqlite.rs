@@ -1019,6 +1019,10 @@ impl Store for SqliteStore {
         self.write(writes).await
     }
 
+    fn atomic_batches(&self) -> bool {
+        true
+    }
+
     async fn query_partition(
         &self,
         table: Table,

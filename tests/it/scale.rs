@@ -642,3 +642,147 @@ async fn a_large_journal_entry_is_finished_from_its_parts() {
         Recorded::Duplicate
     );
 }
+
+/// The audit feed of prod-eu: `{commit} {object} first={time} applied={time}` per change row.
+async fn feed(l: &Ledger) -> Vec<String> {
+    let q = fluxtrail::ledger::audit::ChangeQuery {
+        cluster: Some("prod-eu".into()),
+        namespace: None,
+        repository: None,
+        from: at(-86400),
+        to: at(86400),
+        approved: None,
+    };
+    let page = l.changes(&q, None, 100).await.unwrap();
+    page.changes
+        .iter()
+        .map(|c| {
+            let t = |t: Option<DateTime<Utc>>| {
+                t.map_or("-".into(), |t| (t - at(0)).num_seconds().to_string())
+            };
+            format!(
+                "c{} {} first={} applied={}",
+                u32::from_str_radix(&c.row.sha[6..], 16).unwrap(),
+                c.row.name,
+                t(Some(c.row.time)),
+                t(c.row.applied_at)
+            )
+        })
+        .collect()
+}
+
+/// Case 7: an apply's change row lands and its target row is refused; before Flux retries
+/// it, an older failure of that commit is recorded (the row's first report moves earlier).
+/// The feed holds one change of the commit, as with one instance — not the refused
+/// attempt's row beside it.
+#[tokio::test]
+async fn a_change_row_whose_target_write_was_refused_is_not_in_the_feed() {
+    let (_d, inner) = sqlite();
+    let store = Scripted::new(inner);
+    let l = Ledger::new(store.clone());
+    push(&l, "refs/heads/main", None, &[1], 0).await;
+    let sha = c(1);
+    store.rule(once(
+        move |o| o.table == Table::Commits && o.pk == sha,
+        || Fault::Refuse,
+    ));
+    assert!(l.record_flux(&applied(1, 30), server(30)).await.is_err());
+    l.record_flux(&failed(1, 20), server(31)).await.unwrap();
+    l.record_flux(&applied(1, 30), server(32)).await.unwrap();
+    assert_eq!(feed(&l).await, ["c1 apps first=20 applied=30"]);
+}
+
+/// Case 7: a late older failure moves a change row's key earlier; every write to the feed's
+/// partition after the target row's (the row's confirmation, the old key's delete) is
+/// refused, and Flux's retry of the failure is a duplicate. The feed holds one change of
+/// the commit.
+#[tokio::test]
+async fn a_change_row_left_under_its_old_key_is_not_in_the_feed() {
+    let (_d, inner) = sqlite();
+    let store = Scripted::new(inner);
+    let l = Ledger::new(store.clone());
+    push(&l, "refs/heads/main", None, &[1], 0).await;
+    l.record_flux(&applied(1, 30), server(30)).await.unwrap();
+    assert_eq!(feed(&l).await, ["c1 apps first=30 applied=30"]);
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (sha, mut target_written, n) = (c(1), false, refused.clone());
+    store.rule(move |o| {
+        if o.table == Table::Commits && o.pk == sha {
+            target_written = true;
+        } else if target_written && o.table == Table::Audit && o.pk == "cluster|prod-eu" {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Fault::Refuse;
+        }
+        Fault::Pass
+    });
+    // What is refused comes after the commit point: the event is recorded.
+    l.record_flux(&failed(1, 20), server(31)).await.unwrap();
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        l.record_flux(&failed(1, 20), server(32)).await.unwrap(),
+        Recorded::Duplicate
+    );
+    assert_eq!(feed(&l).await, ["c1 apps first=20 applied=30"]);
+}
+
+/// Case 7: instance A's change row is held while B records an earlier success of the same
+/// commit (same row key, other content); A's row lands last, A's target write is beaten and
+/// its retry changes nothing. The feed says what the target row says: B's success.
+#[tokio::test]
+async fn a_change_row_landing_late_does_not_undo_a_later_one() {
+    let (_d, inner) = sqlite();
+    let slow = Scripted::new(inner.clone());
+    let (a, b) = (Ledger::new(slow.clone()), Ledger::new(inner));
+    push(&b, "refs/heads/main", None, &[1], 0).await;
+    a.record_flux(&failed(1, 20), server(20)).await.unwrap();
+    let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (r, rel) = (reached.clone(), release.clone());
+    slow.rule(once(
+        |o| o.table == Table::Audit && o.pk == "cluster|prod-eu",
+        move || Fault::Hold {
+            reached: r,
+            release: rel,
+        },
+    ));
+    let a_applied = tokio::spawn({
+        let a = a.clone();
+        async move { a.record_flux(&applied(1, 40), server(40)).await }
+    });
+    reached.notified().await;
+    b.record_flux(&applied(1, 35), server(41)).await.unwrap();
+    release.notify_one();
+    a_applied.await.unwrap().unwrap();
+    assert_eq!(feed(&a).await, ["c1 apps first=20 applied=35"]);
+}
+
+/// Case 7: an apply on a cluster under the approval policy writes its check row, and its
+/// target row is refused; Flux never retries it. Past the grace the sweep decides nothing
+/// for it: no `change.unapproved` for an apply the ledger does not record. The same apply
+/// recorded decides it once.
+#[tokio::test]
+async fn a_check_row_whose_apply_never_landed_decides_nothing() {
+    let (_d, inner) = sqlite();
+    let store = Scripted::new(inner);
+    let policy =
+        fluxtrail::policy::Policy::new("prod-*", 1, "", std::time::Duration::from_secs(60));
+    let l = Ledger::new(store.clone()).with_policy(policy);
+    push(&l, "refs/heads/main", None, &[1], 0).await;
+    let sha = c(1);
+    store.rule(once(
+        move |o| o.table == Table::Commits && o.pk == sha,
+        || Fault::Refuse,
+    ));
+    assert!(l.record_flux(&applied(1, 30), server(30)).await.is_err());
+    let checks = || l.store().query_partition(Table::Audit, "policy", None);
+    assert_eq!(checks().await.unwrap().len(), 1, "the check row landed");
+    let swept = l.decide_approvals(server(3600)).await.unwrap();
+    assert_eq!((swept.decided, swept.unapproved), (0, 0));
+    assert!(checks().await.unwrap().is_empty(), "the orphan is gone");
+    // Flux's retry (a duplicate finishing the row: its check counts from now).
+    l.record_flux(&applied(1, 30), server(3601)).await.unwrap();
+    let swept = l
+        .decide_approvals(Utc::now() + Duration::hours(2))
+        .await
+        .unwrap();
+    assert_eq!((swept.decided, swept.unapproved), (1, 1));
+}
