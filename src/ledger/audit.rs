@@ -18,7 +18,10 @@
 //! (the commit point) never exists without its index row, and a retry that finds the target
 //! row written writes neither. Its time is the object's first report of the commit, applied
 //! or failed (`TargetRecord::changed_at`): it only moves earlier (a late older event), and
-//! then the row under the old key is deleted once the target row is written.
+//! then the row under the old key is deleted once the target row is written. Where a call is
+//! not one transaction (Table Storage) both rows are `pending` until then (`Confirm`), and a
+//! reader takes a pending row from its target row (`Ledger::verify_change`): a write ahead
+//! of a target row that never landed, or landed late, is never believed.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
