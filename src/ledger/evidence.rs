@@ -36,17 +36,23 @@ pub struct ClusterSummary {
     pub states: std::collections::BTreeMap<crate::core::TargetState, usize>,
 }
 
-/// A target row's cluster and state without parsing the rest of it: both are near its start
-/// (the record's first and fifth fields). An unescaped `"state":"` can only be a key: inside
-/// a string value every quote is escaped. `None`: read the row the long way.
-fn cluster_and_state(json: &str) -> Option<(String, crate::core::TargetState)> {
-    use serde::Deserialize;
-    let c = json.find("\"cluster\":")? + "\"cluster\":".len();
-    let mut de = serde_json::Deserializer::from_str(&json[c..]);
-    let cluster = String::deserialize(&mut de).ok()?;
-    let s = json.find("\"state\":\"")? + "\"state\":".len();
-    let end = s + 1 + json[s + 1..].find('"')?;
-    let state = serde_json::from_str(&json[s..=end]).ok()?;
+/// A target row's cluster and state without parsing the rest of it: the cluster is the
+/// record's first field, the state its fifth. An unescaped `"state":"` can only be a key:
+/// inside a string value every quote is escaped. `None`: read the row the long way (also a
+/// cluster name with escapes).
+fn cluster_and_state(json: &str) -> Option<(&str, crate::core::TargetState)> {
+    static STATE: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    let rest = json.strip_prefix("{\"cluster\":\"")?;
+    let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
+    if rest.as_bytes()[end] != b'"' {
+        return None;
+    }
+    let (cluster, rest) = rest.split_at(end);
+    let finder = STATE.get_or_init(|| memchr::memmem::Finder::new(b"\"state\":\""));
+    let s = finder.find(rest.as_bytes())? + "\"state\":".len();
+    let len = memchr::memchr(b'"', &rest.as_bytes()[s + 1..])?;
+    let state = serde_json::from_str(&rest[s..s + len + 2]).ok()?;
     Some((cluster, state))
 }
 
@@ -71,20 +77,25 @@ pub fn summarise(
     let mut clusters: std::collections::BTreeMap<String, ClusterSummary> = Default::default();
     for (rk, json) in rows {
         if rk.starts_with("target|") {
+            let long;
             let (cluster, state) = match cluster_and_state(json) {
                 Some(found) => found,
                 None => {
                     let t: Target = serde_json::from_str(json).map_err(|e| corrupt(rk, e))?;
-                    (t.cluster.into_owned(), t.state)
+                    long = t.cluster.into_owned();
+                    (long.as_str(), t.state)
                 }
             };
-            let c = clusters
-                .entry(cluster.clone())
-                .or_insert_with(|| ClusterSummary {
-                    cluster,
-                    objects: 0,
-                    states: Default::default(),
-                });
+            let c = match clusters.get_mut(cluster) {
+                Some(c) => c,
+                None => clusters
+                    .entry(cluster.to_string())
+                    .or_insert_with(|| ClusterSummary {
+                        cluster: cluster.to_string(),
+                        objects: 0,
+                        states: Default::default(),
+                    }),
+            };
             c.objects += 1;
             *c.states.entry(state).or_default() += 1;
         } else if rk == "commit" || rk == "approval" {
@@ -173,16 +184,29 @@ mod tests {
 
     #[test]
     fn a_target_rows_cluster_and_state_are_read_from_its_start() {
-        for cluster in ["prod-eu", "we\"ird|\\cluster"] {
-            let row = serde_json::json!({"cluster": cluster, "kind": "Kustomization", "namespace": "flux-system",
-                "name": "apps", "state": "superseded", "revision": "main@sha1:\"state\":\"applied\"",
-                "message": "\"state\":\"failed\""});
-            let (c, s) = cluster_and_state(&row.to_string()).unwrap();
-            assert_eq!(
-                (c.as_str(), s),
-                (cluster, crate::core::TargetState::Superseded)
-            );
-        }
+        let row = |cluster: &str, name: &str| {
+            serde_json::json!({"cluster": cluster, "kind": "Kustomization", "namespace": "flux-system",
+                "name": name, "state": "superseded", "revision": "main@sha1:\"state\":\"applied\"",
+                "message": "\"state\":\"failed\""})
+            .to_string()
+        };
+        let fast = row("prod-eu", "\"state\":\"applied\"");
+        assert_eq!(
+            cluster_and_state(&fast),
+            Some(("prod-eu", crate::core::TargetState::Superseded))
+        );
+        // A cluster name with escapes is read the long way.
+        let weird = row("we\"ird|\\cluster", "apps");
+        assert!(cluster_and_state(&weird).is_none());
         assert!(cluster_and_state("{\"kind\":\"x\"}").is_none());
+        let sha = CommitSha::parse(&"a".repeat(40)).unwrap();
+        let rows = [fast, weird].map(|json| ("target|x".to_string(), json));
+        let ev = summarise(&sha, &rows).unwrap().unwrap();
+        let clusters = ev.clusters.unwrap();
+        let names: Vec<&str> = clusters.iter().map(|c| c.cluster.as_str()).collect();
+        assert_eq!(names, ["prod-eu", "we\"ird|\\cluster"]);
+        assert!(clusters
+            .iter()
+            .all(|c| c.states.get(&crate::core::TargetState::Superseded) == Some(&1)));
     }
 }

@@ -168,6 +168,11 @@ impl SqliteStore {
             )
             .map_err(map_err)?;
         create_schema(&mut writer)?;
+        // What an earlier run or a migration left in the WAL goes into the database now,
+        // before any reader: a reader consults every frame of the WAL it starts on.
+        writer
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(map_err)?;
         writer.busy_handler(Some(wait_5s)).map_err(map_err)?;
         let (reads, queued) = std::sync::mpsc::sync_channel::<ReadJob>(READ_QUEUE);
         let queued = Arc::new(Mutex::new(queued));
@@ -503,7 +508,49 @@ fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(CREATE).map_err(map_err)?;
     }
     create_audit(&tx)?;
+    create_commits(&tx)?;
     tx.commit().map_err(map_err)
+}
+
+/// The commits' partitions (part 13) in a `WITHOUT ROWID` table, like the audit index: a
+/// commit's partition — its commit and approval rows and one target row per (cluster,
+/// object), ~430 bytes each, thousands on a big fleet — is read whole by its evidence and
+/// the UI's matrix, which in a clustered table are consecutive leaf pages, where in
+/// `entities` every row was a random page of the rowid table behind the index (the matrix's
+/// 50 commits × 2,000 target rows were 100,000 page reads). Target rows are rewritten only
+/// when their commit's state on the object changes, not by every event (the state row that
+/// is, and that outgrew a clustered table's cell, stays in `entities`).
+///
+/// Stores written before keep their commits' rows in `entities`: they are moved here once.
+fn create_commits(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS commit_rows (
+             tbl TEXT NOT NULL,
+             pk TEXT NOT NULL,
+             rk TEXT NOT NULL,
+             etag TEXT NOT NULL,
+             props TEXT NOT NULL,
+             PRIMARY KEY (tbl, pk, rk)
+         ) WITHOUT ROWID;",
+    )
+    .map_err(map_err)?;
+    let old: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM entities WHERE tbl = 'commits')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    if old {
+        tx.execute_batch(
+            "INSERT OR REPLACE INTO commit_rows (tbl, pk, rk, etag, props)
+                 SELECT tbl, pk, rk, etag, props FROM entities WHERE tbl = 'commits'
+                 ORDER BY tbl, pk, rk;
+             DELETE FROM entities WHERE tbl = 'commits';",
+        )
+        .map_err(map_err)?;
+    }
+    Ok(())
 }
 
 /// The audit index (part 10) in a `WITHOUT ROWID` table: its rows are small (~300 bytes, far
@@ -553,11 +600,13 @@ fn create_audit(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The relation a table's rows live in: the audit index in its own clustered table (see
-/// `create_schema`), everything else in `entities`.
+/// The relation a table's rows live in: the audit index and the commits' partitions in
+/// their own clustered tables (see `create_audit`, `create_commits`), everything else in
+/// `entities`.
 fn relation(table: Table) -> &'static str {
     match table {
         Table::Audit => "audit_rows",
+        Table::Commits => "commit_rows",
         _ => "entities",
     }
 }
@@ -1314,7 +1363,8 @@ mod tests {
 
     /// The first part-10 build kept audit rows in `entities`, each change row twice (per
     /// cluster and per month): opening such a store moves them to the clustered table, drops
-    /// the month copies and registers every cluster with change rows, once.
+    /// the month copies and registers every cluster with change rows, once. Stores before
+    /// part 13 kept the commits' rows there too: they are moved to theirs.
     #[tokio::test]
     async fn audit_rows_of_the_first_part_10_layout_are_moved_to_their_table() {
         let dir = tempfile::tempdir().unwrap();
@@ -1354,7 +1404,7 @@ mod tests {
             let conn = Connection::open(dir.path().join("ledger.db")).unwrap();
             let left: i64 = conn
                 .query_row(
-                    "SELECT count(*) FROM entities WHERE tbl = 'audit'",
+                    "SELECT count(*) FROM entities WHERE tbl IN ('audit', 'commits')",
                     [],
                     |r| r.get(0),
                 )
