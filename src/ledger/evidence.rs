@@ -41,8 +41,7 @@ pub struct ClusterSummary {
 /// inside a string value every quote is escaped. `None`: read the row the long way (also a
 /// cluster name with escapes).
 fn cluster_and_state(json: &str) -> Option<(&str, crate::core::TargetState)> {
-    static STATE: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
-        std::sync::OnceLock::new();
+    static STATE: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
     let rest = json.strip_prefix("{\"cluster\":\"")?;
     let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
     if rest.as_bytes()[end] != b'"' {
