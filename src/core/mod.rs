@@ -176,7 +176,7 @@ impl ObjectState {
         }
     }
 
-    fn applied_sha(&self) -> Option<CommitSha> {
+    pub fn applied_sha(&self) -> Option<CommitSha> {
         self.applied.as_ref()?.sha.clone()
     }
 }
@@ -478,11 +478,8 @@ fn on_applied(
     st.status = ObjectStatus::Ready;
     if let Some(u) = own {
         if let Some(graph) = graph {
-            let previous = st.applied_sha();
-            for skipped in graph.superseded(&u.sha, previous.as_ref()) {
-                step.targets
-                    .push(superseded(graph, skipped, &u.object, &u.sha, u.at));
-            }
+            step.targets
+                .extend(skipped(graph, &u, st.applied_sha().as_ref()));
         }
         if st.applied_shas.last() != Some(&u.sha) {
             st.applied_shas.retain(|s| s != &u.sha);
@@ -501,6 +498,20 @@ fn on_applied(
         step.incidents
             .push(incident::on_success(inc, f, &mut step.messages));
     }
+}
+
+/// What an object skipped on its branch when it applied `applied` (its own update) after
+/// `previous`: the pushed commits in between, superseded by it.
+fn skipped(
+    graph: &BranchGraph,
+    applied: &TargetUpdate,
+    previous: Option<&CommitSha>,
+) -> Vec<TargetUpdate> {
+    graph
+        .superseded(&applied.sha, previous)
+        .into_iter()
+        .map(|c| superseded(graph, c, &applied.object, &applied.sha, applied.at))
+        .collect()
 }
 
 /// `sha` was superseded on `object` by `by`. The object never reported it: no revision, and

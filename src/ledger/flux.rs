@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::records::{CommitRecord, OutboxRecord, ROW_EVENT, ROW_INCIDENT, ROW_OUTBOX, ROW_STATE};
+use super::records::{
+    CommitRecord, OutboxRecord, PushRecord, ROW_EVENT, ROW_INCIDENT, ROW_OUTBOX, ROW_STATE,
+};
 use super::{object_partition, tagged, Ledger, Recorded, MAX_CONFLICT_RETRIES};
 use crate::core::{
     self, CommitInfo, Context, Disposition, ObjectState, TargetRecord, TargetUpdate,
@@ -55,6 +57,8 @@ struct Loaded {
     target_etag: Option<Etag>,
     commit: Option<CommitInfo>,
     graph: Option<std::sync::Arc<core::BranchGraph>>,
+    /// The ref the graph is of, and the newest push-log key it was built at.
+    graph_at: Option<(core::Follow, String)>,
 }
 
 /// The target rows an outcome writes, each conditionally (no row is ever written blind: a
@@ -100,7 +104,9 @@ impl Ledger {
                 target_etag,
                 commit,
                 graph,
+                graph_at,
             } = loaded;
+            let previous_applied = state.as_ref().and_then(ObjectState::applied_sha);
             let ctx = Context {
                 commit: commit.clone(),
                 graph: graph.as_deref(),
@@ -205,11 +211,69 @@ impl Ledger {
             if let Some(etag) = state_etag {
                 self.states.put(&pk, planned.state_json, etag, target_etag);
             }
+            if let (Some(at), false) = (&graph_at, stale) {
+                self.supersede_late_pushes(class, &out, at, previous_applied.as_ref())
+                    .await?;
+            }
             return Ok(Recorded::Accepted(this));
         }
         Err(StoreError::Unavailable(
             "object state kept changing under concurrent writers".into(),
         ))
+    }
+
+    /// After an apply of a new commit was written: a push of its branch recorded after the
+    /// graph was read (newer than its newest push-log key) may have read the object's state
+    /// before this write, and expected its commits on the object (`pending`) although the
+    /// apply carried them — a late webhook, or backfill filling a gap. This write came after
+    /// that read, so this read of the log comes after the push landed: what the push path
+    /// would decide with the state as written is merged now. Either the push saw the apply,
+    /// or the apply sees the push: the same rows as in any sequential order. (One key-range
+    /// read, empty unless a push raced the apply.)
+    async fn supersede_late_pushes(
+        &self,
+        class: Class,
+        out: &core::Outcome,
+        (follow, key): &(core::Follow, String),
+        previous: Option<&CommitSha>,
+    ) -> Result<(), StoreError> {
+        let applied_new = class == Class::Applied && out.state.applied_sha().as_ref() != previous;
+        if !applied_new || out.state.follows.as_ref() != Some(follow) {
+            return Ok(());
+        }
+        let pk = PushRecord::partition(follow.repository.as_str(), follow.git_ref.as_str());
+        // Newer pushes sort first; a graph of no push was built at no key.
+        let to = if key.is_empty() { "log}" } else { key.as_str() };
+        let newer = self
+            .store
+            .query_range(Table::Pushes, &pk, "log|", to, usize::MAX)
+            .await?;
+        if newer.is_empty() {
+            return Ok(());
+        }
+        let (graph, _) = self
+            .followed_graph_at(&follow.repository, &follow.git_ref)
+            .await?;
+        for e in newer {
+            let push: PushRecord = e.record()?;
+            let pushed: Vec<CommitSha> = push
+                .commits
+                .iter()
+                .filter_map(|c| CommitSha::parse(c).ok())
+                .collect();
+            let updates = core::on_push(
+                &out.state,
+                &graph,
+                &pushed,
+                push.forced,
+                false,
+                push.received_at,
+            );
+            for u in updates {
+                self.merge_target(&u, false).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The object's state (the one this process wrote last, else the stored one), the
@@ -241,9 +305,12 @@ impl Ledger {
             .as_ref()
             .and_then(|s| s.last_event_at)
             .is_some_and(|last| event.timestamp < last);
-        let graph = match (&follow, applies_new || new_follow || older) {
-            (Some(f), true) => Some(self.followed_graph(&f.repository, &f.git_ref).await?),
-            _ => None,
+        let (graph, graph_at) = match (follow, applies_new || new_follow || older) {
+            (Some(f), true) => {
+                let (graph, key) = self.followed_graph_at(&f.repository, &f.git_ref).await?;
+                (Some(graph), Some((f, key)))
+            }
+            _ => (None, None),
         };
         Ok(Loaded {
             state,
@@ -251,6 +318,7 @@ impl Ledger {
             target_etag,
             commit,
             graph,
+            graph_at,
         })
     }
 

@@ -430,12 +430,12 @@ impl Ledger {
     }
 
     /// The branch graph of one ref for a Flux event: the one built last at the ref's newest
-    /// push (one single-row read to know it), else built now.
-    async fn followed_graph(
+    /// push (one single-row read to know it), else built now; and that newest push-log key.
+    async fn followed_graph_at(
         &self,
         repository: &RepoKey,
         git_ref: &GitRef,
-    ) -> Result<Arc<BranchGraph>, StoreError> {
+    ) -> Result<(Arc<BranchGraph>, String), StoreError> {
         let pk = PushRecord::partition(repository.as_str(), git_ref.as_str());
         let newest = self
             .store
@@ -446,11 +446,11 @@ impl Ledger {
             .unwrap_or_default();
         let now = std::time::Instant::now();
         if let Some(g) = self.graphs.get(&pk, &newest, now) {
-            return Ok(g);
+            return Ok((g, newest));
         }
         let graph = Arc::new(self.branch_graph(repository, git_ref).await?);
-        self.graphs.put(&pk, newest, now, graph.clone());
-        Ok(graph)
+        self.graphs.put(&pk, newest.clone(), now, graph.clone());
+        Ok((graph, newest))
     }
 
     /// The branch graph of one ref, from its recorded pushes.

@@ -786,3 +786,38 @@ async fn a_check_row_whose_apply_never_landed_decides_nothing() {
         .unwrap();
     assert_eq!((swept.decided, swept.unapproved), (1, 1));
 }
+
+/// Case 8: an apply of commit 4 reads its branch's graph (it lacks the push of 2 and 3: its
+/// webhook is late, or backfill is filling it), and its write is held; meanwhile that push
+/// lands and, reading the object's state before the apply's write, expects 2 and 3 on the
+/// object. Whichever comes second must see the other: 2 and 3 end superseded by 4, as in
+/// every sequential order — not pending forever (a false stall later).
+#[tokio::test]
+async fn a_push_landing_while_a_later_apply_is_written_is_superseded_by_it() {
+    let (_d, inner) = sqlite();
+    let slow = Scripted::new(inner.clone());
+    let (a, b) = (Ledger::new(slow.clone()), Ledger::new(inner));
+    push(&b, "refs/heads/main", None, &[1], 0).await;
+    a.record_flux(&applied(1, 10), server(10)).await.unwrap();
+    push(&b, "refs/heads/main", Some(3), &[4], 20).await;
+    let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (r, rel) = (reached.clone(), release.clone());
+    slow.rule(once(
+        |o| o.table == Table::Objects && o.rks.iter().any(|r| r == "state"),
+        move || Fault::Hold {
+            reached: r,
+            release: rel,
+        },
+    ));
+    let a_applied = tokio::spawn({
+        let a = a.clone();
+        async move { a.record_flux(&applied(4, 60), server(60)).await }
+    });
+    reached.notified().await;
+    push(&b, "refs/heads/main", Some(1), &[2, 3], 61).await;
+    release.notify_one();
+    a_applied.await.unwrap().unwrap();
+    assert_eq!(state(&a, 4).await.as_deref(), Some("applied"));
+    assert_eq!(state(&a, 2).await.as_deref(), Some("superseded"));
+    assert_eq!(state(&a, 3).await.as_deref(), Some("superseded"));
+}
