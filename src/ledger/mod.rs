@@ -487,12 +487,24 @@ impl Ledger {
         evidence::assemble(sha, &rows)
     }
 
-    /// Every Flux object seen, optionally in one cluster, sorted.
+    /// Every Flux object seen, optionally in one cluster, sorted. One cluster's are its
+    /// partitions' state rows (a key range: the UI's commit page asks per cluster), not a
+    /// filter over every object row (90 days of history: 30 s).
     pub async fn objects(&self, cluster: Option<&str>) -> Result<Vec<ObjectState>, StoreError> {
-        let mut out = self
-            .store
-            .query_where(Table::Objects, "rowType", ROW_STATE)
-            .await?
+        let rows = match cluster {
+            Some(c) => {
+                let prefix = format!("{c}|");
+                self.store
+                    .query_pk_prefix(Table::Objects, &prefix, ROW_STATE)
+                    .await?
+            }
+            None => {
+                self.store
+                    .query_where(Table::Objects, "rowType", ROW_STATE)
+                    .await?
+            }
+        };
+        let mut out = rows
             .iter()
             .map(Entity::record::<ObjectState>)
             .collect::<Result<Vec<_>, _>>()?;

@@ -132,6 +132,16 @@ async fn cluster_comes_from_the_path_then_metadata_then_default() {
     assert_eq!(clusters, ["fallback", "from-path", "prod-eu"]);
     let (_, one) = app.get_json("/api/objects?cluster=prod-eu").await;
     assert_eq!(one["objects"].as_array().unwrap().len(), 1);
+    // One cluster's objects are a key range of theirs: not a cluster whose name starts
+    // with this one's.
+    for (cluster, n) in [("from", 0), ("from-path", 1), ("fallback", 1)] {
+        let (_, some) = app
+            .get_json(&format!("/api/objects?cluster={cluster}"))
+            .await;
+        let got = some["objects"].as_array().unwrap();
+        assert_eq!(got.len(), n, "{cluster}: {some}");
+        assert!(got.iter().all(|o| o["cluster"] == cluster));
+    }
 }
 
 #[tokio::test]
