@@ -1212,15 +1212,31 @@ impl Store for SqliteStore {
         let hi = super::prefix_end(pk_prefix);
         let rk = rk.to_string();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&sql(
-                    table,
-                    "SELECT pk, rk, etag, props FROM entities
-                     WHERE tbl = ?1 AND pk >= ?2 AND (?3 IS NULL OR pk < ?3) AND rk = ?4
-                     ORDER BY pk",
-                ))
-                .map_err(map_err)?;
-            let mut rows = entities(&mut stmt, params![table.name(), lo, hi, rk])?;
+            // Two statements, not `(?3 IS NULL OR pk < ?3)`: SQLite cannot bound an index
+            // range by an OR, and scanned to the end of the table (every object row after
+            // the cluster's: seconds on a big store).
+            let mut rows = match &hi {
+                Some(hi) => {
+                    let mut stmt = conn
+                        .prepare_cached(&sql(
+                            table,
+                            "SELECT pk, rk, etag, props FROM entities
+                             WHERE tbl = ?1 AND pk >= ?2 AND pk < ?3 AND rk = ?4 ORDER BY pk",
+                        ))
+                        .map_err(map_err)?;
+                    entities(&mut stmt, params![table.name(), lo, hi, rk])?
+                }
+                None => {
+                    let mut stmt = conn
+                        .prepare_cached(&sql(
+                            table,
+                            "SELECT pk, rk, etag, props FROM entities
+                             WHERE tbl = ?1 AND pk >= ?2 AND rk = ?3 ORDER BY pk",
+                        ))
+                        .map_err(map_err)?;
+                    entities(&mut stmt, params![table.name(), lo, rk])?
+                }
+            };
             rows.retain(|e| e.pk.starts_with(&lo));
             Ok(rows)
         })
