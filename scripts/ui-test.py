@@ -24,6 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr
 C1 = hashlib.sha1(b"ui-c1").hexdigest()
 C2 = hashlib.sha1(b"ui-c2").hexdigest()
 C3 = "1eabc9a41ca088515cab83f1cce49eb43e84b67f"  # the merge commit of the pull request fixture
+C9 = hashlib.sha1(b"ui-big").hexdigest()  # reported by 225 objects, pushed by no one
 XSS = 'deploy: <script>window.__xss = 1</script> and <img src=x onerror="window.__xss = 2">'
 
 failures = []
@@ -223,6 +224,25 @@ def run(base):
         check(page.locator(".chart canvas").count() == 4, "four charts over time")
         page.screenshot(path=str(SHOTS / "dora.png"), full_page=True)
         keyboard_reaches_everything(page, "dora")
+
+        # A commit that reached many objects (225 on 5 clusters, one failed): one section per
+        # cluster with its states, drawn when opened.
+        port = int(base.rsplit(":", 1)[1].split("/")[0])
+        for i in range(225):
+            cluster, name = f"big-{i % 5}", f"app-{i // 5:02d}"
+            flux(port, cluster, name, C9, "2026-12-01T11:00:00Z", failed=(cluster == "big-2" and name == "app-07"))
+        page.goto(base + f"/api/ui/commits/{C9}")
+        page.wait_for_selector("#targets details")
+        sections = page.locator("#targets details.cluster-targets")
+        check(sections.count() == 5, "a big commit: one section per cluster")
+        check(page.locator("#targets table").count() == 0, "no cluster's objects drawn before it is opened")
+        big2 = sections.filter(has_text="big-2")
+        check("1 failed" in big2.inner_text() and "44 applied" in big2.inner_text(), "a section's summary counts its states")
+        big2.locator("summary").click()
+        until(lambda: big2.locator("tbody tr").count() == 45, "an opened cluster lists its objects")
+        check("app-07" in big2.locator("tbody").inner_text(), "the failed object among them")
+        page.screenshot(path=str(SHOTS / "commit-big.png"), full_page=True)
+        keyboard_reaches_everything(page, "a big commit")
 
         # The token is kept for the session only: a new context asks again.
         other = browser.new_context().new_page()

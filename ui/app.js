@@ -300,6 +300,11 @@ function approvalBadge(a) {
 
 // ---- Commit ------------------------------------------------------------------------------
 
+/** Over this many targets a commit's page shows one section per cluster, drawn when opened. */
+const GROUP_OVER = 200;
+/** The most "still expected" entries listed. */
+const WAITING_SHOWN = 50;
+
 async function commitPage(m) {
   const sha = m[1].toLowerCase();
   let ev;
@@ -312,12 +317,17 @@ async function commitPage(m) {
   const c = ev.commit;
   const a = ev.approval;
   const targets = ev.targets || [];
-  // Each object's source: what it follows (from its state).
+  // Each object's source: what it follows (from its state), read per cluster. A commit on a
+  // big fleet reached thousands of objects: then each cluster is a section of its own,
+  // whose objects (and their sources) are read and drawn when it is opened.
   const sources = new Map();
-  await Promise.all([...new Set(targets.map((t) => t.cluster))].map(async (cluster) => {
+  const loadSources = async (cluster) => {
     const objs = (await api('/api/objects', { cluster })).objects || [];
     for (const o of objs) sources.set(cluster + '/' + objKey(o), o);
-  }));
+  };
+  const clusters = [...new Set(targets.map((t) => t.cluster))].sort();
+  const grouped = targets.length > GROUP_OVER;
+  if (!grouped) await Promise.all(clusters.map(loadSources));
   const facts = h('dl', { class: 'facts' },
     fact('Commit', h('span', { class: 'sha' }, ev.sha)),
     c ? [
@@ -335,7 +345,7 @@ async function commitPage(m) {
     fact('Approvers', (a.approvers || []).length ? a.approvers.join(', ') : h('span', { class: 'badge no' }, 'none'))) :
     h('p', { class: 'badge no', id: 'approval' }, 'No approval record: no merged pull request is known for this commit.');
   const waiting = targets.filter((t) => t.state === 'pending' || t.state === 'stalled');
-  const rows = targets.map((t) => {
+  const row = (t) => {
     const o = sources.get(t.cluster + '/' + objKey(t));
     return h('tr', {},
       h('td', {}, t.cluster),
@@ -347,19 +357,41 @@ async function commitPage(m) {
       h('td', {}, timeline(t)),
       h('td', {}, t.reason ? [h('strong', {}, t.reason), h('div', { class: 'muted' }, t.message || '')] : '—'),
       h('td', {}, t.supersededBy ? link(BASE + '/commits/' + t.supersededBy, {}, h('span', { class: 'sha' }, short(t.supersededBy))) : '—'));
-  });
+  };
+  const table = (ts, attrs) => h('div', { class: 'scroll' }, h('table', attrs,
+    h('thead', {}, h('tr', {}, ['Cluster', 'Flux object', 'Namespace', 'Source', 'State', 'Revision', 'Timeline', 'Reconciliation', 'Superseded by'].map((x) => h('th', { scope: 'col' }, x)))),
+    h('tbody', {}, ts.map(row))));
+  const where = !grouped ? table(targets, { id: 'targets' }) : h('div', { id: 'targets' },
+    h('p', { class: 'muted' }, `${targets.length} objects on ${clusters.length} clusters: open a cluster to see its objects.`),
+    clusters.map((cluster) => {
+      const ts = targets.filter((t) => t.cluster === cluster);
+      const counts = new Map();
+      for (const t of ts) counts.set(t.state, (counts.get(t.state) || 0) + 1);
+      const body = h('div', {});
+      const section = h('details', { class: 'cluster-targets' },
+        h('summary', {}, h('strong', {}, cluster), ` — ${ts.length} object${ts.length === 1 ? '' : 's'}: `,
+          [...counts].map(([state, n]) => [stateBadge(state, `${n} ${state}`), ' '])),
+        body);
+      section.addEventListener('toggle', async () => {
+        if (!section.open || body.firstChild) return;
+        body.append(h('p', { class: 'muted' }, 'Loading…'));
+        await loadSources(cluster);
+        body.replaceChildren(table(ts, {}));
+      });
+      return section;
+    }));
+  const shown = waiting.slice(0, WAITING_SHOWN);
   return [
     h('h1', {}, 'Commit ' + short(ev.sha), c ? ' — ' + subject(c.message) : ''),
     facts,
     c && c.message ? h('pre', { class: 'message', 'aria-label': 'Commit message' }, c.message) : null,
     h('h2', {}, 'Approval'), approval,
     h('h2', {}, 'Still expected'),
-    waiting.length ? h('ul', { id: 'waiting' }, waiting.map((t) => h('li', {}, stateBadge(t.state), ' on ', t.cluster, ' ', objKey(t), ' since ', when(t.firstSeenAt))))
+    waiting.length ? h('ul', { id: 'waiting' }, shown.map((t) => h('li', {}, stateBadge(t.state), ' on ', t.cluster, ' ', objKey(t), ' since ', when(t.firstSeenAt))),
+      waiting.length > shown.length ? h('li', { class: 'muted' }, `and ${waiting.length - shown.length} more (see the clusters below)`) : null)
       : h('p', { class: 'muted' }, 'Nowhere: every object that follows its branch has reported it or a later commit.'),
     h('h2', {}, 'Where it went'),
-    h('div', { class: 'scroll' }, h('table', { id: 'targets' },
-      h('thead', {}, h('tr', {}, ['Cluster', 'Flux object', 'Namespace', 'Source', 'State', 'Revision', 'Timeline', 'Reconciliation', 'Superseded by'].map((x) => h('th', { scope: 'col' }, x)))),
-      h('tbody', {}, rows))),
+    where,
   ];
 }
 
