@@ -523,25 +523,7 @@ fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
 ///
 /// Stores written before keep their commits' rows in `entities`: they are moved here once.
 fn create_commits(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS commit_rows (
-             tbl TEXT NOT NULL,
-             pk TEXT NOT NULL,
-             rk TEXT NOT NULL,
-             etag TEXT NOT NULL,
-             props TEXT NOT NULL,
-             PRIMARY KEY (tbl, pk, rk)
-         ) WITHOUT ROWID;",
-    )
-    .map_err(map_err)?;
-    let old: bool = tx
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM entities WHERE tbl = 'commits')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(map_err)?;
-    if old {
+    if create_clustered(tx, Table::Commits)? {
         tx.execute_batch(
             "INSERT OR REPLACE INTO commit_rows (tbl, pk, rk, etag, props)
                  SELECT tbl, pk, rk, etag, props FROM entities WHERE tbl = 'commits'
@@ -551,6 +533,29 @@ fn create_commits(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
         .map_err(map_err)?;
     }
     Ok(())
+}
+
+/// Creates the clustered relation of `table` (`relation`) if absent; true when `entities`
+/// still holds rows of that table (a store of an earlier layout: they are to be moved).
+fn create_clustered(tx: &rusqlite::Transaction<'_>, table: Table) -> Result<bool, StoreError> {
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+             tbl TEXT NOT NULL,
+             pk TEXT NOT NULL,
+             rk TEXT NOT NULL,
+             etag TEXT NOT NULL,
+             props TEXT NOT NULL,
+             PRIMARY KEY (tbl, pk, rk)
+         ) WITHOUT ROWID;",
+        relation(table)
+    ))
+    .map_err(map_err)?;
+    tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM entities WHERE tbl = ?1)",
+        [table.name()],
+        |r| r.get(0),
+    )
+    .map_err(map_err)
 }
 
 /// The audit index (part 10) in a `WITHOUT ROWID` table: its rows are small (~300 bytes, far
@@ -565,25 +570,7 @@ fn create_commits(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
 /// dropped (the fleet is now read as a merge of the clusters' partitions) and every cluster
 /// with change rows entered in the registry that merge reads.
 fn create_audit(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS audit_rows (
-             tbl TEXT NOT NULL,
-             pk TEXT NOT NULL,
-             rk TEXT NOT NULL,
-             etag TEXT NOT NULL,
-             props TEXT NOT NULL,
-             PRIMARY KEY (tbl, pk, rk)
-         ) WITHOUT ROWID;",
-    )
-    .map_err(map_err)?;
-    let old: bool = tx
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM entities WHERE tbl = 'audit')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(map_err)?;
-    if old {
+    if create_clustered(tx, Table::Audit)? {
         tx.execute_batch(
             "INSERT OR REPLACE INTO audit_rows (tbl, pk, rk, etag, props)
                  SELECT tbl, pk, rk, etag, props FROM entities

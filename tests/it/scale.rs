@@ -188,6 +188,21 @@ pub fn once(
     }
 }
 
+/// Holds the first write matching `when` until `release` is notified; `reached` is notified
+/// when it gets there.
+pub fn hold_once(
+    store: &Scripted,
+    when: impl Fn(&Op) -> bool + Send + 'static,
+) -> (Arc<Notify>, Arc<Notify>) {
+    let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (r, rel) = (reached.clone(), release.clone());
+    store.rule(once(when, move || Fault::Hold {
+        reached: r,
+        release: rel,
+    }));
+    (reached, release)
+}
+
 // ---- the world of the cases -------------------------------------------------------------
 
 /// Commit `n` of the stories.
@@ -419,16 +434,8 @@ async fn a_slow_target_write_does_not_undo_a_later_apply() {
     // A wrote c2's row last: it remembers it, and writes it next without reading it.
     let progressing = event(&kustomization("Progressing", "main", 2, at(25)));
     a.record_flux(&progressing, server(25)).await.unwrap();
-    let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let (r, rel) = (reached.clone(), release.clone());
     let sha = c(2);
-    slow.rule(once(
-        move |o| o.table == Table::Commits && o.pk == sha,
-        move || Fault::Hold {
-            reached: r,
-            release: rel,
-        },
-    ));
+    let (reached, release) = hold_once(&slow, move |o| o.table == Table::Commits && o.pk == sha);
     let a_failed = tokio::spawn({
         let a = a.clone();
         async move { a.record_flux(&failed(2, 30), server(30)).await }
@@ -735,15 +742,9 @@ async fn a_change_row_landing_late_does_not_undo_a_later_one() {
     let (a, b) = (Ledger::new(slow.clone()), Ledger::new(inner));
     push(&b, "refs/heads/main", None, &[1], 0).await;
     a.record_flux(&failed(1, 20), server(20)).await.unwrap();
-    let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let (r, rel) = (reached.clone(), release.clone());
-    slow.rule(once(
-        |o| o.table == Table::Audit && o.pk == "cluster|prod-eu",
-        move || Fault::Hold {
-            reached: r,
-            release: rel,
-        },
-    ));
+    let (reached, release) = hold_once(&slow, |o| {
+        o.table == Table::Audit && o.pk == "cluster|prod-eu"
+    });
     let a_applied = tokio::spawn({
         let a = a.clone();
         async move { a.record_flux(&applied(1, 40), server(40)).await }
@@ -800,15 +801,9 @@ async fn a_push_landing_while_a_later_apply_is_written_is_superseded_by_it() {
     push(&b, "refs/heads/main", None, &[1], 0).await;
     a.record_flux(&applied(1, 10), server(10)).await.unwrap();
     push(&b, "refs/heads/main", Some(3), &[4], 20).await;
-    let (reached, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let (r, rel) = (reached.clone(), release.clone());
-    slow.rule(once(
-        |o| o.table == Table::Objects && o.rks.iter().any(|r| r == "state"),
-        move || Fault::Hold {
-            reached: r,
-            release: rel,
-        },
-    ));
+    let (reached, release) = hold_once(&slow, |o| {
+        o.table == Table::Objects && o.rks.iter().any(|r| r == "state")
+    });
     let a_applied = tokio::spawn({
         let a = a.clone();
         async move { a.record_flux(&applied(4, 60), server(60)).await }
