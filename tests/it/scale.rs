@@ -711,6 +711,15 @@ async fn a_change_row_left_under_its_old_key_is_not_in_the_feed() {
     push(&l, "refs/heads/main", None, &[1], 0).await;
     l.record_flux(&applied(1, 30), server(30)).await.unwrap();
     assert_eq!(feed(&l).await, ["c1 apps first=30 applied=30"]);
+    // Written pending ahead of its target row (this store's batches land one by one), and
+    // confirmed once that row landed.
+    let raw = l
+        .store()
+        .query_partition(Table::Audit, "cluster|prod-eu", None)
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 1);
+    assert!(raw[0].props.get("pending").is_none(), "{:?}", raw[0].props);
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (sha, mut target_written, n) = (c(1), false, refused.clone());
     store.rule(move |o| {

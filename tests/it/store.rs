@@ -81,6 +81,62 @@ pub async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(tags.len(), 3);
     assert!(store.get(t, pk, "b").await.unwrap().is_none());
 
+    // A batch's upserts answer the etags a conditional update and delete then accept (the
+    // audit index confirms its pending rows, and deletes a moved one, on them).
+    let tags = store
+        .batch(
+            t,
+            pk,
+            vec![
+                BatchOp::Upsert(entity(pk, "u1", 1)),
+                BatchOp::Upsert(entity(pk, "u2", 1)),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .batch(
+            t,
+            pk,
+            vec![BatchOp::Update(entity(pk, "u1", 2), tags[0].clone())],
+        )
+        .await
+        .unwrap();
+    store
+        .batch(
+            t,
+            pk,
+            vec![BatchOp::Delete {
+                rk: "u2".into(),
+                etag: Some(tags[1].clone()),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get(t, pk, "u1").await.unwrap().unwrap().props["v"], 2);
+    assert!(store.get(t, pk, "u2").await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .batch(
+                t,
+                pk,
+                vec![BatchOp::Update(entity(pk, "u1", 3), tags[0].clone())]
+            )
+            .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    store
+        .batch(
+            t,
+            pk,
+            vec![BatchOp::Delete {
+                rk: "u1".into(),
+                etag: None,
+            }],
+        )
+        .await
+        .unwrap();
+
     // partition query, ordered by row key, with prefix
     store.insert(t, entity(pk, "review|bob", 1)).await.unwrap();
     store.insert(t, entity(pk, "review|amy", 1)).await.unwrap();
