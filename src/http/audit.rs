@@ -153,16 +153,18 @@ pub(super) async fn branch_commits(
     if cursor.as_ref().is_some_and(|c| !c.rk.starts_with("log|")) {
         return Err(bad_cursor(p.raw("cursor").unwrap_or_default()));
     }
-    let (mut commits, next) = state
-        .ledger
-        .branch_commits(&repository, &git_ref, cursor.as_ref(), limit, summary)
-        .await?;
     // `cluster=`: only that cluster's targets (the matrix expanding one cluster).
-    if let Some(c) = p.get("cluster") {
-        for ev in &mut commits {
-            ev.targets.retain(|t| t.cluster == c);
-        }
-    }
+    let (commits, next) = state
+        .ledger
+        .branch_commits(
+            &repository,
+            &git_ref,
+            cursor.as_ref(),
+            limit,
+            summary,
+            p.get("cluster"),
+        )
+        .await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({

@@ -1357,19 +1357,29 @@ impl Ledger {
         cursor: Option<&BranchCursor>,
         limit: usize,
         summary: bool,
+        cluster: Option<&str>,
     ) -> Result<(Vec<super::Evidence>, Option<BranchCursor>), StoreError> {
         let (shas, next) = self.branch_page(repository, git_ref, cursor, limit).await?;
         // The page's commits, read 8 at a time (each is one partition).
         let read = |sha: CommitSha| async move {
-            if summary {
-                let rows = self
-                    .store
-                    .query_range_json(Table::Commits, sha.as_str(), "", "~", usize::MAX)
-                    .await?;
-                super::evidence::summarise(&sha, &rows)
-            } else {
-                self.evidence(&sha).await
+            let mut ev = match (summary, cluster) {
+                (true, _) => {
+                    let rows = self
+                        .store
+                        .query_range_json(Table::Commits, sha.as_str(), "", "~", usize::MAX)
+                        .await?;
+                    super::evidence::summarise(&sha, &rows)?
+                }
+                (false, Some(c)) => self.cluster_evidence(&sha, c).await?,
+                (false, None) => self.evidence(&sha).await?,
+            };
+            if let (Some(ev), Some(c)) = (&mut ev, cluster) {
+                ev.targets.retain(|t| t.cluster == c);
+                if let Some(clusters) = &mut ev.clusters {
+                    clusters.retain(|s| s.cluster == c);
+                }
             }
+            Ok::<_, StoreError>(ev)
         };
         use futures::{StreamExt, TryStreamExt};
         let evidence: Vec<Option<super::Evidence>> = futures::stream::iter(shas)
@@ -1378,6 +1388,44 @@ impl Ledger {
             .try_collect()
             .await?;
         Ok((evidence.into_iter().flatten().collect(), next))
+    }
+
+    /// A commit's evidence with one cluster's target rows only: its commit and approval rows
+    /// and the key range of that cluster's targets (the matrix expanding a cluster reads 50
+    /// commits; each has thousands of targets on a big fleet). `None` when nothing at all
+    /// is known of the commit, as `evidence`.
+    async fn cluster_evidence(
+        &self,
+        sha: &CommitSha,
+        cluster: &str,
+    ) -> Result<Option<super::Evidence>, StoreError> {
+        let prefix = format!("target|{cluster}|");
+        let (mut rows, targets) = futures::try_join!(
+            self.store
+                .query_range(Table::Commits, sha.as_str(), "approval", "commit|", 2),
+            self.store
+                .query_partition(Table::Commits, sha.as_str(), Some(&prefix)),
+        )?;
+        rows.extend(targets);
+        if rows.is_empty() {
+            // Known only from other clusters' targets: listed, with none here.
+            let any = self
+                .store
+                .query_range(Table::Commits, sha.as_str(), "", "~", 1)
+                .await?;
+            if any.is_empty() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(super::evidence::assemble(sha, &rows)?.unwrap_or(
+            super::Evidence {
+                sha: sha.to_string(),
+                commit: None,
+                approval: None,
+                targets: vec![],
+                clusters: None,
+            },
+        )))
     }
 
     /// The shas of one page of a branch's pushed commits, newest push first, and the cursor

@@ -2,6 +2,7 @@
 //! drives the pages themselves in Chromium).
 
 use reqwest::StatusCode;
+use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -172,14 +173,41 @@ async fn the_matrix_view_summarises_each_commits_targets_per_cluster() {
     let head = &summary["commits"][0]["clusters"];
     assert_eq!(head[0]["cluster"], "prod-eu");
     assert_eq!(head[1]["states"]["failed"], 1, "{head}");
-    // One cluster's targets only.
-    let (_, only) = app.get_json(&format!("{q}&cluster=staging")).await;
-    for commit in only["commits"].as_array().unwrap() {
-        assert!(commit["targets"]
+    // One cluster's targets only: the full listing's, filtered, for every commit; and its
+    // summary alone.
+    for cluster in ["staging", "prod-eu", "prod"] {
+        let (_, only) = app.get_json(&format!("{q}&cluster={cluster}")).await;
+        for commit in only["commits"].as_array().unwrap() {
+            assert!(commit["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["cluster"] == cluster));
+        }
+        let filtered: Vec<Value> = full["commits"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|t| t["cluster"] == "staging"));
+            .map(|c| {
+                let mut c = c.clone();
+                c["targets"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|t| t["cluster"] == cluster);
+                c
+            })
+            .collect();
+        assert_eq!(only["commits"], Value::Array(filtered), "{cluster}");
+        let (_, one) = app
+            .get_json(&format!("{q}&view=clusters&cluster={cluster}"))
+            .await;
+        for commit in one["commits"].as_array().unwrap() {
+            assert!(commit["clusters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["cluster"] == cluster));
+        }
     }
     let (status, _) = app.get_json(&format!("{q}&view=pretty")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
