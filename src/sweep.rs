@@ -190,12 +190,7 @@ async fn stall(
 }
 
 fn target_object(t: &TargetRecord) -> ObjectRef {
-    ObjectRef {
-        cluster: t.cluster.clone(),
-        kind: t.kind.clone(),
-        namespace: t.namespace.clone(),
-        name: t.name.clone(),
-    }
+    ObjectRef::new(&t.cluster, &t.kind, &t.namespace, &t.name)
 }
 
 /// One object's overdue commits, decided against its state and written in one batch of its

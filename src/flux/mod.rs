@@ -37,6 +37,15 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
+    pub fn new(cluster: &str, kind: &str, namespace: &str, name: &str) -> Self {
+        ObjectRef {
+            cluster: cluster.to_string(),
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
     /// `<cluster>/<kind>/<namespace>/<name>`: the CloudEvent subject.
     pub fn subject(&self) -> String {
         format!(

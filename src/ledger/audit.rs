@@ -455,18 +455,23 @@ impl Ledger {
             rk.as_str(),
             &pending,
         ))];
-        if let Some(was) = moved {
+        let old_rk = moved.map(|was| {
             let (_, old_rk) = was.cluster_key();
             let old = ChangeRow {
                 pending: true,
                 ..was.clone()
             };
-            ops.push(BatchOp::Upsert(Row::from_record(&pk, old_rk, &old)));
-        }
-        w.confirm = (!atomic || moved.is_some()).then(|| Confirm {
+            ops.push(BatchOp::Upsert(Row::from_record(
+                &pk,
+                old_rk.as_str(),
+                &old,
+            )));
+            old_rk
+        });
+        w.confirm = (!atomic || old_rk.is_some()).then(|| Confirm {
             pk: pk.clone(),
             row: (!atomic).then(|| Row::from_record(&pk, rk, &now)),
-            old_rk: moved.map(|w| w.cluster_key().1),
+            old_rk,
         });
         w.before.push((Table::Audit, pk, ops));
         if now.applied()
@@ -646,12 +651,7 @@ impl Ledger {
         rk: &str,
         row: &ChangeRow,
     ) -> Result<Option<ChangeRow>, StoreError> {
-        let object = ObjectRef {
-            cluster: row.cluster.clone(),
-            kind: row.kind.clone(),
-            namespace: row.namespace.clone(),
-            name: row.name.clone(),
-        };
+        let object = ObjectRef::new(&row.cluster, &row.kind, &row.namespace, &row.name);
         let Some(stored) = self
             .store
             .get(Table::Commits, &row.sha, &TargetRecord::row_key(&object))
@@ -1603,12 +1603,7 @@ impl Ledger {
         rows: &[(Entity, CheckRow)],
     ) -> Result<bool, StoreError> {
         for (_, c) in rows {
-            let object = ObjectRef {
-                cluster: c.cluster.clone(),
-                kind: c.kind.clone(),
-                namespace: c.namespace.clone(),
-                name: c.name.clone(),
-            };
+            let object = ObjectRef::new(&c.cluster, &c.kind, &c.namespace, &c.name);
             let rk = TargetRecord::row_key(&object);
             if let Some(e) = self.store.get(Table::Commits, sha, &rk).await? {
                 if e.record::<TargetRecord>()?.applied_at.is_some() {
