@@ -266,8 +266,11 @@ impl TestApp {
                 .map(|r| serde_json::from_slice(&r.body).unwrap())
                 .collect();
         }
-        std::fs::read_to_string(self.data_dir.join("messages.jsonl"))
-            .unwrap_or_default()
+        let text =
+            std::fs::read_to_string(self.data_dir.join("messages.jsonl")).unwrap_or_default();
+        // Only whole lines: the sink may be appending one as this reads.
+        let whole = text.rfind('\n').map_or("", |end| &text[..=end]);
+        whole
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
